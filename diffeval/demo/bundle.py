@@ -1,0 +1,96 @@
+"""The bundled demo: pinned weight files, their loaders, the demo sampler and extractor.
+
+Weights ship inside the package (``diffeval/demo/weights``), were produced by
+``python -m diffeval.demo.train``, and are verified by SHA-256 and loaded with
+``torch.load(weights_only=True)`` before use.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from diffeval import schedules
+from diffeval.demo.networks import DigitsClassifier, DigitsDenoiser
+from diffeval.errors import InputError, explain
+from diffeval.features import to_uint8
+from diffeval.samplers import GeneralizedSampler
+from diffeval.weights import load_state_dict
+
+__all__ = [
+    "WEIGHTS_SHA256",
+    "DEMO_SCHEDULE",
+    "DEMO_PREDICTION",
+    "IMAGE_SHAPE",
+    "weight_path",
+    "load_denoiser",
+    "load_classifier",
+    "demo_sampler",
+    "DigitsFeatureExtractor",
+]
+
+WEIGHTS_SHA256 = {
+    "denoiser.pt": "f2667ba1881786400d5620a182b299287117037175b05fdffa88a59b3cd6fafa",
+    "classifier.pt": "0584c806c071969ca3d7ef62ca1a15a9b6369d32e7fe94be63afb4a0867d09e5",
+}
+DEMO_SCHEDULE = "cosine"
+DEMO_PREDICTION = "eps"
+IMAGE_SHAPE = (1, 8, 8)
+_FIX = "reinstall diffeval (the bundled file is damaged), or retrain with `python -m diffeval.demo.train` and update WEIGHTS_SHA256"
+
+
+def weight_path(name: str) -> Path:
+    """Path of a bundled weight file (``denoiser.pt`` or ``classifier.pt``)."""
+    return Path(str(resources.files("diffeval.demo") / "weights" / name))
+
+
+def load_denoiser(path: str | Path | None = None, sha256: str | None = None, device: str | torch.device = "cpu") -> DigitsDenoiser:
+    """The trained demo denoiser (eps-prediction, cosine schedule), hash-verified.
+
+    ``path``/``sha256`` load another file through the same checks (tests use them).
+    """
+    file = weight_path("denoiser.pt") if path is None else Path(path)
+    digest = WEIGHTS_SHA256["denoiser.pt"] if path is None else sha256
+    model = DigitsDenoiser()
+    model.load_state_dict(load_state_dict(file, digest, _FIX))
+    return model.to(device).eval()
+
+
+def load_classifier(path: str | Path | None = None, sha256: str | None = None, device: str | torch.device = "cpu") -> DigitsClassifier:
+    """The trained demo classifier, hash-verified."""
+    file = weight_path("classifier.pt") if path is None else Path(path)
+    digest = WEIGHTS_SHA256["classifier.pt"] if path is None else sha256
+    model = DigitsClassifier()
+    model.load_state_dict(load_state_dict(file, digest, _FIX))
+    return model.to(device).eval()
+
+
+def demo_sampler(steps: int = 50, eta: float = 0.0, device: str | torch.device = "cpu", model: torch.nn.Module | None = None, **knobs: object) -> GeneralizedSampler:
+    """The generalized sampler over the bundled denoiser (or ``model``, e.g. an untrained one)."""
+    net = load_denoiser(device=device) if model is None else model.to(device).eval()
+    return GeneralizedSampler(net, schedules.get(DEMO_SCHEDULE), prediction=DEMO_PREDICTION, steps=steps, eta=eta, **knobs)  # type: ignore[arg-type]
+
+
+class DigitsFeatureExtractor:
+    """The demo classifier as a feature extractor: layers ``features`` (64-d) and ``logits`` (10)."""
+
+    name = "demo-digits"
+    layers = {"features": DigitsClassifier.FEATURE_DIM, "logits": 10}
+    channels = 1
+
+    def __init__(self, device: str | torch.device = "cpu", classifier: DigitsClassifier | None = None) -> None:
+        self.device = torch.device(device)
+        self.net = (classifier if classifier is not None else load_classifier()).to(self.device).eval()
+
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        u8 = to_uint8(images)
+        if tuple(u8.shape[1:]) != IMAGE_SHAPE:
+            raise InputError(
+                explain("demo-digits extractor got images of the wrong size", expected=f"(N, {', '.join(map(str, IMAGE_SHAPE))})", got=f"{tuple(u8.shape)}", fix="use 1x8x8 digit images")
+            )
+        x = u8.to(self.device).float() / 127.5 - 1.0
+        with torch.no_grad():
+            features, logits = self.net.features_and_logits(x)
+        return {"features": features, "logits": logits}

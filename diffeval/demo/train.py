@@ -1,0 +1,127 @@
+"""Reproducible training of the demo's denoiser and classifier (fixed seed, CPU).
+
+    python -m diffeval.demo.train --out diffeval/demo/weights
+
+writes ``denoiser.pt`` (EMA weights) and ``classifier.pt`` and prints their SHA-256,
+which :mod:`diffeval.demo.bundle` pins. Bit-identical reruns need the same torch
+version, CPU kind and ``--threads``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from diffeval import schedules
+from diffeval.demo.data import load_digits
+from diffeval.demo.networks import NUM_CLASSES, DigitsClassifier, DigitsDenoiser
+from diffeval.weights import sha256_file
+
+__all__ = ["train_denoiser", "train_classifier", "main"]
+
+SCHEDULE = "cosine"
+LABEL_DROPOUT = 0.25
+
+
+def _lr_at(step: int, total: int, peak: float, warmup: int = 200) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def train_denoiser(steps: int, seed: int = 0, batch_size: int = 128, lr: float = 2e-3, ema_decay: float = 0.999, log_every: int = 500) -> DigitsDenoiser:
+    """eps-prediction DDPM training on the train split, cosine schedule, label dropout; returns the EMA model."""
+    torch.manual_seed(seed)
+    x_train = load_digits("train")
+    data, labels = x_train.as_float(), x_train.labels
+    schedule = schedules.get(SCHEDULE)
+    alpha = schedule.alpha.float()
+    sigma = schedule.sigma.float()
+    model = DigitsDenoiser()
+    ema = DigitsDenoiser()
+    ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    for step in range(steps):
+        idx = torch.randint(0, len(data), (batch_size,), generator=gen)
+        x0, y = data[idx], labels[idx].clone()
+        y[torch.rand(batch_size, generator=gen) < LABEL_DROPOUT] = NUM_CLASSES
+        t = torch.randint(0, schedule.T, (batch_size,), generator=gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        x_t = alpha[t, None, None, None] * x0 + sigma[t, None, None, None] * eps
+        loss = nn.functional.mse_loss(model(x_t, t.float(), y), eps)
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, steps, lr)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            decay = min(ema_decay, (1 + step) / (10 + step))
+            for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+                p_ema.lerp_(p, 1 - decay)
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            print(f"denoiser step {step:6d}  loss {loss.item():.4f}  {time.perf_counter() - t0:.0f}s", flush=True)
+    for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
+        b_ema.copy_(b)
+    return ema.eval()
+
+
+def train_classifier(epochs: int, seed: int = 0, batch_size: int = 64, lr: float = 2e-3) -> DigitsClassifier:
+    """Cross-entropy training on the train split with 1-pixel shifts and Gaussian pixel noise."""
+    torch.manual_seed(seed)
+    x_train = load_digits("train")
+    data, labels = x_train.as_float(), x_train.labels
+    model = DigitsClassifier()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(seed + 1)
+    for _epoch in range(epochs):
+        order = torch.randperm(len(data), generator=gen)
+        for start in range(0, len(data), batch_size):
+            idx = order[start : start + batch_size]
+            x = data[idx]
+            shift = torch.randint(-1, 2, (2,), generator=gen).tolist()
+            x = torch.roll(x, shifts=shift, dims=(2, 3))
+            x = (x + 0.1 * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
+            loss = nn.functional.cross_entropy(model(x), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    model.eval()
+    test = load_digits("test")
+    with torch.no_grad():
+        accuracy = (model(test.as_float()).argmax(1) == test.labels).float().mean().item()
+    print(f"classifier: {epochs} epochs, held-out accuracy {accuracy:.4f}", flush=True)
+    return model
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m diffeval.demo.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for denoiser.pt and classifier.pt")
+    parser.add_argument("--denoiser-steps", type=int, default=12000)
+    parser.add_argument("--classifier-epochs", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (bit-exact reruns need the same number)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    classifier = train_classifier(args.classifier_epochs, seed=args.seed)
+    torch.save(classifier.state_dict(), args.out / "classifier.pt")
+    denoiser = train_denoiser(args.denoiser_steps, seed=args.seed)
+    torch.save(denoiser.state_dict(), args.out / "denoiser.pt")
+    for name in ("denoiser.pt", "classifier.pt"):
+        print(f"{name}  sha256 {sha256_file(args.out / name)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""Streaming float64 feature moments: n, sum f, sum f f^T — with merge and .npz files.
+
+Only these statistics are kept (O(d^2) memory), never the N x d features. The sums
+live on the features' device in float64; ``merge`` adds shards (ranks, processes) so
+merged shards equal one pass over all the data.
+
+Example::
+
+    >>> import torch
+    >>> m = FeatureMoments()
+    >>> m.update(torch.tensor([[0.0, 1.0], [2.0, 3.0]]))
+    >>> m.mean.tolist()
+    [1.0, 2.0]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffeval.errors import InputError, explain
+
+__all__ = ["FeatureMoments"]
+
+
+class FeatureMoments:
+    """Running ``n``, ``sum f`` and ``sum f f^T`` of (N, d) features, in float64."""
+
+    def __init__(self, meta: dict[str, Any] | None = None) -> None:
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.reset()
+
+    def reset(self) -> None:
+        self.n = 0
+        self.sum: torch.Tensor | None = None
+        self.sum_outer: torch.Tensor | None = None
+
+    @property
+    def dim(self) -> int | None:
+        return None if self.sum is None else int(self.sum.numel())
+
+    def update(self, features: torch.Tensor) -> None:
+        """Add a batch of features (N, d); non-finite features are an :class:`InputError`."""
+        if not torch.is_tensor(features) or features.ndim != 2:
+            got = tuple(features.shape) if torch.is_tensor(features) else type(features).__name__
+            raise InputError(explain("features must be a 2-D tensor", expected="(N, d)", got=f"{got}", fix="flatten each sample's features to one row"))
+        if self.sum is not None and features.shape[1] != self.sum.numel():
+            raise InputError(
+                explain("feature dimension changed between batches", expected=f"d = {self.sum.numel()}", got=f"d = {features.shape[1]}", fix="use one extractor layer per statistic")
+            )
+        f = features.detach().to(torch.float64)
+        if not bool(torch.isfinite(f).all()):
+            raise InputError(explain("features contain NaN or inf", expected="finite features", got="non-finite values", fix="check the images fed to the extractor"))
+        if self.sum is None:
+            d = f.shape[1]
+            self.sum = torch.zeros(d, dtype=torch.float64, device=f.device)
+            self.sum_outer = torch.zeros(d, d, dtype=torch.float64, device=f.device)
+        self.n += f.shape[0]
+        self.sum += f.sum(0)
+        self.sum_outer += f.T @ f
+
+    def merge(self, other: FeatureMoments) -> FeatureMoments:
+        """Add another shard's sums into this one (in place); returns ``self``."""
+        if other.sum is None:
+            return self
+        if self.sum is None:
+            self.n, self.sum, self.sum_outer = other.n, other.sum.clone(), other.sum_outer.clone()  # type: ignore[union-attr]
+            return self
+        if other.sum.numel() != self.sum.numel():
+            raise InputError(explain("cannot merge statistics of different dimension", expected=f"d = {self.dim}", got=f"d = {other.dim}", fix="merge shards of the same extractor layer"))
+        self.n += other.n
+        self.sum += other.sum.to(self.sum.device)
+        self.sum_outer += other.sum_outer.to(self.sum.device)  # type: ignore[operator,union-attr]
+        return self
+
+    def _require(self, n_min: int) -> None:
+        if self.n < n_min:
+            raise InputError(
+                explain("too few samples for these statistics", expected=f"at least {n_min} samples", got=f"{self.n}", fix="evaluate more samples")
+            )
+
+    @property
+    def mean(self) -> torch.Tensor:
+        self._require(1)
+        return self.sum / self.n  # type: ignore[operator]
+
+    @property
+    def cov(self) -> torch.Tensor:
+        """Unbiased covariance (ddof = 1): ``(sum f f^T - n mu mu^T) / (n - 1)``."""
+        self._require(2)
+        mu = self.mean
+        cov = (self.sum_outer - self.n * torch.outer(mu, mu)) / (self.n - 1)  # type: ignore[operator]
+        return 0.5 * (cov + cov.T)
+
+    # -- files --------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write ``mu``, ``sigma`` (the pytorch-fid / clean-fid / EDM keys), ``n`` and metadata to .npz."""
+        meta = {f"meta_{k}": np.asarray(str(v)) for k, v in self.meta.items()}
+        np.savez(
+            Path(path),
+            mu=self.mean.cpu().numpy(),
+            sigma=self.cov.cpu().numpy(),
+            n=np.asarray(self.n),
+            **meta,
+        )
+
+    @classmethod
+    def from_mean_cov(cls, mu: Any, sigma: Any, n: int, meta: dict[str, Any] | None = None) -> FeatureMoments:
+        """Rebuild the sums from a mean, an unbiased covariance and a count."""
+        mu_t = torch.as_tensor(np.asarray(mu, dtype=np.float64))
+        sigma_t = torch.as_tensor(np.asarray(sigma, dtype=np.float64))
+        d = mu_t.numel()
+        if mu_t.ndim != 1 or sigma_t.shape != (d, d):
+            raise InputError(explain("mu/sigma shapes do not match", expected="mu (d,), sigma (d, d)", got=f"{tuple(mu_t.shape)}, {tuple(sigma_t.shape)}", fix="pass the mean vector and covariance matrix of one feature layer"))
+        if n < 2:
+            raise InputError(explain("statistics need a sample count", expected="n >= 2", got=f"{n}", fix="pass the number of images behind mu and sigma"))
+        moments = cls(meta)
+        moments.n = int(n)
+        moments.sum = mu_t * n
+        moments.sum_outer = sigma_t * (n - 1) + n * torch.outer(mu_t, mu_t)
+        return moments
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureMoments:
+        """Read an .npz with ``mu`` and ``sigma`` (and ``n`` when diffeval wrote it)."""
+        with np.load(Path(path), allow_pickle=False) as data:
+            missing = {"mu", "sigma"} - set(data.files)
+            if missing:
+                raise InputError(explain(f"statistics file {path} lacks keys {sorted(missing)}", expected="keys mu and sigma", got=f"keys {sorted(data.files)}", fix="save statistics with FeatureMoments.save or pytorch-fid's format"))
+            if "n" not in data.files:
+                raise InputError(
+                    explain(
+                        f"statistics file {path} has no sample count 'n'",
+                        expected="key n (the number of images behind mu/sigma)",
+                        got=f"keys {sorted(data.files)}",
+                        fix="re-save with FeatureMoments.save, or load with FeatureMoments.from_mean_cov(mu, sigma, n)",
+                    )
+                )
+            meta = {k[5:]: str(data[k]) for k in data.files if k.startswith("meta_")}
+            return cls.from_mean_cov(data["mu"], data["sigma"], int(data["n"]), meta)
