@@ -53,7 +53,96 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--eta", type=float, default=0.0, help="0 = DDIM, 1 = DDPM ancestral")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     demo.set_defaults(handler=_run_demo)
+
+    fid = commands.add_parser("fid", help="FID between two image sets or statistics files, at matched counts", allow_abbrev=False)
+    fid.add_argument("gen", help="generated images: folder, .npz batch (arr_0) or .npz statistics")
+    fid.add_argument("ref", help="reference: folder, .npz batch or .npz statistics (mu, sigma, n)")
+    _feature_options(fid)
+    fid.add_argument("--n", type=_positive_int, default=None, help="use a seeded subset of N generated images")
+    fid.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the subsets (default 0)")
+    fid.add_argument("--allow-unmatched", action="store_true", help="compute even if the counts differ (the output says so)")
+    fid.set_defaults(handler=_run_fid)
+
+    ref = commands.add_parser("ref", help="reference statistics (mu, sigma, n) of an image set", allow_abbrev=False)
+    ref.add_argument("images", help="image folder or .npz batch")
+    ref.add_argument("--out", type=Path, required=True, help="output .npz")
+    _feature_options(ref)
+    ref.add_argument("--n", type=_positive_int, default=None, help="a seeded subset of N images")
+    ref.add_argument("--seed", type=_non_negative_int, default=0)
+    ref.set_defaults(handler=_run_ref)
+
+    isc = commands.add_parser("is", help="Inception Score of an image set (torch-fidelity convention)", allow_abbrev=False)
+    isc.add_argument("images", help="image folder or .npz batch")
+    _feature_options(isc)
+    isc.add_argument("--splits", type=_positive_int, default=10)
+    isc.set_defaults(handler=_run_is)
+
+    clip = commands.add_parser("clip-score", help="CLIP score of images against prompts (both conventions)", allow_abbrev=False)
+    clip.add_argument("images", help="image folder (sorted by path) or .npz batch")
+    clip.add_argument("prompts", help="text file, one prompt per line, line i for image i")
+    clip.add_argument("--model", default="ViT-B-32", help="open_clip model name (default ViT-B-32)")
+    clip.add_argument("--pretrained", default="openai", help="open_clip tag or local checkpoint path (default openai)")
+    _common_options(clip)
+    clip.set_defaults(handler=_run_clip)
     return parser
+
+
+def _common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--batch-size", type=_positive_int, default=64)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _feature_options(parser: argparse.ArgumentParser) -> None:
+    from diffeval.features import EXTRACTORS
+
+    parser.add_argument("--features", default="inception-v3", help=f"feature extractor: {', '.join(EXTRACTORS.names())} (default inception-v3)")
+    parser.add_argument("--weights", default=None, help="explicit weight file for the extractor")
+    _common_options(parser)
+
+
+def _print_result(result: dict, as_json: bool) -> None:
+    import json
+
+    if as_json:
+        print(json.dumps(result, default=str))
+    else:
+        width = max(len(k) for k in result)
+        for key, value in result.items():
+            print(f"{key:{width}s}  {value:.6g}" if isinstance(value, float) else f"{key:{width}s}  {value}")
+
+
+def _run_fid(args: argparse.Namespace) -> int:
+    from diffeval.image_metrics import fid_between
+
+    result = fid_between(args.gen, args.ref, features=args.features, weights=args.weights, n=args.n, device=args.device, allow_unmatched=args.allow_unmatched, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress)
+    _print_result(result, args.json)
+    return 0
+
+
+def _run_ref(args: argparse.Namespace) -> int:
+    from diffeval.image_metrics import compute_reference
+
+    result = compute_reference(args.images, args.out, features=args.features, weights=args.weights, n=args.n, seed=args.seed, device=args.device, batch_size=args.batch_size, progress=not args.no_progress)
+    _print_result(result, args.json)
+    return 0
+
+
+def _run_is(args: argparse.Namespace) -> int:
+    from diffeval.image_metrics import inception_score_of
+
+    result = inception_score_of(args.images, features=args.features, weights=args.weights, splits=args.splits, device=args.device, batch_size=args.batch_size, progress=not args.no_progress)
+    _print_result(result, args.json)
+    return 0
+
+
+def _run_clip(args: argparse.Namespace) -> int:
+    from diffeval.image_metrics import clip_score_of
+
+    result = clip_score_of(args.images, args.prompts, model=args.model, pretrained=args.pretrained, device=args.device, batch_size=args.batch_size, progress=not args.no_progress)
+    _print_result(result, args.json)
+    return 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:

@@ -1,5 +1,7 @@
 """The evaluation loop: seeds → noise → sampler → uint8 → features once → metric updates.
 
+Each extractor runs once per batch and its features are fanned out to every metric
+(:func:`feed`); :func:`measure` does the same for stored images (folders, .npz).
 Only metric statistics are kept, plus the first ``keep`` samples for a picture.
 Sampler outputs are checked for finiteness, the fraction of pixels outside [-1, 1]
 (saturation) is recorded, then they are clamped and quantized with
@@ -18,7 +20,7 @@ Example::
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,9 +28,11 @@ import torch
 
 from diffeval.errors import ConfigError, explain
 from diffeval.features import FeatureExtractor, to_uint8
+from diffeval.metrics.base import Batch, Metric
 from diffeval.samplers.base import Sampler, SeedRNG
+from diffeval.sources import ImageSource, iter_batches
 
-__all__ = ["evaluate", "EvaluationResult", "LatencySummary", "resolve_device"]
+__all__ = ["evaluate", "measure", "feed", "EvaluationResult", "LatencySummary", "resolve_device"]
 
 
 @dataclass(frozen=True)
@@ -81,13 +85,59 @@ def _batches(seeds: Sequence[int], batch_size: int) -> Iterable[list[int]]:
         yield list(seeds[start : start + batch_size])
 
 
+def _by_name(extractors: Sequence[FeatureExtractor] | Mapping[str, FeatureExtractor], metrics: Sequence[Metric]) -> dict[str, FeatureExtractor]:
+    table = dict(extractors) if isinstance(extractors, Mapping) else {e.name: e for e in extractors}
+    for metric in metrics:
+        if metric.extractor is not None and metric.extractor not in table:
+            raise ConfigError(
+                explain(
+                    f"metric {metric.name!r} needs extractor {metric.extractor!r}",
+                    expected=f"{metric.extractor!r} among the extractors",
+                    got=f"{sorted(table) or 'none'}",
+                    fix=f"pass extractors=[get_extractor({metric.extractor!r})]",
+                )
+            )
+    return table
+
+
+def feed(metrics: Sequence[Metric], extractors: Mapping[str, FeatureExtractor], images: torch.Tensor, seeds: list[int], cond: Any = None) -> None:
+    """Run each needed extractor once on uint8 ``images`` and update every metric."""
+    needed = {m.extractor for m in metrics if m.extractor is not None}
+    batch = Batch(features={name: extractors[name](images) for name in sorted(needed)}, seeds=seeds, cond=cond)
+    for metric in metrics:
+        metric.update(batch)
+
+
+def measure(
+    source: ImageSource,
+    *,
+    extractors: Sequence[FeatureExtractor] | Mapping[str, FeatureExtractor],
+    metrics: Sequence[Metric],
+    batch_size: int = 64,
+    indices: Sequence[int] | None = None,
+    cond_fn: Callable[[list[int]], Any] | None = None,
+    progress: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Feed stored images (by index) to the metrics; returns ``{metric name: compute()}``."""
+    table = _by_name(extractors, metrics)
+    chosen = list(range(len(source))) if indices is None else list(indices)
+    batches: Iterable[tuple[list[int], torch.Tensor]] = iter_batches(source, batch_size, chosen)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, total=-(-len(chosen) // batch_size), desc=f"features {source.name}", unit="batch", leave=False)
+    for idx, images in batches:
+        feed(metrics, table, images, idx, cond_fn(idx) if cond_fn is not None else None)
+    return {metric.name: metric.compute() for metric in metrics}
+
+
 def evaluate(
     sampler: Sampler,
     *,
     seeds: Iterable[int],
     image_shape: Sequence[int],
-    extractor: FeatureExtractor | None = None,
-    metrics: Sequence[Any] = (),
+    extractors: Sequence[FeatureExtractor] | Mapping[str, FeatureExtractor] = (),
+    metrics: Sequence[Metric] = (),
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     cond_fn: Callable[[list[int]], Any] | None = None,
@@ -97,16 +147,14 @@ def evaluate(
     """Sample one image per seed and feed every metric; returns values, latency and kept samples.
 
     ``cond_fn(seeds) -> cond`` gives the condition for a batch (None: unconditional).
-    Each metric has ``update(features_dict)`` and ``compute() -> dict``; features are
-    computed once per batch by ``extractor``.
+    Each metric names the extractor it reads; every extractor runs once per batch.
     """
     seeds = list(seeds)
     if not seeds:
         raise ConfigError(explain("no seeds to evaluate", expected="at least one seed", got="[]", fix="pass seeds=range(n) with n >= 1"))
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(explain("invalid batch size", expected="an integer >= 1", got=repr(batch_size), fix="pass batch_size=64"))
-    if metrics and extractor is None:
-        raise ConfigError(explain("metrics need a feature extractor", expected="extractor=...", got="None", fix="pass extractor=get_extractor(name)"))
+    table = _by_name(extractors, metrics)
     dev = resolve_device(device)
     t_start = time.perf_counter()
     step_s: list[float] = []
@@ -138,10 +186,8 @@ def evaluate(
         if n_kept < keep:
             kept.append(u8[: keep - n_kept].cpu())
             n_kept += kept[-1].shape[0]
-        if extractor is not None and metrics:
-            features = extractor(u8)
-            for metric in metrics:
-                metric.update(features)
+        if metrics:
+            feed(metrics, table, u8, batch_seeds, cond)
     ordered = sorted(step_s)
     latency = LatencySummary(
         nfe=nfe,

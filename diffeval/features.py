@@ -14,20 +14,37 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from diffeval.errors import InputError, explain
+from diffeval.errors import InputError, WeightsError, explain
 from diffeval.registry import Registry
+from diffeval.weights import PublishedWeights, load_state_dict, offline, resolve
 
-__all__ = ["FeatureExtractor", "EXTRACTORS", "get_extractor", "to_uint8", "RANGE_TOLERANCE"]
+__all__ = [
+    "FeatureExtractor",
+    "EXTRACTORS",
+    "get_extractor",
+    "to_uint8",
+    "match_channels",
+    "RANGE_TOLERANCE",
+    "InceptionV3Extractor",
+    "ClipExtractor",
+    "INCEPTION_WEIGHTS",
+]
 
 RANGE_TOLERANCE = 1e-3
 
 
 @runtime_checkable
 class FeatureExtractor(Protocol):
-    """``extractor(images_uint8) -> {layer: (N, D)}``; ``layers`` maps layer names to D."""
+    """``extractor(images_uint8) -> {layer: (N, D)}``.
+
+    ``layers`` maps layer names to D; ``default_layers`` maps a metric kind (``fid``,
+    ``kid``, ``is``, ``clip_score``) to the layer it reads by default; ``channels`` is
+    the channel count the network takes.
+    """
 
     name: str
     layers: dict[str, int]
+    default_layers: dict[str, str]
     channels: int
 
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]: ...
@@ -67,8 +84,150 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return torch.round((images.float() + 1) * 127.5).clamp(0, 255).to(torch.uint8)
 
 
-@EXTRACTORS.register("demo-digits")
-def _demo_digits(device: str = "cpu") -> FeatureExtractor:
-    from diffeval.demo.bundle import DigitsFeatureExtractor
+def match_channels(images: torch.Tensor, channels: int, who: str) -> torch.Tensor:
+    """Repeat grayscale to ``channels``; any other mismatch is an :class:`InputError`."""
+    c = images.shape[1]
+    if c == channels:
+        return images
+    if c == 1:
+        return images.expand(-1, channels, -1, -1)
+    raise InputError(
+        explain(f"{who} got images with {c} channels", expected=f"{channels} channel(s) (grayscale is repeated)", got=f"{c} channels", fix="drop the alpha channel / convert to RGB or grayscale first")
+    )
 
-    return DigitsFeatureExtractor(device=device)
+
+@EXTRACTORS.register("demo-digits")
+def _demo_digits(device: str = "cpu", weights: str | None = None) -> FeatureExtractor:
+    from diffeval.demo.bundle import DigitsFeatureExtractor, load_classifier
+
+    classifier = None if weights is None else load_classifier(weights, sha256=None)
+    return DigitsFeatureExtractor(device=device, classifier=classifier)
+
+
+# -- Inception-v3 (torch-fidelity's network) -------------------------------------------
+INCEPTION_WEIGHTS = PublishedWeights(
+    filename="weights-inception-2015-12-05-6726825d.pth",
+    url="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
+    sha256_prefix="6726825d",
+)
+
+
+class InceptionV3Extractor:
+    """torch-fidelity's ``FeatureExtractorInceptionV3``: pool3 ``2048`` and ``logits_unbiased``.
+
+    The network resizes uint8 input to 299x299 with its TF1-exact bilinear resize and
+    scales by ``(x - 128) / 128``; grayscale input is repeated to RGB. Weights are
+    resolved by :func:`diffeval.weights.resolve` and must load with
+    ``torch.load(weights_only=True)`` before torch-fidelity reads them.
+    """
+
+    name = "inception-v3"
+    layers = {"2048": 2048, "logits_unbiased": 1008}
+    default_layers = {"fid": "2048", "kid": "2048", "is": "logits_unbiased"}
+    channels = 3
+    resize = "tf1-bilinear-299"
+
+    def __init__(self, weights: str | None = None, device: str = "cpu", batch_size: int = 64) -> None:
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        path, verified = resolve(INCEPTION_WEIGHTS, weights)
+        load_state_dict(path, None, fix="pass the torch-fidelity Inception weights (a plain state dict)")  # refuses pickles
+        self.weights_path = str(path)
+        self.weights_verified = verified
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        try:
+            net = FeatureExtractorInceptionV3("inception-v3-compat", list(self.layers), feature_extractor_weights_path=str(path))
+        except RuntimeError as error:  # state dict of another network
+            raise WeightsError(explain(f"weights {path} do not fit the Inception-v3 network", expected="torch-fidelity's pt_inception-2015-12-05 state dict", got=str(error).splitlines()[0], fix="pass the right weight file")) from None
+        self.net = net.to(self.device).eval()
+
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        u8 = match_channels(to_uint8(images), 3, self.name).to(self.device)
+        outputs: list[tuple[torch.Tensor, ...]] = []
+        with torch.no_grad():
+            for chunk in u8.split(self.batch_size):
+                outputs.append(self.net(chunk))
+        return {layer: torch.cat([o[i] for o in outputs]) for i, layer in enumerate(self.layers)}
+
+
+@EXTRACTORS.register("inception-v3")
+def _inception(device: str = "cpu", weights: str | None = None) -> FeatureExtractor:
+    return InceptionV3Extractor(weights=weights, device=device)
+
+
+# -- CLIP (open_clip) --------------------------------------------------------------------
+class ClipExtractor:
+    """An open_clip model: L2-normalized image embeddings (layer ``image``) and text embeddings.
+
+    ``model`` is any open_clip model name (``ViT-B-32``, ``hf-hub:...``); ``pretrained``
+    a tag (``openai``, ``laion2b_s34b_b79k``, ...) or a local checkpoint path (loaded
+    weights-only). Images are resized (bicubic, antialiased) so the short side is the
+    model's input size, centre-cropped, scaled to [0, 1] and normalized with the
+    model's mean/std (OpenAI's for OpenAI weights).
+    """
+
+    name = "clip"
+    default_layers = {"clip_score": "image", "fid": "image", "kid": "image"}
+    channels = 3
+
+    def __init__(self, model: str = "ViT-B-32", pretrained: str | None = "openai", device: str = "cpu", batch_size: int = 64) -> None:
+        import os
+        from pathlib import Path
+
+        import open_clip
+
+        self.model_name = model
+        self.pretrained = pretrained
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        is_file = pretrained is not None and Path(pretrained).is_file()
+        if is_file:
+            load_state_dict(pretrained, None, fix="pass an open_clip checkpoint saved as a plain state dict")  # refuses pickles
+        if pretrained is not None and not is_file and offline():
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            net = open_clip.create_model(model, pretrained=pretrained, device=self.device, weights_only=True)
+        except RuntimeError as error:
+            raise WeightsError(
+                explain(f"cannot build open_clip model {model!r} with pretrained={pretrained!r}", expected="a known model name and a cached tag or a checkpoint file", got=str(error).splitlines()[0][:300], fix="pass --pretrained PATH to a local checkpoint, or run once online to cache the tag")
+            ) from None
+        self.net = net.eval()
+        self.tokenizer = open_clip.get_tokenizer(model)
+        cfg = open_clip.get_model_preprocess_cfg(self.net)
+        size = cfg.get("size", 224)
+        self.image_size = int(size if isinstance(size, int) else size[0])
+        self.mean = torch.tensor(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)), device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)), device=self.device).view(1, 3, 1, 1)
+        with torch.no_grad():
+            dim = int(self.encode_text(["a"]).shape[1])
+        self.layers = {"image": dim}
+
+    def _preprocess(self, u8: torch.Tensor) -> torch.Tensor:
+        x = u8.to(self.device).float() / 255.0
+        h, w = x.shape[-2:]
+        scale = self.image_size / min(h, w)
+        size = (max(self.image_size, round(h * scale)), max(self.image_size, round(w * scale)))
+        x = torch.nn.functional.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+        top, left = (size[0] - self.image_size) // 2, (size[1] - self.image_size) // 2
+        x = x[..., top : top + self.image_size, left : left + self.image_size]
+        return (x - self.mean) / self.std
+
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        u8 = match_channels(to_uint8(images), 3, self.name)
+        out = []
+        with torch.no_grad():
+            for chunk in u8.split(self.batch_size):
+                out.append(torch.nn.functional.normalize(self.net.encode_image(self._preprocess(chunk)).float(), dim=-1))
+        return {"image": torch.cat(out)}
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """L2-normalized text embeddings (N, D)."""
+        tokens = self.tokenizer(list(prompts)).to(self.device)
+        with torch.no_grad():
+            return torch.nn.functional.normalize(self.net.encode_text(tokens).float(), dim=-1)
+
+
+@EXTRACTORS.register("clip")
+def _clip(device: str = "cpu", model: str = "ViT-B-32", pretrained: str | None = "openai") -> FeatureExtractor:
+    return ClipExtractor(model=model, pretrained=pretrained, device=device)

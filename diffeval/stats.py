@@ -1,4 +1,4 @@
-"""Streaming float64 feature moments: n, sum f, sum f f^T — with merge and .npz files.
+"""Streaming float64 feature moments: n, shifted sums of f and f f^T — with merge and .npz files.
 
 Only these statistics are kept (O(d^2) memory), never the N x d features. The sums
 live on the features' device in float64; ``merge`` adds shards (ranks, processes) so
@@ -27,7 +27,12 @@ __all__ = ["FeatureMoments"]
 
 
 class FeatureMoments:
-    """Running ``n``, ``sum f`` and ``sum f f^T`` of (N, d) features, in float64."""
+    """Running ``n``, ``sum (f - a)`` and ``sum (f - a)(f - a)^T`` of (N, d) features, in float64.
+
+    The shift ``a`` (the first batch's mean) keeps the sums centred, so the covariance
+    does not lose digits to ``n mu mu^T`` cancellation; statistics loaded from a file
+    are held about their own mean and round-trip exactly.
+    """
 
     def __init__(self, meta: dict[str, Any] | None = None) -> None:
         self.meta: dict[str, Any] = dict(meta or {})
@@ -35,6 +40,7 @@ class FeatureMoments:
 
     def reset(self) -> None:
         self.n = 0
+        self.shift: torch.Tensor | None = None
         self.sum: torch.Tensor | None = None
         self.sum_outer: torch.Tensor | None = None
 
@@ -54,26 +60,38 @@ class FeatureMoments:
         f = features.detach().to(torch.float64)
         if not bool(torch.isfinite(f).all()):
             raise InputError(explain("features contain NaN or inf", expected="finite features", got="non-finite values", fix="check the images fed to the extractor"))
+        if f.shape[0] == 0:
+            return
         if self.sum is None:
             d = f.shape[1]
+            self.shift = f.mean(0)
             self.sum = torch.zeros(d, dtype=torch.float64, device=f.device)
             self.sum_outer = torch.zeros(d, d, dtype=torch.float64, device=f.device)
+        y = f - self.shift
         self.n += f.shape[0]
-        self.sum += f.sum(0)
-        self.sum_outer += f.T @ f
+        self.sum += y.sum(0)
+        self.sum_outer += y.T @ y
+
+    def _shifted_sums(self, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This shard's sums about another shift: ``z = y + delta``, ``delta = a - b``."""
+        delta = self.shift.to(shift.device) - shift  # type: ignore[union-attr]
+        s = self.sum.to(shift.device)  # type: ignore[union-attr]
+        s_outer = self.sum_outer.to(shift.device)  # type: ignore[union-attr]
+        return s + self.n * delta, s_outer + torch.outer(s, delta) + torch.outer(delta, s) + self.n * torch.outer(delta, delta)
 
     def merge(self, other: FeatureMoments) -> FeatureMoments:
         """Add another shard's sums into this one (in place); returns ``self``."""
         if other.sum is None:
             return self
         if self.sum is None:
-            self.n, self.sum, self.sum_outer = other.n, other.sum.clone(), other.sum_outer.clone()  # type: ignore[union-attr]
+            self.n, self.shift, self.sum, self.sum_outer = other.n, other.shift.clone(), other.sum.clone(), other.sum_outer.clone()  # type: ignore[union-attr]
             return self
         if other.sum.numel() != self.sum.numel():
             raise InputError(explain("cannot merge statistics of different dimension", expected=f"d = {self.dim}", got=f"d = {other.dim}", fix="merge shards of the same extractor layer"))
+        s, s_outer = other._shifted_sums(self.shift)  # type: ignore[arg-type]
         self.n += other.n
-        self.sum += other.sum.to(self.sum.device)
-        self.sum_outer += other.sum_outer.to(self.sum.device)  # type: ignore[operator,union-attr]
+        self.sum += s
+        self.sum_outer += s_outer  # type: ignore[operator]
         return self
 
     def _require(self, n_min: int) -> None:
@@ -85,14 +103,13 @@ class FeatureMoments:
     @property
     def mean(self) -> torch.Tensor:
         self._require(1)
-        return self.sum / self.n  # type: ignore[operator]
+        return self.shift + self.sum / self.n  # type: ignore[operator]
 
     @property
     def cov(self) -> torch.Tensor:
-        """Unbiased covariance (ddof = 1): ``(sum f f^T - n mu mu^T) / (n - 1)``."""
+        """Unbiased covariance (ddof = 1): ``(sum y y^T - (sum y)(sum y)^T / n) / (n - 1)``."""
         self._require(2)
-        mu = self.mean
-        cov = (self.sum_outer - self.n * torch.outer(mu, mu)) / (self.n - 1)  # type: ignore[operator]
+        cov = (self.sum_outer - torch.outer(self.sum, self.sum) / self.n) / (self.n - 1)  # type: ignore[arg-type,operator]
         return 0.5 * (cov + cov.T)
 
     # -- files --------------------------------------------------------------------
@@ -119,8 +136,9 @@ class FeatureMoments:
             raise InputError(explain("statistics need a sample count", expected="n >= 2", got=f"{n}", fix="pass the number of images behind mu and sigma"))
         moments = cls(meta)
         moments.n = int(n)
-        moments.sum = mu_t * n
-        moments.sum_outer = sigma_t * (n - 1) + n * torch.outer(mu_t, mu_t)
+        moments.shift = mu_t.clone()
+        moments.sum = torch.zeros_like(mu_t)
+        moments.sum_outer = sigma_t * (n - 1)
         return moments
 
     @classmethod

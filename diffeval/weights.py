@@ -1,12 +1,17 @@
-"""Weight files: SHA-256 verification and safe loading.
+"""Weight files: resolution, SHA-256 verification and safe loading.
 
 A weight file is accepted only if (when a hash is known) its SHA-256 matches and it
-loads with ``torch.load(weights_only=True)`` — never an arbitrary pickle.
+loads with ``torch.load(weights_only=True)`` — never an arbitrary pickle. Published
+weights are resolved by :func:`resolve`: explicit path → ``$DIFFEVAL_WEIGHTS_DIR`` →
+torch hub cache → download with the hash check (never with ``DIFFEVAL_OFFLINE=1``).
+Nothing is downloaded at import time.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +19,7 @@ import torch
 
 from diffeval.errors import WeightsError, explain
 
-__all__ = ["sha256_file", "verify_sha256", "load_state_dict"]
+__all__ = ["sha256_file", "verify_sha256", "load_state_dict", "PublishedWeights", "resolve", "offline", "candidate_paths", "OFFLINE_ENV", "WEIGHTS_DIR_ENV"]
 
 
 def sha256_file(path: str | Path) -> str:
@@ -67,3 +72,88 @@ def load_state_dict(path: str | Path, sha256: str | None, fix: str) -> dict[str,
             explain(f"weight file {path} holds no state dict", expected="dict of tensors", got=type(state).__name__, fix="save model.state_dict(), not the model")
         )
     return state
+
+
+# -- resolution of published weights ------------------------------------------------
+OFFLINE_ENV = "DIFFEVAL_OFFLINE"
+WEIGHTS_DIR_ENV = "DIFFEVAL_WEIGHTS_DIR"
+
+
+@dataclass(frozen=True)
+class PublishedWeights:
+    """A published weight file: its file name, download URL and SHA-256 prefix (torch.hub style)."""
+
+    filename: str
+    url: str
+    sha256_prefix: str
+
+
+def offline() -> bool:
+    """True when ``DIFFEVAL_OFFLINE`` is set to 1/true/yes."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def candidate_paths(spec: PublishedWeights) -> list[Path]:
+    """Where a published file is looked for: ``$DIFFEVAL_WEIGHTS_DIR``, then the torch hub cache."""
+    paths = []
+    if os.environ.get(WEIGHTS_DIR_ENV):
+        paths.append(Path(os.environ[WEIGHTS_DIR_ENV]) / spec.filename)
+    paths.append(Path(torch.hub.get_dir()) / "checkpoints" / spec.filename)
+    return paths
+
+
+def _check_prefix(path: Path, spec: PublishedWeights) -> None:
+    digest = sha256_file(path)
+    if not digest.startswith(spec.sha256_prefix):
+        raise WeightsError(
+            explain(
+                f"weight file {path} failed its hash check (corrupted or replaced)",
+                expected=f"SHA-256 starting with {spec.sha256_prefix}",
+                got=f"SHA-256 {digest}",
+                fix=f"delete it and download {spec.url} again",
+            )
+        )
+
+
+def resolve(spec: PublishedWeights, path: str | Path | None = None) -> tuple[Path, bool]:
+    """Find a weight file; returns ``(path, verified)``.
+
+    Order: explicit ``path`` (a user file: not hash-checked, still loaded weights-only) →
+    ``$DIFFEVAL_WEIGHTS_DIR/<filename>`` → torch hub cache → download from ``spec.url``
+    into the hub cache with the hash check on — unless ``DIFFEVAL_OFFLINE=1``, where a
+    missing file is an error naming the places searched.
+    """
+    if path is not None:
+        explicit = Path(path)
+        if not explicit.is_file():
+            raise WeightsError(explain(f"weight file {explicit} not found", expected="an existing file", got="nothing at that path", fix="check the --weights path"))
+        return explicit, False
+    candidates = candidate_paths(spec)
+    for candidate in candidates:
+        if candidate.is_file():
+            _check_prefix(candidate, spec)
+            return candidate, True
+    searched = ", ".join(str(c) for c in candidates)
+    if offline():
+        raise WeightsError(
+            explain(
+                f"weights {spec.filename} not found and downloads are off ({OFFLINE_ENV}=1)",
+                expected=f"the file in one of: {searched}",
+                got="no such file",
+                fix=f"download {spec.url} into ${WEIGHTS_DIR_ENV} (or pass an explicit path), or unset {OFFLINE_ENV}",
+            )
+        )
+    target = candidates[-1]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(spec.url, str(target), hash_prefix=spec.sha256_prefix, progress=True)
+    except Exception as error:  # network errors, hash mismatch (RuntimeError)
+        raise WeightsError(
+            explain(
+                f"could not download {spec.url}",
+                expected=f"a file whose SHA-256 starts with {spec.sha256_prefix}",
+                got=f"{type(error).__name__}: {error}",
+                fix=f"download it by hand into ${WEIGHTS_DIR_ENV}, or set {OFFLINE_ENV}=1 and pass an explicit path",
+            )
+        ) from None
+    return target, True

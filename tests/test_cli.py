@@ -45,3 +45,15 @@ def test_errors_exit_2_with_the_fix(tmp_path, capsys):
 def test_cuda_without_gpu_is_a_clear_error(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--device", "cuda", "--no-progress"]) == 2
     assert "--device cpu" in capsys.readouterr().err
+
+
+def test_readme_python_example_runs():
+    """The README's Python example is executed as written."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"## In Python\s+```python\n(.*?)```", readme, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert 0 < namespace["result"].metrics["fid"]["fid"] < 40

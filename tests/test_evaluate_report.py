@@ -38,8 +38,8 @@ def test_fid_is_batch_size_independent():
     sampler = GeneralizedSampler(net_wrapper(net), linear(), steps=8, eta=1.0)
     values = []
     for batch_size in (1, 5, 32):
-        metric = FID(_reference(), "features")
-        result = evaluate(sampler, seeds=range(32), image_shape=(1, 4, 4), extractor=PixelFeatures(), metrics=[metric], batch_size=batch_size)
+        metric = FID(_reference(), "pixels", "features")
+        result = evaluate(sampler, seeds=range(32), image_shape=(1, 4, 4), extractors=[PixelFeatures()], metrics=[metric], batch_size=batch_size)
         values.append(result.metrics["fid"]["fid"])
         assert result.latency.nfe == 8 and result.latency.batches == math.ceil(32 / batch_size)
     assert values[0] == pytest.approx(values[1], rel=1e-9) and values[0] == pytest.approx(values[2], rel=1e-9)
@@ -79,8 +79,8 @@ def test_evaluate_bad_input():
         evaluate(sampler, seeds=[], image_shape=(1, 2, 2))
     with pytest.raises(ConfigError, match="batch size"):
         evaluate(sampler, seeds=[1], image_shape=(1, 2, 2), batch_size=0)
-    with pytest.raises(ConfigError, match="extractor"):
-        evaluate(sampler, seeds=[1], image_shape=(1, 2, 2), metrics=[object()])
+    with pytest.raises(ConfigError, match="needs extractor 'pixels'"):
+        evaluate(sampler, seeds=[1], image_shape=(1, 2, 2), metrics=[FID(_reference(), "pixels", "features")])
 
 
 def test_report_round_trip(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffeval.errors import InputError
-from diffeval.metrics.fid import FID, frechet_distance
+from diffeval.metrics import FID, Batch, frechet_distance
 from diffeval.stats import FeatureMoments
 
 
@@ -27,6 +27,15 @@ def test_singular_covariance_uses_eigh_fallback():
     r = frechet_distance(torch.zeros(2), torch.diag(torch.tensor([1.0, 0.0])), torch.zeros(2), torch.eye(2))
     assert r.method == "eigh"
     assert r.clipped_mass < 1e-12
+
+
+def test_identical_rank_deficient_sets_give_zero():
+    """N < d (singular covariance): the null space adds no sqrt-of-round-off error."""
+    f = torch.randn(20, 50, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 10
+    cov = torch.cov(f.T)
+    r = frechet_distance(f.mean(0), cov, f.mean(0), cov)
+    assert r.method == "eigh"
+    assert abs(r.value) < 1e-9 * float(torch.trace(cov))
 
 
 def test_cholesky_and_eigh_paths_agree_with_scipy_free_reference():
@@ -79,15 +88,17 @@ def test_fid_metric_refuses_unmatched_counts():
     g = torch.Generator().manual_seed(3)
     ref = FeatureMoments()
     ref.update(torch.randn(40, 3, generator=g))
-    metric = FID(ref, "features")
-    metric.update({"features": torch.randn(30, 3, generator=g)})
+    metric = FID(ref, "x", "features")
+    metric.update(Batch(features={"x": {"features": torch.randn(30, 3, generator=g)}}))
     with pytest.raises(InputError, match="sample counts do not match"):
         metric.compute()
     metric.allow_unmatched = True
     out = metric.compute()
     assert out["matched"] is False and out["n_gen"] == 30 and out["n_ref"] == 40
     with pytest.raises(InputError, match="no layer"):
-        metric.update({"logits": torch.zeros(2, 3)})
+        metric.update(Batch(features={"x": {"logits": torch.zeros(2, 3)}}))
+    with pytest.raises(InputError, match="needs features of extractor"):
+        metric.update(Batch(features={"y": {"features": torch.zeros(2, 3)}}))
 
 
 def test_bad_features():
@@ -98,3 +109,20 @@ def test_bad_features():
     with pytest.raises(InputError, match="dimension changed"):
         m.update(torch.zeros(2, 3))
     assert m.n == 2  # nothing lost
+
+
+def test_fid_state_does_not_grow_with_n():
+    """Only O(d^2) statistics are kept: the state after 20 batches equals the state after 1 in size."""
+    ref = FeatureMoments()
+    ref.update(torch.randn(64, 16, generator=torch.Generator().manual_seed(5)))
+    metric = FID(ref, "x", "features", allow_unmatched=True)
+
+    def state_numel():
+        g = metric.generated
+        return sum(t.numel() for t in (g.shift, g.sum, g.sum_outer))
+
+    metric.update(Batch(features={"x": {"features": torch.randn(500, 16)}}))
+    first = state_numel()
+    for _ in range(19):
+        metric.update(Batch(features={"x": {"features": torch.randn(500, 16)}}))
+    assert state_numel() == first == 16 + 16 + 16 * 16 and metric.generated.n == 10_000

@@ -78,6 +78,7 @@ class DigitsFeatureExtractor:
 
     name = "demo-digits"
     layers = {"features": DigitsClassifier.FEATURE_DIM, "logits": 10}
+    default_layers = {"fid": "features", "kid": "features", "is": "logits"}
     channels = 1
 
     def __init__(self, device: str | torch.device = "cpu", classifier: DigitsClassifier | None = None) -> None:

@@ -17,17 +17,22 @@ import torch
 from diffeval.demo.bundle import IMAGE_SHAPE, DigitsFeatureExtractor, demo_sampler
 from diffeval.demo.data import load_digits
 from diffeval.demo.networks import DigitsDenoiser
-from diffeval.evaluate import EvaluationResult, evaluate, resolve_device
+from diffeval.evaluate import EvaluationResult, evaluate, measure, resolve_device
 from diffeval.images import save_grid
-from diffeval.metrics.fid import FID
+from diffeval.metrics import FID, KID, InceptionScore
+from diffeval.references import Reference, build_reference
 from diffeval.report import Report, make_row, provenance
 from diffeval.samplers import CallableSampler
 from diffeval.samplers.base import Sampler
+from diffeval.sources import TensorSource
 from diffeval.stats import FeatureMoments
 
-__all__ = ["DemoConfig", "run_demo", "reference_moments"]
+__all__ = ["DemoConfig", "run_demo", "reference_moments", "demo_reference"]
 
 LAYER = "features"
+LOGITS = "logits"
+EXTRACTOR = "demo-digits"
+KID_SUBSET = 100
 
 
 @dataclass(frozen=True)
@@ -42,21 +47,27 @@ class DemoConfig:
     progress: bool = True
 
 
+def demo_reference(extractor: DigitsFeatureExtractor) -> Reference:
+    """Moments and features of the 360 held-out digits."""
+    source = TensorSource(load_digits("test").images, name="digits:test")
+    return build_reference(source, extractor, moment_layers=[LAYER], feature_layers=[LAYER])
+
+
 def reference_moments(extractor: DigitsFeatureExtractor, layer: str = LAYER) -> FeatureMoments:
     """Feature moments of the 360 held-out digits."""
-    moments = FeatureMoments({"extractor": extractor.name, "layer": layer, "source": "digits:test"})
-    moments.update(extractor(load_digits("test").images)[layer])
-    return moments
+    return demo_reference(extractor).moments[layer]
 
 
-def _fid_run(sampler: Sampler, extractor: DigitsFeatureExtractor, reference: FeatureMoments, cfg: DemoConfig) -> EvaluationResult:
-    metric = FID(reference, LAYER, allow_unmatched=cfg.n != reference.n)
+def _fid_run(sampler: Sampler, extractor: DigitsFeatureExtractor, reference: Reference, cfg: DemoConfig, with_is_kid: bool = False) -> EvaluationResult:
+    metrics: list = [FID(reference.moments[LAYER], EXTRACTOR, LAYER, allow_unmatched=cfg.n != reference.n)]
+    if with_is_kid:
+        metrics += [InceptionScore(EXTRACTOR, LOGITS), KID(reference.features[LAYER], EXTRACTOR, LAYER, subset_size=KID_SUBSET)]
     return evaluate(
         sampler,
         seeds=range(cfg.seed, cfg.seed + cfg.n),
         image_shape=IMAGE_SHAPE,
-        extractor=extractor,
-        metrics=[metric],
+        extractors=[extractor],
+        metrics=metrics,
         batch_size=cfg.batch_size,
         device=cfg.device,
         progress=cfg.progress,
@@ -74,10 +85,10 @@ def run_demo(cfg: DemoConfig) -> tuple[Report, dict[str, Path]]:
     """Run the demo and write ``report.{csv,json,md}`` and ``samples.png`` under ``cfg.out``."""
     device = resolve_device(cfg.device)
     extractor = DigitsFeatureExtractor(device=device)
-    reference = reference_moments(extractor)
+    reference = demo_reference(extractor)
 
     sampler = demo_sampler(steps=cfg.steps, eta=cfg.eta, device=device)
-    trained = _fid_run(sampler, extractor, reference, cfg)
+    trained = _fid_run(sampler, extractor, reference, cfg, with_is_kid=True)
     label = f"demo generalized eta={cfg.eta} steps={cfg.steps}"
 
     torch.manual_seed(cfg.seed)
@@ -86,9 +97,9 @@ def run_demo(cfg: DemoConfig) -> tuple[Report, dict[str, Path]]:
     noise = _fid_run(CallableSampler(lambda x, cond: x.clamp(-1, 1), name="pure-noise"), extractor, reference, cfg)
 
     train_digits = load_digits("train").images[: cfg.n]
-    floor = FID(reference, LAYER, allow_unmatched=len(train_digits) != reference.n)
-    floor.update(extractor(train_digits))
-    floor_value = floor.compute()
+    floor = FID(reference.moments[LAYER], EXTRACTOR, LAYER, allow_unmatched=len(train_digits) != reference.n)
+    floor_value = measure(TensorSource(train_digits), extractors=[extractor], metrics=[floor])["fid"]
+    isc, kid = trained.metrics["inception_score"], trained.metrics["kid"]
 
     lat = trained.latency
     rows = [
@@ -96,6 +107,8 @@ def run_demo(cfg: DemoConfig) -> tuple[Report, dict[str, Path]]:
         _fid_row("fid[untrained model]", "baseline", untrained, "untrained DigitsDenoiser"),
         _fid_row("fid[pure noise]", "baseline", noise, "N(0,I) clamped to [-1,1]"),
         make_row("fid[real training digits]", "baseline", floor_value["fid"], n_gen=floor_value["n_gen"], n_ref=floor_value["n_ref"], extractor=f"demo-digits:{LAYER}", sampler="real digits (train split)"),
+        make_row("inception_score", "metric", isc["inception_score"], stderr=isc["inception_score_std"], n_gen=isc["n_gen"], extractor=f"demo-digits:{LOGITS}", sampler=label, details={"splits": isc["splits"], "stderr_is": "std over splits (ddof 0)"}),
+        make_row("kid", "metric", kid["kid"], stderr=kid["kid_std"], n_gen=kid["n_gen"], n_ref=kid["n_ref"], extractor=f"demo-digits:{LAYER}", sampler=label, details={k: kid[k] for k in ("subsets", "subset_size", "subset_size_reduced")} | {"stderr_is": "std over subsets (ddof 0)"}),
         make_row("nfe", "latency", lat.nfe, unit="evals/sample", sampler=label),
         make_row("step_latency_ms", "latency", lat.step_ms_median, unit="ms", sampler=label, details={"iqr_ms": lat.step_ms_iqr, "batch_size": lat.batch_size, "statistic": "median"}),
         make_row("throughput", "latency", lat.images_per_s, unit="images/s", sampler=label, details={"sampling_wall_s": lat.sampling_wall_s}),

@@ -2,10 +2,10 @@
 
 ``FID = ||mu1 - mu2||^2 + tr S1 + tr S2 - 2 tr sqrt(S1 S2)``. The trace term is computed
 in float64 from symmetric eigenvalue problems only (no ``scipy.linalg.sqrtm``):
-with a Cholesky factor ``S1 = L L^T``, ``tr sqrt(S1 S2) = sum sqrt(eigvalsh(L^T S2 L))``;
-when S1 is singular (N <= d) it falls back to ``R = sqrt(S1)`` from ``eigh`` and
-``sum sqrt(clip0(eigvalsh(R S2 R)))``. The numerics (smallest eigenvalue, negative
-mass clipped) are returned with the value.
+with a factor ``S1 = L L^T``, ``tr sqrt(S1 S2) = sum sqrt(clip0(eigvalsh(L^T S2 L)))``
+— L from Cholesky, or, when S1 is singular (N <= d, dead features), from ``eigh``
+restricted to S1's range (THEORY.md §5's ``R = sqrt(S1)`` form, without the null
+space). The numerics (smallest eigenvalue, mass clipped) come with the value.
 
 Values are comparable only at equal sample counts (the bias is about d(d+5)/(2N)),
 so :class:`FID` refuses unmatched counts unless ``allow_unmatched=True``.
@@ -26,9 +26,10 @@ from typing import Any
 import torch
 
 from diffeval.errors import InputError, explain
+from diffeval.metrics.base import Batch
 from diffeval.stats import FeatureMoments
 
-__all__ = ["FrechetResult", "frechet_distance", "trace_sqrt_product", "FID"]
+__all__ = ["FrechetResult", "frechet_distance", "trace_sqrt_product", "FID", "unmatched_message"]
 
 
 @dataclass(frozen=True)
@@ -42,21 +43,32 @@ class FrechetResult:
 
 
 def trace_sqrt_product(sigma1: torch.Tensor, sigma2: torch.Tensor) -> tuple[float, float, float, str]:
-    """``tr sqrt(S1 S2)`` for symmetric PSD S1, S2 (float64); returns (trace, min eig, clipped mass, method)."""
+    """``tr sqrt(S1 S2)`` for symmetric PSD S1, S2 (float64); returns (trace, min eig, clipped mass, method).
+
+    With any factor ``S1 = L L^T``, the eigenvalues of ``S1 S2`` are those of the
+    symmetric ``L^T S2 L``. L is the Cholesky factor when S1 is positive definite;
+    otherwise ``L = V_k sqrt(w_k)`` from ``eigh(S1)`` keeping only eigenvalues above
+    ``d * eps * max(w)``, so S1's null space (dead features, N <= d) adds no spurious
+    square roots of round-off. ``clipped mass`` sums what was dropped or clipped.
+    """
     s1 = sigma1.to(torch.float64)
     s2 = sigma2.to(torch.float64)
     chol, info = torch.linalg.cholesky_ex(s1)
+    dropped = 0.0
     if int(info) == 0:
-        m = chol.T @ s2 @ chol
+        factor = chol
         method = "cholesky"
     else:
         w, v = torch.linalg.eigh(s1)
-        root = (v * w.clamp_min(0).sqrt()) @ v.T
-        m = root @ s2 @ root
+        keep = w > w.max().clamp_min(0) * w.numel() * torch.finfo(torch.float64).eps
+        dropped = float(w[~keep].abs().sum())
+        factor = v[:, keep] * w[keep].sqrt()
         method = "eigh"
+    m = factor.T @ s2 @ factor
     eig = torch.linalg.eigvalsh(0.5 * (m + m.T))
-    clipped = float(-eig.clamp_max(0).sum())
-    return float(eig.clamp_min(0).sqrt().sum()), float(eig.min()), clipped, method
+    clipped = dropped + float(-eig.clamp_max(0).sum())
+    min_eig = float(eig.min()) if eig.numel() else 0.0
+    return float(eig.clamp_min(0).sqrt().sum()), min_eig, clipped, method
 
 
 def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> FrechetResult:
@@ -81,30 +93,44 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
     return FrechetResult(value=value, mean_term=mean_term, trace_sqrt=trace, min_eigenvalue=min_eig, clipped_mass=clipped, method=method)
 
 
+def unmatched_message(n_gen: int, n_ref: int, dim: int) -> str:
+    """The error for FIDs whose sample counts differ: explains the 1/N bias and the fixes."""
+    bias = dim * (dim + 5) / 2
+    return explain(
+        "FID sample counts do not match",
+        expected=f"as many generated samples as reference samples (n_ref = {n_ref})",
+        got=f"n_gen = {n_gen}",
+        fix=(
+            f"FID is biased by about d(d+5)/(2N) (here d = {dim}: {bias / max(n_gen, 1):.3g} at n_gen vs {bias / max(n_ref, 1):.3g} at n_ref), "
+            f"so values are only comparable at equal N. Generate {n_ref} samples, compute the reference from {n_gen} images "
+            "(a seeded subset of a larger image set), or pass allow_unmatched=True / --allow-unmatched (the report marks the row)"
+        ),
+    )
+
+
 class FID:
     """Streaming Fréchet distance of generated features against reference statistics.
 
-    ``update(features)`` takes the extractor's ``{layer: (N, d)}`` dict and keeps only
-    float64 moments of ``layer``; ``compute()`` returns the value, the counts and the
-    numerics; ``merge`` adds another shard's state.
+    ``update(batch)`` keeps only float64 moments of the ``extractor``/``layer``
+    features; ``compute()`` returns the value, the counts and the numerics; ``merge``
+    adds another shard's state.
     """
 
     name = "fid"
     higher_is_better = False
 
-    def __init__(self, reference: FeatureMoments, layer: str, allow_unmatched: bool = False) -> None:
+    def __init__(self, reference: FeatureMoments, extractor: str, layer: str, allow_unmatched: bool = False) -> None:
         self.reference = reference
+        self.extractor = extractor
         self.layer = layer
         self.allow_unmatched = bool(allow_unmatched)
-        self.generated = FeatureMoments({"layer": layer})
+        self.generated = FeatureMoments({"extractor": extractor, "layer": layer})
 
     def reset(self) -> None:
         self.generated.reset()
 
-    def update(self, features: dict[str, torch.Tensor]) -> None:
-        if self.layer not in features:
-            raise InputError(explain(f"extractor gave no layer {self.layer!r}", expected=f"layer {self.layer!r}", got=f"layers {sorted(features)}", fix="pick a layer the extractor provides"))
-        self.generated.update(features[self.layer])
+    def update(self, batch: Batch) -> None:
+        self.generated.update(batch.layer(self.extractor, self.layer, "FID"))
 
     def merge(self, other: FID) -> FID:
         self.generated.merge(other.generated)
@@ -114,14 +140,7 @@ class FID:
         n_gen, n_ref = self.generated.n, self.reference.n
         matched = n_gen == n_ref
         if not matched and not self.allow_unmatched:
-            raise InputError(
-                explain(
-                    "FID sample counts do not match",
-                    expected=f"as many generated samples as reference samples (n_ref = {n_ref})",
-                    got=f"n_gen = {n_gen}",
-                    fix=f"generate {n_ref} samples, or pass allow_unmatched=True (the report will say so)",
-                )
-            )
+            raise InputError(unmatched_message(n_gen, n_ref, self.generated.dim or 0))
         result = frechet_distance(self.generated.mean, self.generated.cov, self.reference.mean, self.reference.cov)
         return {
             "fid": result.value,

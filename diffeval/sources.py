@@ -1,0 +1,149 @@
+"""Image sources: folders, ADM-style ``.npz`` batches and tensors, read as uint8 NCHW batches.
+
+A source has a length and loads any subset by index, so a reference with more
+images than the generated set can be subsampled (seeded) to a matched count.
+:func:`open_input` also recognizes ``.npz`` statistics (``mu``, ``sigma``, ``n``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from diffeval.errors import InputError, explain
+from diffeval.features import to_uint8
+from diffeval.stats import FeatureMoments
+
+__all__ = ["ImageSource", "TensorSource", "NpzImageSource", "FolderSource", "open_input", "iter_batches", "IMAGE_SUFFIXES", "seeded_subset"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@runtime_checkable
+class ImageSource(Protocol):
+    name: str
+
+    def __len__(self) -> int: ...
+
+    def load(self, indices: Sequence[int]) -> torch.Tensor:
+        """uint8 (len(indices), C, H, W)."""
+        ...
+
+
+class TensorSource:
+    """Images already in memory: uint8 NCHW, or float NCHW in [-1, 1] (quantized on load)."""
+
+    def __init__(self, images: torch.Tensor, name: str = "tensor") -> None:
+        self.images = to_uint8(images)
+        self.name = name
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def load(self, indices: Sequence[int]) -> torch.Tensor:
+        return self.images[torch.as_tensor(list(indices), dtype=torch.long)]
+
+
+class NpzImageSource:
+    """An ADM-style reference batch: ``arr_0`` uint8 (N, H, W, C) (or (N, H, W) grayscale)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.name = str(self.path)
+        with np.load(self.path, allow_pickle=False) as data:
+            array = data["arr_0"]
+        if array.dtype != np.uint8 or array.ndim not in (3, 4):
+            raise InputError(explain(f"{path}: arr_0 is not an image batch", expected="uint8 (N, H, W, C) or (N, H, W)", got=f"{array.dtype} {array.shape}", fix="save images as np.savez(path, arr_0=uint8_nhwc)"))
+        if array.ndim == 3:
+            array = array[..., None]
+        self.images = torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def load(self, indices: Sequence[int]) -> torch.Tensor:
+        return self.images[torch.as_tensor(list(indices), dtype=torch.long)]
+
+
+class FolderSource:
+    """Every image file under a folder (recursive, sorted by path); all must share one size.
+
+    Grayscale files stay 1-channel when every file is grayscale; otherwise all are read as RGB.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        from PIL import Image
+
+        self.path = Path(path)
+        self.name = str(self.path)
+        self.files = sorted(p for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.files:
+            raise InputError(explain(f"no images in folder {path}", expected=f"files ending in {', '.join(IMAGE_SUFFIXES)}", got="none", fix="point to a folder of image files"))
+        with Image.open(self.files[0]) as first:
+            self.size = first.size
+        self.mode = "L" if all(self._mode(p) in ("L", "1") for p in self.files[:64]) else "RGB"
+
+    @staticmethod
+    def _mode(path: Path) -> str:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return image.mode
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self, indices: Sequence[int]) -> torch.Tensor:
+        from PIL import Image
+
+        arrays = []
+        for i in indices:
+            with Image.open(self.files[i]) as image:
+                if image.size != self.size:
+                    raise InputError(
+                        explain(f"image {self.files[i]} has another size than the rest of {self.path}", expected=f"{self.size[0]}x{self.size[1]}", got=f"{image.size[0]}x{image.size[1]}", fix="resize all images to one size first")
+                    )
+                array = np.asarray(image.convert(self.mode))
+            arrays.append(array[..., None] if array.ndim == 2 else array)
+        return torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2).copy())
+
+
+def open_input(path: str | Path) -> ImageSource | FeatureMoments:
+    """A folder or ``.npz`` image batch as an :class:`ImageSource`, or ``.npz`` statistics as :class:`FeatureMoments`."""
+    path = Path(path)
+    if path.is_dir():
+        return FolderSource(path)
+    if not path.is_file():
+        raise InputError(explain(f"input {path} does not exist", expected="an image folder or an .npz file", got="nothing at that path", fix="check the path"))
+    if path.suffix != ".npz":
+        raise InputError(explain(f"unsupported input {path}", expected="an image folder, an .npz image batch (arr_0) or .npz statistics (mu, sigma)", got=f"a {path.suffix or 'suffix-less'} file", fix="convert it to one of those"))
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys = set(data.files)
+    except (OSError, ValueError) as error:
+        raise InputError(explain(f"cannot read {path}", expected="a NumPy .npz archive", got=f"{type(error).__name__}: {error}", fix="re-save the file with numpy.savez")) from None
+    if "arr_0" in keys:
+        return NpzImageSource(path)
+    if {"mu", "sigma"} & keys:
+        return FeatureMoments.load(path)
+    raise InputError(explain(f"{path} holds neither images nor statistics", expected="key arr_0 (images) or mu and sigma (statistics)", got=f"keys {sorted(keys)}", fix="save images as arr_0 or statistics as mu/sigma/n"))
+
+
+def seeded_subset(n_total: int, n: int, seed: int) -> list[int]:
+    """``n`` distinct indices of ``range(n_total)``, drawn with a seeded generator, in ascending order."""
+    if n > n_total:
+        raise InputError(explain("subset larger than the source", expected=f"n <= {n_total}", got=f"n = {n}", fix="ask for fewer images"))
+    perm = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n]
+    return sorted(perm.tolist())
+
+
+def iter_batches(source: ImageSource, batch_size: int, indices: Sequence[int] | None = None) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Yield ``(indices, uint8 images)`` batches of a source, in index order."""
+    order = list(range(len(source))) if indices is None else list(indices)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        yield chunk, source.load(chunk)

@@ -1,0 +1,12 @@
+"""Test-session guards: nothing downloads, and no user cache is read or written."""
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path_factory):
+    home = tmp_path_factory.getbasetemp() / "torch-home"
+    monkeypatch.setenv("DIFFEVAL_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.delenv("DIFFEVAL_WEIGHTS_DIR", raising=False)
