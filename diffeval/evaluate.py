@@ -182,7 +182,7 @@ def evaluate(
             nfe = run.nfe
         outside += int(((images < -1) | (images > 1)).sum())
         total_px += images.numel()
-        u8 = to_uint8(images.clamp(-1, 1))
+        u8 = to_uint8(images.clamp(-1, 1), allow_nonnegative=True)
         if n_kept < keep:
             kept.append(u8[: keep - n_kept].cpu())
             n_kept += kept[-1].shape[0]

@@ -58,11 +58,14 @@ def get_extractor(name: str, **kwargs: Any) -> FeatureExtractor:
     return EXTRACTORS.create(name, **kwargs)
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
+def to_uint8(images: torch.Tensor, *, allow_nonnegative: bool = False) -> torch.Tensor:
     """uint8 NCHW images from uint8 (returned as is) or float images in [-1, 1].
 
     Float values must lie in ``[-1 - 1e-3, 1 + 1e-3]``; they are mapped by
-    ``round((x + 1) * 127.5)`` and clamped to [0, 255].
+    ``round((x + 1) * 127.5)`` (round half to even) and clamped to [0, 255]. A float
+    batch with no negative value looks like [0, 1] data and is refused unless
+    ``allow_nonnegative`` (the evaluation loop allows it: a sampler's output is
+    clamped and its range reported instead).
     """
     if not torch.is_tensor(images) or images.ndim != 4:
         got = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
@@ -71,8 +74,12 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
         return images
     if not images.is_floating_point():
         raise InputError(explain("images have an integer dtype other than uint8", expected="uint8 or float in [-1, 1]", got=str(images.dtype), fix="convert with images.to(torch.uint8)"))
-    if not bool(torch.isfinite(images).all()):
-        raise InputError(explain("images contain NaN or inf", expected="finite values in [-1, 1]", got="non-finite values", fix="check the sampler's output"))
+    bad = ~torch.isfinite(images).flatten(1).all(1)
+    if bool(bad.any()):
+        first = int(torch.nonzero(bad)[0, 0])
+        raise InputError(
+            explain("images contain NaN or inf", expected="finite values in [-1, 1]", got=f"{int(bad.sum())} of {images.shape[0]} images non-finite, the first at index {first}", fix="check the sampler or the decoding of these images")
+        )
     lo, hi = float(images.min()), float(images.max())
     if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
         hint = (
@@ -81,6 +88,15 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
             else "scale images to [-1, 1] (x * 2 - 1 for [0, 1] data), or clamp sampler outputs"
         )
         raise InputError(explain("float images are outside [-1, 1]", expected="values in [-1, 1]", got=f"range [{lo:.4g}, {hi:.4g}]", fix=hint))
+    if lo >= 0 and not allow_nonnegative:
+        raise InputError(
+            explain(
+                "float images look like [0, 1] data (no negative value in the batch)",
+                expected="values in [-1, 1]",
+                got=f"range [{lo:.4g}, {hi:.4g}]",
+                fix="map them with x * 2 - 1, or pass uint8 images; if they really are bright [-1, 1] images, quantize with to_uint8(x, allow_nonnegative=True)",
+            )
+        )
     return torch.round((images.float() + 1) * 127.5).clamp(0, 255).to(torch.uint8)
 
 

@@ -65,8 +65,14 @@ def test_saturation_is_recorded_and_samples_kept():
 def test_to_uint8_rounding_and_errors():
     x = torch.tensor([-1.0, -0.5, 0.0, 1.0]).view(1, 1, 2, 2)
     assert to_uint8(x).flatten().tolist() == [0, 64, 128, 255]  # 63.75 -> 64, 127.5 -> 128 (half to even)
-    with pytest.raises(InputError, match="NaN"):
-        to_uint8(torch.full((1, 1, 2, 2), math.nan))
+    nan = torch.zeros(5, 1, 2, 2)
+    nan[3, 0, 1, 1] = math.nan
+    nan[4, 0, 0, 0] = math.inf
+    with pytest.raises(InputError, match="2 of 5 images non-finite, the first at index 3"):
+        to_uint8(nan)
+    with pytest.raises(InputError, match=r"look like \[0, 1\] data"):
+        to_uint8(torch.rand(4, 1, 2, 2))
+    assert to_uint8(torch.ones(1, 1, 2, 2), allow_nonnegative=True).flatten().tolist() == [255] * 4
     with pytest.raises(InputError, match="0-255"):
         to_uint8(torch.full((1, 1, 2, 2), 255.0))
     with pytest.raises(InputError, match="integer dtype"):
