@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", type=_positive_int, default=120)
     demo.add_argument("--eta", type=float, default=0.0, help="0 = DDIM, 1 = DDPM ancestral")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    demo.add_argument("--bug", choices=("raw-pixels",), default=None, help="inject a classic bug: raw-pixels feeds the digits as 0-255 to the diagnostics")
     demo.set_defaults(handler=_run_demo)
 
     fid = commands.add_parser("fid", help="FID between two image sets or statistics files, at matched counts", allow_abbrev=False)
@@ -84,7 +85,46 @@ def build_parser() -> argparse.ArgumentParser:
     clip.add_argument("--pretrained", default="openai", help="open_clip tag or local checkpoint path (default openai)")
     _common_options(clip)
     clip.set_defaults(handler=_run_clip)
+    diag = commands.add_parser("diagnose", help="SNR-endpoint and x_T-normality checks of a schedule (and data)", allow_abbrev=False)
+    source = diag.add_mutually_exclusive_group(required=True)
+    source.add_argument("--schedule", help="preset: linear, cosine, scaled_linear, vdm, edm")
+    source.add_argument("--alphas", type=Path, help="alphas_cumprod file (.npy, .txt, .csv)")
+    source.add_argument("--config", type=Path, help="diffusers scheduler_config.json")
+    diag.add_argument("--rescale-zero-snr", action="store_true", help="apply Lin et al.'s zero-terminal-SNR rescale first")
+    diag.add_argument("--prediction", choices=("eps", "x0", "v"), default=None, help="what the model predicts")
+    diag.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (with --spacing: checks the first step)")
+    diag.add_argument("--spacing", choices=("linspace", "leading", "trailing"), default=None)
+    diag.add_argument("--data", default=None, help="'digits' (bundled), an image folder or an .npz batch")
+    diag.add_argument("--preprocess", choices=("signed", "unit", "raw"), default="signed", help="uint8 -> model input: signed x/127.5-1, unit x/255, raw 0-255")
+    diag.add_argument("--seed", type=_non_negative_int, default=0)
+    diag.add_argument("--out", type=Path, default=Path("diffeval-diagnose"))
+    diag.add_argument("--json", action="store_true", help="print the checks as JSON")
+    diag.set_defaults(handler=_run_diagnose)
     return parser
+
+
+def _run_diagnose(args: argparse.Namespace) -> int:
+    from diffeval.checks import worst
+    from diffeval.diagnose import DiagnoseConfig, run_diagnose
+
+    cfg = DiagnoseConfig(
+        schedule=args.schedule, alphas=args.alphas, config=args.config, rescale_zero_snr=args.rescale_zero_snr, prediction=args.prediction,
+        steps=args.steps, spacing=args.spacing, data=args.data, preprocess=args.preprocess, seed=args.seed, out=args.out,
+    )
+    results, _, paths = run_diagnose(cfg)
+    if args.json:
+        import json
+
+        print(json.dumps([r.__dict__ for r in results], default=str))
+    else:
+        for r in results:
+            print(r)
+        print()
+        for kind, path in paths.items():
+            print(f"{kind:12s} {path}")
+    verdict = worst(results)
+    print(f"verdict: {verdict}", file=sys.stderr)
+    return 1 if verdict == "fail" else 0
 
 
 def _common_options(parser: argparse.ArgumentParser) -> None:
@@ -148,12 +188,16 @@ def _run_clip(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from diffeval.demo.run import DemoConfig, run_demo
 
-    cfg = DemoConfig(out=args.out, device=args.device, n=args.n, steps=args.steps, seed=args.seed, batch_size=args.batch_size, eta=args.eta, progress=not args.no_progress)
+    cfg = DemoConfig(out=args.out, device=args.device, n=args.n, steps=args.steps, seed=args.seed, batch_size=args.batch_size, eta=args.eta, progress=not args.no_progress, bug=args.bug)
     report, paths = run_demo(cfg)
     print(report.to_text())
     print()
     for kind, path in paths.items():
         print(f"{kind:8s} {path}")
+    failed = [row["name"] for row in report.rows if row["kind"] == "check" and row["status"] == "fail"]
+    if failed:
+        print(f"\nFAILED checks: {', '.join(failed)} (see report.md for each fix)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -14,15 +14,17 @@ from pathlib import Path
 
 import torch
 
+from diffeval.checks import CheckResult, check_snr_endpoints, check_terminal_eps_variance, check_xt_normality, preprocessing, saturation_by_guidance
 from diffeval.demo.bundle import IMAGE_SHAPE, DigitsFeatureExtractor, demo_sampler
 from diffeval.demo.data import load_digits
 from diffeval.demo.networks import DigitsDenoiser
+from diffeval.errors import ConfigError, explain
 from diffeval.evaluate import EvaluationResult, evaluate, measure, resolve_device
 from diffeval.images import save_grid
 from diffeval.metrics import FID, KID, InceptionScore
 from diffeval.references import Reference, build_reference
 from diffeval.report import Report, make_row, provenance
-from diffeval.samplers import CallableSampler
+from diffeval.samplers import CallableSampler, GeneralizedSampler
 from diffeval.samplers.base import Sampler
 from diffeval.sources import TensorSource
 from diffeval.stats import FeatureMoments
@@ -45,6 +47,28 @@ class DemoConfig:
     batch_size: int = 120
     eta: float = 0.0
     progress: bool = True
+    bug: str | None = None  # "raw-pixels": feed the digits as 0-255 to the diagnostics (the SNR-collapse trap)
+
+
+BUGS = ("raw-pixels",)
+
+
+def demo_checks(cfg: DemoConfig, sampler: GeneralizedSampler) -> list[CheckResult]:
+    """The diagnostics of the demo: schedule endpoints, x_T normality of the digits, terminal eps variance, saturation."""
+    digits = load_digits("all")
+    prep = preprocessing("raw" if cfg.bug == "raw-pixels" else "signed")
+    results = check_snr_endpoints(sampler.schedule, prediction=sampler.prediction, steps=sampler.steps, spacing=sampler.spacing)
+    results += check_xt_normality(digits.images, sampler.schedule, prep, seed=cfg.seed)
+    results.append(check_terminal_eps_variance(sampler.model, sampler.schedule, prep(digits.images), sampler.prediction, seed=cfg.seed))
+    results += saturation_by_guidance(
+        lambda w: demo_sampler(steps=min(cfg.steps, 25), device=cfg.device, model=sampler.model, guidance_scale=w),
+        [1.0, 3.0, 8.0],
+        range(cfg.seed, cfg.seed + 64),
+        IMAGE_SHAPE,
+        cond_fn=lambda seeds: torch.tensor([s % 10 for s in seeds], device=cfg.device),
+        device=cfg.device,
+    )
+    return results
 
 
 def demo_reference(extractor: DigitsFeatureExtractor) -> Reference:
@@ -83,6 +107,8 @@ def _fid_row(name: str, kind: str, result: EvaluationResult, sampler: str) -> di
 
 def run_demo(cfg: DemoConfig) -> tuple[Report, dict[str, Path]]:
     """Run the demo and write ``report.{csv,json,md}`` and ``samples.png`` under ``cfg.out``."""
+    if cfg.bug is not None and cfg.bug not in BUGS:
+        raise ConfigError(explain("unknown demo bug", expected=" / ".join(BUGS), got=repr(cfg.bug), fix="use --bug raw-pixels"))
     device = resolve_device(cfg.device)
     extractor = DigitsFeatureExtractor(device=device)
     reference = demo_reference(extractor)
@@ -113,6 +139,7 @@ def run_demo(cfg: DemoConfig) -> tuple[Report, dict[str, Path]]:
         make_row("step_latency_ms", "latency", lat.step_ms_median, unit="ms", sampler=label, details={"iqr_ms": lat.step_ms_iqr, "batch_size": lat.batch_size, "statistic": "median"}),
         make_row("throughput", "latency", lat.images_per_s, unit="images/s", sampler=label, details={"sampling_wall_s": lat.sampling_wall_s}),
     ]
+    rows += [r.to_row() for r in demo_checks(cfg, sampler)]
     config = {"command": "demo", **{k: str(v) for k, v in cfg.__dict__.items()}, "sampler": sampler.config(), "seeds": f"{cfg.seed}..{cfg.seed + cfg.n - 1}"}
     report = Report(rows, provenance(config, str(device)))
     paths = report.write(cfg.out)

@@ -104,6 +104,7 @@ class RunStats:
     step_s: list[float] = field(default_factory=list)
     wall_s: float = 0.0
     batch_size: int = 0
+    x0_outside: float = float("nan")  # fraction of x0_hat values beyond [-1.1, 1.1] before clipping, at steps with SNR >= 1
 
 
 def _synchronize(device: torch.device) -> None:

@@ -38,6 +38,7 @@ from diffeval.schedules import SPACINGS, Schedule, sampling_indices
 __all__ = ["GeneralizedSampler", "PREDICTIONS", "to_x0_eps"]
 
 PREDICTIONS = ("eps", "x0", "v")
+SATURATION_MARGIN = 0.1  # x0_hat counts as saturated beyond [-1.1, 1.1]: data on the bounds overshoots them slightly
 
 
 def to_x0_eps(
@@ -191,6 +192,8 @@ class GeneralizedSampler:
         indices = self.indices.tolist()
         self.timer.start(noise.device, noise.shape[0])
         first_bad = torch.full((), -1, device=noise.device, dtype=torch.int64)
+        outside = torch.zeros((), device=noise.device, dtype=torch.float64)
+        counted = 0
         z = noise
         with torch.no_grad():
             for i, t in enumerate(indices):
@@ -209,6 +212,9 @@ class GeneralizedSampler:
                     out = self._predict(z, model_time, cond, i)
                     # x0_hat, eps_hat from the prediction (eq. 9 of DDIM in SNR form)
                     x0_hat, eps_hat = to_x0_eps(self.prediction, out, z, alpha_t, sigma_t)
+                    if lam_t >= 0:  # saturation where signal dominates (SNR >= 1), counted on the device (no sync)
+                        outside += (x0_hat.abs() > 1 + SATURATION_MARGIN).sum()
+                        counted += x0_hat.numel()
                     if self.clip_x0:
                         x0_hat = x0_hat.clamp(-1, 1)
                         if sigma_t > 0:
@@ -228,6 +234,7 @@ class GeneralizedSampler:
                     if c_sq > 0:
                         z = z + math.sqrt(c_sq) * randn_like(z)
         self.last_run = self.timer.stop()
+        self.last_run.x0_outside = float(outside) / counted if counted else float("nan")
         bad_step = int(first_bad)
         if bad_step >= 0:
             raise SamplerError(

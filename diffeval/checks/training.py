@@ -1,0 +1,144 @@
+"""Diagnosing a training run from its denoiser: loss profile over log-SNR, terminal eps variance, saturation.
+
+- :func:`loss_profile`: eps-MSE and x0-MSE per log-SNR bucket, with the VDM view
+  (``0.5 (-dlambda/du) eps-MSE``, the continuous-time ELBO weighting, u = t/T) beside
+  the unweighted DDPM view. A healthy model beats the trivial predictors (eps-MSE < 1
+  at low SNR, x0-MSE < E[x0^2] at high SNR) in every bucket.
+- :func:`check_terminal_eps_variance`: at t = T, z_T is almost pure noise, so a healthy
+  eps-prediction has variance ~1 (pass within 0.1, warn within 0.25).
+- :func:`saturation_by_guidance`: fraction of predicted x0 beyond [-1.1, 1.1] during
+  sampling (at the steps where signal dominates, SNR >= 1 — at lower SNR x0_hat is
+  noise-dominated for any model; the 0.1 margin because data on the bounds overshoots
+  them slightly), per classifier-free guidance scale — the over-guidance symptom
+  (warn above 5%, fail above 25%).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from diffeval.checks.base import CheckResult
+from diffeval.errors import InputError, explain
+from diffeval.samplers.base import SeedRNG
+from diffeval.samplers.generic import PREDICTIONS, to_x0_eps
+from diffeval.schedules import Schedule
+
+__all__ = ["loss_profile", "check_terminal_eps_variance", "saturation_by_guidance", "SATURATION_WARN", "SATURATION_FAIL"]
+
+SATURATION_WARN = 0.05
+SATURATION_FAIL = 0.25
+
+
+def _check_inputs(x0: torch.Tensor, prediction: str) -> None:
+    if prediction not in PREDICTIONS:
+        raise InputError(explain("unknown prediction type", expected=" / ".join(PREDICTIONS), got=repr(prediction), fix="say what the model outputs"))
+    if not torch.is_tensor(x0) or x0.ndim != 4 or x0.shape[0] == 0:
+        raise InputError(explain("data must be a non-empty NCHW tensor in model space", expected="(N, C, H, W)", got=f"{tuple(x0.shape) if torch.is_tensor(x0) else type(x0).__name__}", fix="pass preprocessed training images"))
+    if not bool(torch.isfinite(x0).all()):
+        raise InputError(explain("data contains NaN or inf", expected="finite data", got="non-finite values", fix="clean the data pipeline"))
+
+
+def _predict(model: Callable[..., torch.Tensor], prediction: str, x0: torch.Tensor, index: torch.Tensor, schedule: Schedule, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(eps, eps_hat, x0_hat) for x0 noised at training indices ``index`` (one per sample)."""
+    alpha = schedule.alpha[index].view(-1, 1, 1, 1)
+    sigma = schedule.sigma[index].view(-1, 1, 1, 1)
+    eps = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    z = alpha * x0.double() + sigma * eps
+    device = next((p.device for p in getattr(model, "parameters", lambda: iter(()))()), torch.device("cpu"))
+    with torch.no_grad():
+        out = model(z.float().to(device), schedule.model_times[index].float().to(device)).double().cpu()
+    if out.shape != z.shape:
+        raise InputError(explain("model output has the wrong shape", expected=f"{tuple(z.shape)}", got=f"{tuple(out.shape)}", fix="the model must return one prediction per pixel"))
+    bad = ~torch.isfinite(out).flatten(1).all(1)
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0, 0])
+        t = int(index[i])
+        raise InputError(explain(f"model returned NaN/inf at training step t={t + 1} (log-SNR {float(schedule.log_snr[t]):.4g})", expected="finite predictions", got=f"{int(bad.sum())} bad samples", fix="check the weights and the model's time input convention"))
+    x0_hat = torch.empty_like(z)
+    eps_hat = torch.empty_like(z)
+    for j in range(z.shape[0]):
+        x0_hat[j], eps_hat[j] = to_x0_eps(prediction, out[j], z[j], float(alpha[j]), float(sigma[j]))
+    return eps, eps_hat, x0_hat, z
+
+
+def loss_profile(model: Callable[..., torch.Tensor], schedule: Schedule, x0: torch.Tensor, prediction: str = "eps", buckets: int = 10, per_bucket: int = 256, seed: int = 0) -> list[dict[str, Any]]:
+    """eps-MSE, x0-MSE and the VDM-weighted loss in ``buckets`` equal-width log-SNR buckets."""
+    _check_inputs(x0, prediction)
+    if buckets < 1 or per_bucket < 1:
+        raise InputError(explain("invalid bucket sizes", expected="buckets >= 1 and per_bucket >= 1", got=f"{buckets}, {per_bucket}", fix="use buckets=10"))
+    lam = schedule.log_snr
+    finite = torch.isfinite(lam)
+    lo, hi = float(lam[finite].min()), float(lam[finite].max())
+    edges = torch.linspace(lo, hi, buckets + 1, dtype=torch.float64)
+    # -dlambda/du with u = t / T, by central differences on the step grid
+    dlam = -torch.gradient(lam.masked_fill(~finite, lo), spacing=1.0 / schedule.T)[0]
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    energy = float((x0.double() ** 2).mean())
+    for b in range(buckets):
+        in_bucket = torch.nonzero(finite & (lam >= edges[b]) & (lam <= edges[b + 1])).flatten()
+        if in_bucket.numel() == 0:
+            continue
+        index = in_bucket[torch.randint(0, in_bucket.numel(), (per_bucket,), generator=gen)]
+        data = x0[torch.randint(0, x0.shape[0], (per_bucket,), generator=gen)]
+        eps, eps_hat, x0_hat, _ = _predict(model, prediction, data, index, schedule, gen)
+        eps_mse = ((eps - eps_hat) ** 2).flatten(1).mean(1)
+        x0_mse = ((data.double() - x0_hat) ** 2).flatten(1).mean(1)
+        vdm = 0.5 * dlam[index] * eps_mse
+        rows.append(
+            {
+                "log_snr_lo": float(edges[b]),
+                "log_snr_hi": float(edges[b + 1]),
+                "n": per_bucket,
+                "eps_mse": float(eps_mse.mean()),
+                "x0_mse": float(x0_mse.mean()),
+                "vdm_weighted": float(vdm.mean()),
+                "trivial_eps_mse": 1.0,
+                "trivial_x0_mse": energy,
+            }
+        )
+    return rows
+
+
+def check_terminal_eps_variance(model: Callable[..., torch.Tensor], schedule: Schedule, x0: torch.Tensor, prediction: str = "eps", n: int = 512, seed: int = 0) -> CheckResult:
+    """Variance of the predicted noise at t = T (~1 for a healthy model)."""
+    _check_inputs(x0, prediction)
+    gen = torch.Generator().manual_seed(seed)
+    data = x0[torch.randint(0, x0.shape[0], (n,), generator=gen)]
+    index = torch.full((n,), schedule.T - 1, dtype=torch.long)
+    _, eps_hat, _, _ = _predict(model, prediction, data, index, schedule, gen)
+    var = float(eps_hat.var())
+    dev = abs(var - 1)
+    status = "pass" if dev <= 0.1 else "warn" if dev <= 0.25 else "fail"
+    message = "predicted noise at T has unit variance." if status == "pass" else (
+        f"Var(eps_hat) = {var:.3g} at T, where z_T is almost pure noise and eps_hat should be ~z_T. "
+        "Fix: check the model's time input (index vs continuous t), the prediction type, and that training covered t = T."
+    )
+    return CheckResult("terminal_eps_variance", status, var, "|Var(eps_hat) - 1| <= 0.1 (warn <= 0.25)", message)
+
+
+def saturation_by_guidance(make_sampler: Callable[[float], Any], scales: Sequence[float], seeds: Sequence[int], image_shape: Sequence[int], cond_fn: Callable[[list[int]], Any] | None = None, device: str = "cpu") -> list[CheckResult]:
+    """Fraction of x0_hat outside [-1, 1] during sampling, one check per guidance scale.
+
+    ``make_sampler(scale)`` builds a sampler that records ``last_run.x0_outside``
+    (the built-in :class:`~diffeval.samplers.GeneralizedSampler` does).
+    """
+    results = []
+    seeds = list(seeds)
+    for scale in scales:
+        sampler = make_sampler(float(scale))
+        rng = SeedRNG(seeds, device)
+        sampler(rng.randn(tuple(image_shape)), cond_fn(seeds) if cond_fn else None, rng=rng)
+        fraction = getattr(sampler.last_run, "x0_outside", float("nan"))
+        if fraction is None or math.isnan(fraction):
+            raise InputError(explain("sampler does not report x0 saturation", expected="last_run.x0_outside", got="nothing", fix="use GeneralizedSampler or record x0_outside in your adapter"))
+        status = "pass" if fraction <= SATURATION_WARN else "warn" if fraction <= SATURATION_FAIL else "fail"
+        msg = f"{100 * fraction:.2f}% of predicted x0 values leave [-1.1, 1.1] at guidance {scale:g}."
+        if status != "pass":
+            msg += " Over-guidance pushes predictions off the data range (washed-out, saturated images). Fix: lower the guidance scale, or use dynamic thresholding / CFG rescale."
+        results.append(CheckResult(f"x0_saturation[guidance={scale:g}]", status, fraction, f"<= {SATURATION_WARN:.0%} (fail > {SATURATION_FAIL:.0%})", msg))
+    return results

@@ -1,0 +1,115 @@
+"""Diagnostic plots as PNG (matplotlib, Agg backend): log-SNR curve, x_T histogram, QQ plot, metric vs knob."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffeval.checks.snr_endpoints import B3_MAX_LOG_SNR, B3_MIN_LOG_SNR
+from diffeval.schedules import Schedule
+
+__all__ = ["plot_log_snr", "plot_xt_histogram", "plot_qq", "plot_metric_vs_knob"]
+
+# log-SNR_T at which the worst-case prior KL reaches 1e-3 / 1e-2 bits/dim (THEORY.md §2)
+B2_PASS_LOG_SNR = math.log(2 ** (2 * 1e-3) - 1)
+B2_WARN_LOG_SNR = math.log(2 ** (2 * 1e-2) - 1)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_log_snr(schedule: Schedule, path: str | Path, first_sampling_step: int | None = None) -> Path:
+    """log-SNR against t with the terminal (B2) and start (B3) thresholds shaded."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    t = np.arange(1, schedule.T + 1)
+    lam = schedule.log_snr.numpy().copy()
+    finite = np.isfinite(lam)
+    ax.plot(t[finite], lam[finite], color="black", lw=1.6, label=f"{schedule.name} (T={schedule.T})")
+    if not finite[-1]:
+        ax.annotate("log-SNR = -inf at T", (t[-1], lam[finite][-1]), textcoords="offset points", xytext=(-110, -14), fontsize=8)
+    ax.axhspan(B2_WARN_LOG_SNR, B2_PASS_LOG_SNR, color="orange", alpha=0.15, label="terminal: warn band")
+    ax.axhspan(B2_WARN_LOG_SNR, max(np.nanmax(lam[finite]), B3_MAX_LOG_SNR) + 2, xmin=0.9, color="red", alpha=0.12, label="terminal: fail (end keeps signal)")
+    ax.axhline(B2_PASS_LOG_SNR, color="green", ls="--", lw=1, label=f"terminal pass: log-SNR_T <= {B2_PASS_LOG_SNR:.2f}")
+    ax.axhline(B3_MIN_LOG_SNR, color="blue", ls=":", lw=1, label=f"start for 8-bit likelihood: >= {B3_MIN_LOG_SNR:.2f}")
+    ax.axhline(B3_MAX_LOG_SNR, color="purple", ls=":", lw=1, label=f"float32 limit: <= {B3_MAX_LOG_SNR}")
+    if first_sampling_step is not None:
+        ax.axvline(first_sampling_step, color="gray", ls="-.", lw=1, label=f"first sampling step t={first_sampling_step}")
+    ax.set_xlabel("training step t")
+    ax.set_ylabel("log-SNR  λ = log(α²/σ²)")
+    ax.set_title("Noise schedule and SNR-endpoint thresholds")
+    ax.legend(fontsize=7, loc="upper right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_xt_histogram(x_T: torch.Tensor, path: str | Path, title: str = "x_T against N(0, 1)") -> Path:  # noqa: N803
+    """Histogram of x_T values with the N(0, 1) density."""
+    plt = _pyplot()
+    values = x_T.flatten().double().numpy()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    lo, hi = min(-4.5, np.percentile(values, 0.1)), max(4.5, np.percentile(values, 99.9))
+    ax.hist(values, bins=120, range=(lo, hi), density=True, color="steelblue", alpha=0.7, label=f"x_T (mean {values.mean():.3f}, var {values.var():.3f})")
+    grid = np.linspace(lo, hi, 400)
+    ax.plot(grid, np.exp(-0.5 * grid**2) / math.sqrt(2 * math.pi), color="black", lw=1.5, label="N(0, 1)")
+    ax.set_title(title)
+    ax.set_xlabel("value")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_qq(x_T: torch.Tensor, path: str | Path) -> Path:  # noqa: N803
+    """Quantiles of x_T against those of N(0, 1); the identity line is the target."""
+    from scipy import stats
+
+    plt = _pyplot()
+    values = np.sort(x_T.flatten().double().numpy())
+    if values.size > 5000:
+        values = values[np.linspace(0, values.size - 1, 5000).astype(int)]
+    probs = (np.arange(values.size) + 0.5) / values.size
+    theory = stats.norm.ppf(probs)
+    fig, ax = plt.subplots(figsize=(4.8, 4.8), dpi=110)
+    ax.plot(theory, values, ".", ms=2, color="steelblue", label="x_T")
+    lim = max(abs(theory).max(), 4)
+    ax.plot([-lim, lim], [-lim, lim], color="black", lw=1, label="identity (N(0, 1))")
+    ax.set_xlabel("N(0, 1) quantile")
+    ax.set_ylabel("x_T quantile")
+    ax.set_title("QQ plot of x_T")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_metric_vs_knob(knob: str, values: Sequence[float], metric: str, results: Sequence[float], path: str | Path, errors: Sequence[float] | None = None) -> Path:
+    """A metric against a swept knob (FID vs NFE, FID vs guidance)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=110)
+    ax.errorbar(list(values), list(results), yerr=None if errors is None else list(errors), marker="o", color="black", capsize=3)
+    ax.set_xlabel(knob)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} vs {knob}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
