@@ -100,7 +100,27 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--out", type=Path, default=Path("diffeval-diagnose"))
     diag.add_argument("--json", action="store_true", help="print the checks as JSON")
     diag.set_defaults(handler=_run_diagnose)
+    bpd = commands.add_parser("bpd", help="bits/dim of the bundled digits under the bundled model (VLB with a standard error)", allow_abbrev=False)
+    bpd.add_argument("--estimator", choices=("vlb", "vdm"), default="vlb", help="vlb: discrete-time bound (the demo model is discrete-time)")
+    bpd.add_argument("--strata", type=_positive_int, default=50, help="t strata of the VLB sum (1..T-1)")
+    bpd.add_argument("--all-terms", action="store_true", help="sum all T-1 terms exactly (slow)")
+    bpd.add_argument("--cdf", choices=("exact", "tanh"), default="exact", help="decoder CDF: exact, or improved-diffusion's tanh approximation")
+    bpd.add_argument("--n", type=_positive_int, default=360, help="held-out digits to use (max 360)")
+    bpd.add_argument("--seed", type=_non_negative_int, default=0)
+    bpd.add_argument("--device", default="cpu")
+    bpd.add_argument("--batch-size", type=_positive_int, default=120)
+    bpd.add_argument("--json", action="store_true")
+    bpd.set_defaults(handler=_run_bpd)
     return parser
+
+
+def _run_bpd(args: argparse.Namespace) -> int:
+    from diffeval.demo.run import demo_bpd
+
+    options = {"cdf": args.cdf, "strata": None if args.all_terms else args.strata} if args.estimator == "vlb" else {}
+    result = demo_bpd(n=args.n, estimator=args.estimator, seed=args.seed, device=args.device, batch_size=args.batch_size, **options)
+    _print_result(result, args.json)
+    return 0
 
 
 def _run_diagnose(args: argparse.Namespace) -> int:

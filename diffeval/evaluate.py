@@ -103,7 +103,7 @@ def _by_name(extractors: Sequence[FeatureExtractor] | Mapping[str, FeatureExtrac
 def feed(metrics: Sequence[Metric], extractors: Mapping[str, FeatureExtractor], images: torch.Tensor, seeds: list[int], cond: Any = None) -> None:
     """Run each needed extractor once on uint8 ``images`` and update every metric."""
     needed = {m.extractor for m in metrics if m.extractor is not None}
-    batch = Batch(features={name: extractors[name](images) for name in sorted(needed)}, seeds=seeds, cond=cond)
+    batch = Batch(features={name: extractors[name](images) for name in sorted(needed)}, seeds=seeds, cond=cond, images=images)
     for metric in metrics:
         metric.update(batch)
 

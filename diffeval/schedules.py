@@ -124,13 +124,15 @@ class Schedule:
     convention: the step index ``t-1`` for discrete DDPM-style models (the diffusers
     and improved-diffusion convention), continuous ``t`` in [0, 1] for VDM, ``sigma``
     for EDM. ``log_snr_fn`` is set for continuous-time schedules: ``lambda(u)`` for
-    ``u`` in [0, 1] (u = 0 the clean end).
+    ``u`` in [0, 1] (u = 0 the clean end), differentiable (autograd gives
+    ``dlambda/du``); ``model_time_fn(u)`` is then the model's time input at ``u``.
     """
 
     log_snr: torch.Tensor
     name: str = "custom"
     model_times: torch.Tensor = field(default=None)  # type: ignore[assignment]
     log_snr_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+    model_time_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         log_snr = _as_float64_vector(self.log_snr, "log_snr")
@@ -217,6 +219,7 @@ def from_log_snr(
     name: str = "custom",
     model_times: object | None = None,
     log_snr_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    model_time_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Schedule:
     """A schedule from log-SNR values for ``t = 1..T`` (validated)."""
     return Schedule(
@@ -224,6 +227,7 @@ def from_log_snr(
         name=name,
         model_times=None if model_times is None else _as_float64_vector(model_times, "model_times"),
         log_snr_fn=log_snr_fn,
+        model_time_fn=model_time_fn,
     )
 
 
@@ -315,7 +319,7 @@ def vdm(gamma_min: float = -13.3, gamma_max: float = 5.0, T: int = 1000) -> Sche
         return -(gamma_min + (gamma_max - gamma_min) * u)
 
     u = torch.linspace(0, 1, T, dtype=torch.float64)
-    return Schedule(log_snr=log_snr_fn(u), name="vdm", model_times=u, log_snr_fn=log_snr_fn)
+    return Schedule(log_snr=log_snr_fn(u), name="vdm", model_times=u, log_snr_fn=log_snr_fn, model_time_fn=lambda v: v)
 
 
 @PRESETS.register("edm")
@@ -343,7 +347,7 @@ def edm(sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, T: 
 
     u = torch.linspace(0, 1, T, dtype=torch.float64)
     lam = log_snr_fn(u)
-    return Schedule(log_snr=lam, name="edm", model_times=torch.exp(-0.5 * lam), log_snr_fn=log_snr_fn)
+    return Schedule(log_snr=lam, name="edm", model_times=torch.exp(-0.5 * lam), log_snr_fn=log_snr_fn, model_time_fn=lambda v: torch.exp(-0.5 * log_snr_fn(v)))
 
 
 def _check_T(T: int) -> None:

@@ -14,14 +14,16 @@ from pathlib import Path
 
 import torch
 
+from diffeval import schedules
 from diffeval.checks import CheckResult, check_snr_endpoints, check_terminal_eps_variance, check_xt_normality, preprocessing, saturation_by_guidance
-from diffeval.demo.bundle import IMAGE_SHAPE, DigitsFeatureExtractor, demo_sampler
+from diffeval.demo.bundle import DEMO_PREDICTION, DEMO_SCHEDULE, IMAGE_SHAPE, DigitsFeatureExtractor, demo_sampler, load_denoiser
 from diffeval.demo.data import load_digits
 from diffeval.demo.networks import DigitsDenoiser
 from diffeval.errors import ConfigError, explain
 from diffeval.evaluate import EvaluationResult, evaluate, measure, resolve_device
 from diffeval.images import save_grid
 from diffeval.metrics import FID, KID, InceptionScore
+from diffeval.metrics.bpd import BitsPerDim
 from diffeval.references import Reference, build_reference
 from diffeval.report import Report, make_row, provenance
 from diffeval.samplers import CallableSampler, GeneralizedSampler
@@ -29,7 +31,7 @@ from diffeval.samplers.base import Sampler
 from diffeval.sources import TensorSource
 from diffeval.stats import FeatureMoments
 
-__all__ = ["DemoConfig", "run_demo", "reference_moments", "demo_reference"]
+__all__ = ["DemoConfig", "run_demo", "reference_moments", "demo_reference", "demo_bpd"]
 
 LAYER = "features"
 LOGITS = "logits"
@@ -51,6 +53,16 @@ class DemoConfig:
 
 
 BUGS = ("raw-pixels",)
+
+
+def demo_bpd(n: int = 360, estimator: str = "vlb", seed: int = 0, device: str = "cpu", batch_size: int = 120, **options: object) -> dict:
+    """Bits/dim of the first ``n`` held-out digits under the bundled model (discrete-time VLB by default)."""
+    test = load_digits("test")
+    if not 2 <= n <= len(test.images):
+        raise ConfigError(explain("invalid number of digits for bits/dim", expected=f"2 <= n <= {len(test.images)}", got=str(n), fix=f"use --n {len(test.images)}"))
+    dev = resolve_device(device)
+    metric = BitsPerDim(load_denoiser(device=dev), schedules.get(DEMO_SCHEDULE), DEMO_PREDICTION, estimator, seed=seed, **options)
+    return measure(TensorSource(test.images[:n], name="digits:test"), extractors=[], metrics=[metric], batch_size=batch_size)["bpd"]
 
 
 def demo_checks(cfg: DemoConfig, sampler: GeneralizedSampler) -> list[CheckResult]:
@@ -139,6 +151,10 @@ def run_demo(cfg: DemoConfig) -> tuple[Report, dict[str, Path]]:
         make_row("step_latency_ms", "latency", lat.step_ms_median, unit="ms", sampler=label, details={"iqr_ms": lat.step_ms_iqr, "batch_size": lat.batch_size, "statistic": "median"}),
         make_row("throughput", "latency", lat.images_per_s, unit="images/s", sampler=label, details={"sampling_wall_s": lat.sampling_wall_s}),
     ]
+    bpd = demo_bpd(seed=cfg.seed, device=cfg.device, batch_size=cfg.batch_size)
+    rows.append(
+        make_row("bpd", "metric", bpd["bpd"], stderr=bpd["bpd_stderr"], unit="bits/dim", n_ref=bpd["n"], sampler="bundled denoiser (eps, cosine)", details={k: bpd[k] for k in ("prior_bpd", "diffusion_bpd", "decoder_bpd", "estimator", "convention", "options")} | {"data": "360 held-out digits"})
+    )
     rows += [r.to_row() for r in demo_checks(cfg, sampler)]
     config = {"command": "demo", **{k: str(v) for k, v in cfg.__dict__.items()}, "sampler": sampler.config(), "seeds": f"{cfg.seed}..{cfg.seed + cfg.n - 1}"}
     report = Report(rows, provenance(config, str(device)))

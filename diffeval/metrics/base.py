@@ -20,11 +20,12 @@ __all__ = ["Batch", "Metric"]
 
 @dataclass
 class Batch:
-    """One batch: ``features[extractor][layer]`` (N, D), the samples' seeds and their condition."""
+    """One batch: ``features[extractor][layer]`` (N, D), the uint8 images, their seeds and condition."""
 
     features: dict[str, dict[str, torch.Tensor]]
     seeds: list[int] = field(default_factory=list)
     cond: Any = None
+    images: torch.Tensor | None = None
 
     def layer(self, extractor: str, layer: str, who: str) -> torch.Tensor:
         if extractor not in self.features:

@@ -76,6 +76,11 @@ class SeedRNG:
         draws = [torch.randn(tuple(shape), generator=g, device=self.device, dtype=torch.float32) for g in self.generators]
         return torch.stack(draws).to(dtype)
 
+    def rand(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Uniform [0, 1) draws of shape ``(len(seeds), *shape)``, one generator per sample."""
+        draws = [torch.rand(tuple(shape), generator=g, device=self.device, dtype=torch.float32) for g in self.generators]
+        return torch.stack(draws).to(dtype)
+
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != len(self.generators):
             raise SamplerError(
