@@ -283,7 +283,7 @@ def vdm_nll(
     n, dims = x0.shape[0], x0[0].numel()
     ends, _ = vdm_weight(schedule, torch.tensor([0.0, 1.0], dtype=torch.float64))
     lam_0, lam_1 = float(ends[0]), float(ends[1])
-    a0_sq, a1_sq = 1 / (1 + math.exp(-lam_0)), 1 / (1 + math.exp(-lam_1))
+    a1_sq = 1 / (1 + math.exp(-lam_1))
     prior = prior_kl(x0, a1_sq).flatten(1).sum(1)
     # L_recon at lambda(0): z_0 = alpha_0 x + sigma_0 eps, decoded from z_0 / alpha_0 with sd exp(-lambda_0 / 2)
     z0_scaled = x0 + math.exp(-lam_0 / 2) * rng.randn(x0.shape[1:], torch.float64)
@@ -309,7 +309,7 @@ def vdm_nll(
         alpha, sigma = torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
         eps = rng.randn(x0.shape[1:], torch.float64)
         z = alpha.view(-1, *[1] * (x0.ndim - 1)) * x0 + sigma.view(-1, *[1] * (x0.ndim - 1)) * eps
-        _, eps_hat = _x0_eps_hat(model, prediction, z, schedule.model_time_fn(u[:, j]), alpha, sigma, lambda i, j=j: f"u={float(u[i, j]):.4g} (log-SNR {float(lam[i]):.4g})")  # type: ignore[misc]
+        _, eps_hat = _x0_eps_hat(model, prediction, z, schedule.model_time_fn(u[:, j]), alpha, sigma, lambda i, j=j, lam=lam: f"u={float(u[i, j]):.4g} (log-SNR {float(lam[i]):.4g})")  # type: ignore[misc]
         diffusion += 0.5 * weight * ((eps - eps_hat) ** 2).flatten(1).sum(1) / n_t
     return BpdEstimate(nll_nats=prior + diffusion + recon, components={"prior": prior, "diffusion": diffusion, "decoder": recon}, dims=dims)
 
