@@ -111,7 +111,45 @@ def build_parser() -> argparse.ArgumentParser:
     bpd.add_argument("--batch-size", type=_positive_int, default=120)
     bpd.add_argument("--json", action="store_true")
     bpd.set_defaults(handler=_run_bpd)
+    run = commands.add_parser("run", help="run an evaluation config (TOML) into a report", allow_abbrev=False)
+    run.add_argument("config", help="path to eval.toml, or 'demo' for the bundled demo config")
+    run.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<name>)")
+    run.add_argument("--no-progress", action="store_true")
+    run.set_defaults(handler=_run_run)
+
+    gate = commands.add_parser("gate", help="compare a candidate report with a baseline: exit 0 pass, 1 regression, 2 error", allow_abbrev=False)
+    gate.add_argument("--baseline", required=True, help="baseline report.json")
+    gate.add_argument("--candidate", required=True, help="candidate report.json")
+    gate.add_argument("--rules", default=None, help="gate rules TOML (default: no metric worse, no new check failure)")
+    gate.add_argument("--junit", default=None, help="also write a JUnit XML file here")
+    gate.add_argument("--k", type=float, default=None, help="noise multiplier: a change must exceed k standard errors (overrides the rules)")
+    gate.set_defaults(handler=_run_gate)
     return parser
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from diffeval.config import load_config
+    from diffeval.demo.run import demo_config_path
+    from diffeval.runner import RunFailed, run_config
+
+    cfg = load_config(demo_config_path() if args.config == "demo" else args.config)
+    out = args.out if args.out is not None else Path("runs") / cfg.name
+    try:
+        outcome = run_config(cfg, out, progress=not args.no_progress)
+    except RunFailed as failure:
+        print(f"diffeval run: error: {failure}", file=sys.stderr)
+        return 130 if failure.interrupted else 2
+    print(outcome.report.to_text())
+    print()
+    for kind, path in outcome.paths.items():
+        print(f"{kind:14s} {path}")
+    return 0
+
+
+def _run_gate(args: argparse.Namespace) -> int:
+    from diffeval.gate import run_gate
+
+    return run_gate(args.baseline, args.candidate, args.rules, args.junit, args.k)
 
 
 def _run_bpd(args: argparse.Namespace) -> int:
@@ -207,9 +245,14 @@ def _run_clip(args: argparse.Namespace) -> int:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from diffeval.demo.run import DemoConfig, run_demo
+    from diffeval.runner import RunFailed
 
     cfg = DemoConfig(out=args.out, device=args.device, n=args.n, steps=args.steps, seed=args.seed, batch_size=args.batch_size, eta=args.eta, progress=not args.no_progress, bug=args.bug)
-    report, paths = run_demo(cfg)
+    try:
+        report, paths = run_demo(cfg)
+    except RunFailed as failure:
+        print(f"diffeval demo: error: {failure}", file=sys.stderr)
+        return 130 if failure.interrupted else 2
     print(report.to_text())
     print()
     for kind, path in paths.items():

@@ -143,11 +143,13 @@ def evaluate(
     cond_fn: Callable[[list[int]], Any] | None = None,
     keep: int = 100,
     progress: bool = False,
+    on_batch: Callable[[int, list[int]], None] | None = None,
 ) -> EvaluationResult:
     """Sample one image per seed and feed every metric; returns values, latency and kept samples.
 
     ``cond_fn(seeds) -> cond`` gives the condition for a batch (None: unconditional).
     Each metric names the extractor it reads; every extractor runs once per batch.
+    ``on_batch(index, seeds)`` is called before each batch (progress, error reports).
     """
     seeds = list(seeds)
     if not seeds:
@@ -170,7 +172,9 @@ def evaluate(
         from tqdm.auto import tqdm
 
         iterator = tqdm(batches, desc="sampling", unit="batch", leave=False)
-    for batch_seeds in iterator:
+    for batch_index, batch_seeds in enumerate(iterator):
+        if on_batch is not None:
+            on_batch(batch_index, batch_seeds)
         rng = SeedRNG(batch_seeds, dev)
         noise = rng.randn(tuple(image_shape))
         cond = cond_fn(batch_seeds) if cond_fn is not None else None

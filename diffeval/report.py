@@ -1,21 +1,28 @@
-"""Reports: rows with provenance → pandas; written as CSV + JSON + Markdown.
+"""Reports: rows with provenance → pandas; written as CSV, JSON, Markdown and a self-contained HTML page.
 
-Every metric value, check verdict and latency figure is one row with the columns of
-:data:`COLUMNS`; run-wide facts (versions, git commit, device, seeds, config) are the
-``provenance``. ``Report.write(folder)`` writes ``report.csv``, ``report.json`` (rows
-and provenance; :meth:`Report.load` reads it back) and ``report.md``.
+Every metric value, check verdict and latency figure is one row (:data:`ROW_COLUMNS`);
+run-wide facts (versions, git commit, device, seeds, wall time, config) are the
+``provenance`` and are repeated as columns (:data:`RUN_COLUMNS`) in :meth:`Report.to_frame`
+so several runs concatenate into one comparable frame (:func:`load_frames`).
+
+``Report.write(folder)`` writes ``report.csv``, ``report.json`` (rows + provenance;
+:meth:`Report.load` reads it back to the same frame), ``report.md`` and ``report.html``
+(tables and the plots — sample grid, log-SNR curve, x_T histogram, metric vs knob —
+embedded as base64 PNG, so the page stands alone).
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
+import html
 import json
 import math
 import platform
 import subprocess
 import sys
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,26 +30,32 @@ import pandas as pd
 
 from diffeval.errors import InputError, explain
 
-__all__ = ["COLUMNS", "Report", "provenance", "make_row"]
+__all__ = ["ROW_COLUMNS", "RUN_COLUMNS", "COLUMNS", "KINDS", "Report", "provenance", "make_row", "load_frames", "read_csv"]
 
-COLUMNS = (
-    "run_id",
-    "name",
-    "kind",
-    "value",
-    "stderr",
-    "unit",
-    "status",
-    "n_gen",
-    "n_ref",
-    "extractor",
-    "sampler",
-    "details",
-)
+ROW_COLUMNS = ("name", "kind", "value", "stderr", "unit", "status", "n_gen", "n_ref", "extractor", "sampler", "knob", "knob_value", "details")
+RUN_COLUMNS = ("run_id", "run_name", "seeds", "device", "wall_s", "git_commit", "diffeval_version", "torch_version", "created")
+COLUMNS = RUN_COLUMNS + ROW_COLUMNS
 KINDS = ("metric", "baseline", "latency", "check")
+_FLOAT = ("value", "stderr", "knob_value", "wall_s")
+_INT = ("n_gen", "n_ref")
 
 
-def make_row(name: str, kind: str, value: float, *, stderr: float | None = None, unit: str = "", status: str = "", n_gen: int | None = None, n_ref: int | None = None, extractor: str = "", sampler: str = "", details: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def make_row(
+    name: str,
+    kind: str,
+    value: float,
+    *,
+    stderr: float | None = None,
+    unit: str = "",
+    status: str = "",
+    n_gen: int | None = None,
+    n_ref: int | None = None,
+    extractor: str = "",
+    sampler: str = "",
+    knob: str = "",
+    knob_value: float | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """One report row; ``details`` holds anything else (serialized as JSON text)."""
     if kind not in KINDS:
         raise InputError(explain("unknown row kind", expected=" / ".join(KINDS), got=repr(kind), fix="use one of the listed kinds"))
@@ -53,43 +66,70 @@ def make_row(name: str, kind: str, value: float, *, stderr: float | None = None,
         "stderr": float("nan") if stderr is None else float(stderr),
         "unit": unit,
         "status": status,
-        "n_gen": pd.NA if n_gen is None else int(n_gen),
-        "n_ref": pd.NA if n_ref is None else int(n_ref),
+        "n_gen": None if n_gen is None else int(n_gen),
+        "n_ref": None if n_ref is None else int(n_ref),
         "extractor": extractor,
         "sampler": sampler,
+        "knob": knob,
+        "knob_value": float("nan") if knob_value is None else float(knob_value),
         "details": json.dumps(dict(details or {}), sort_keys=True, default=str),
     }
 
 
-def _git_commit() -> str:
+def _git_commit(folder: Path | None = None) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False, cwd=folder)
     except (OSError, subprocess.SubprocessError):
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def provenance(config: Mapping[str, Any], device: str) -> dict[str, Any]:
-    """Versions, git commit of the working directory (if any), device, host and config."""
+def _code_folder(code: str | None) -> Path | None:
+    """The folder of the module behind a ``pkg.module:function`` factory, if importable."""
+    if not code or ":" not in code:
+        return None
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(code.split(":", 1)[0])
+    except (ImportError, ValueError):
+        return None
+    return Path(spec.origin).parent if spec is not None and spec.origin else None
+
+
+def provenance(config: Mapping[str, Any], device: str, *, wall_s: float | None = None, seeds: str = "", code: str | None = None, name: str | None = None) -> dict[str, Any]:
+    """Versions, git commit of the evaluated code (the factory's module, else the working dir), device, host and config."""
     import numpy
     import torch
 
     import diffeval
 
-    info: dict[str, Any] = {
+    return {
+        "run_name": name or str(config.get("name", "")),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "diffeval": diffeval.__version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "pandas": pd.__version__,
+        "diffeval_version": diffeval.__version__,
+        "torch_version": torch.__version__,
+        "numpy_version": numpy.__version__,
+        "pandas_version": pd.__version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "device": device,
         "device_name": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else platform.processor() or platform.machine(),
-        "git_commit": _git_commit(),
+        "git_commit": _git_commit(_code_folder(code)),
+        "seeds": seeds,
+        "wall_s": float("nan") if wall_s is None else float(wall_s),
         "config": dict(config),
     }
-    return info
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    for col in _FLOAT:
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+    for col in _INT:
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
+    for col in set(COLUMNS) - set(_FLOAT) - set(_INT):
+        frame[col] = frame[col].fillna("").astype(str)
+    return frame[list(COLUMNS)]
 
 
 class Report:
@@ -97,52 +137,147 @@ class Report:
 
     def __init__(self, rows: Sequence[Mapping[str, Any]], provenance: Mapping[str, Any], run_id: str | None = None) -> None:
         self.run_id = run_id or uuid.uuid4().hex[:12]
-        self.rows = [dict(row, run_id=self.run_id) for row in rows]
+        self.rows = [dict(row) for row in rows]
         self.provenance = dict(provenance)
 
     def to_frame(self) -> pd.DataFrame:
-        frame = pd.DataFrame(self.rows, columns=list(COLUMNS))
-        for col in ("n_gen", "n_ref"):
-            frame[col] = frame[col].astype("Int64")
-        for col in ("value", "stderr"):
-            frame[col] = frame[col].astype("float64")
-        return frame
+        """All rows with the run-wide columns filled in."""
+        frame = pd.DataFrame(self.rows, columns=list(ROW_COLUMNS))
+        run = {"run_id": self.run_id, **{k: self.provenance.get(k, "") for k in RUN_COLUMNS if k != "run_id"}}
+        for key, value in run.items():
+            frame[key] = value
+        return _typed(frame)
 
-    def write(self, folder: str | Path) -> dict[str, Path]:
-        """Write report.csv, report.json and report.md into ``folder``; returns their paths."""
+    # -- writers ---------------------------------------------------------------------------
+    def write(self, folder: str | Path, *, samples: Any = None, schedule: Any = None, xt: Any = None) -> dict[str, Path]:
+        """Write report.csv / .json / .md / .html (and the PNGs the HTML embeds) into ``folder``."""
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"csv": out / "report.csv", "json": out / "report.json", "md": out / "report.md"}
         frame = self.to_frame()
         frame.to_csv(paths["csv"], index=False)
-        records = [{k: (None if (isinstance(v, float) and math.isnan(v)) or v is pd.NA else v) for k, v in row.items()} for row in frame.astype(object).to_dict("records")]
+        records = [{k: _json_value(v) for k, v in row.items()} for row in frame[list(ROW_COLUMNS)].astype(object).to_dict("records")]
         paths["json"].write_text(json.dumps({"run_id": self.run_id, "provenance": self.provenance, "rows": records}, indent=2, default=str) + "\n")
         paths["md"].write_text(self.to_markdown() + "\n")
+        paths.update(self._write_plots(out, samples, schedule, xt))
+        paths["html"] = out / "report.html"
+        paths["html"].write_text(self.to_html({k: v for k, v in paths.items() if k.endswith("_png") or k == "samples"}))
+        return paths
+
+    def _write_plots(self, out: Path, samples: Any, schedule: Any, xt: Any) -> dict[str, Path]:
+        from diffeval import plots
+        from diffeval.images import save_grid
+
+        paths: dict[str, Path] = {}
+        if samples is not None and len(samples):
+            paths["samples"] = save_grid(samples[:100], out / "samples.png", nrow=10, scale=max(1, 32 // int(samples.shape[-1])))
+        if schedule is not None:
+            paths["log_snr_png"] = plots.plot_log_snr(schedule, out / "log_snr.png")
+        if xt is not None:
+            paths["xt_hist_png"] = plots.plot_xt_histogram(xt, out / "xt_histogram.png")
+        frame = self.to_frame()
+        swept = frame[(frame["knob"] != "") & (frame["kind"] == "metric")]
+        for (knob, name), group in swept.groupby(["knob", "name"]):
+            group = group.sort_values("knob_value")
+            x = group["knob_value"].tolist()
+            label = knob
+            if knob == "steps":  # FID vs NFE: the x axis is the network evaluations per sample
+                nfe = frame[(frame["name"] == "nfe") & (frame["knob"] == knob)].set_index("knob_value")["value"]
+                x = [float(nfe.get(v, v)) for v in x]
+                label = "NFE"
+            errors = group["stderr"].tolist() if group["stderr"].notna().any() else None
+            paths[f"sweep_{name}_png"] = plots.plot_metric_vs_knob(label, x, name, group["value"].tolist(), out / f"sweep_{name}.png", errors)
         return paths
 
     def to_markdown(self) -> str:
         lines = [f"# diffeval report {self.run_id}", ""]
         lines += [f"- {k}: {v}" for k, v in self.provenance.items() if k != "config"]
-        lines += ["", "| name | kind | value | stderr | unit | status | n_gen | n_ref | extractor | sampler |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| name | kind | value | stderr | unit | status | n_gen | n_ref | extractor | knob |", "|---|---|---|---|---|---|---|---|---|---|"]
         for row in self.to_frame().itertuples():
             stderr = "" if math.isnan(row.stderr) else f"{row.stderr:.4g}"
-            n_gen = "" if row.n_gen is pd.NA else row.n_gen
-            n_ref = "" if row.n_ref is pd.NA else row.n_ref
-            lines.append(f"| {row.name} | {row.kind} | {row.value:.6g} | {stderr} | {row.unit} | {row.status} | {n_gen} | {n_ref} | {row.extractor} | {row.sampler} |")
+            knob = "" if not row.knob else f"{row.knob}={row.knob_value:g}"
+            n_gen = "" if pd.isna(row.n_gen) else row.n_gen
+            n_ref = "" if pd.isna(row.n_ref) else row.n_ref
+            lines.append(f"| {row.name} | {row.kind} | {row.value:.6g} | {stderr} | {row.unit} | {row.status} | {n_gen} | {n_ref} | {row.extractor} | {knob} |")
+        checks = [r for r in self.rows if r["kind"] == "check" and r["status"] in ("warn", "fail")]
+        if checks:
+            lines += ["", "## Checks that need attention", ""]
+            lines += [f"- **{r['status'].upper()} {r['name']}**: {json.loads(r['details']).get('message', json.loads(r['details']).get('error', ''))}" for r in checks]
         return "\n".join(lines)
+
+    def to_html(self, images: Mapping[str, Path]) -> str:
+        frame = self.to_frame()
+        shown = frame[["name", "kind", "value", "stderr", "unit", "status", "n_gen", "n_ref", "extractor", "knob", "knob_value"]].copy()
+        for col in ("n_gen", "n_ref"):
+            shown[col] = shown[col].astype(object).where(shown[col].notna(), "")
+        table = shown.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.6g}", classes="rows", border=0)
+        prov = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in self.provenance.items() if k != "config")
+        figures = []
+        for key, path in images.items():
+            data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+            figures.append(f'<figure><img alt="{html.escape(key)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(Path(path).name)}</figcaption></figure>')
+        checks = [r for r in self.rows if r["kind"] == "check" and r["status"] in ("warn", "fail")]
+        attention = "".join(f"<li class='{r['status']}'><b>{r['status'].upper()} {html.escape(r['name'])}</b>: {html.escape(str(json.loads(r['details']).get('message', json.loads(r['details']).get('error', ''))))}</li>" for r in checks)
+        return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>diffeval report {self.run_id}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table.rows {{ border-collapse: collapse; font-size: 13px; }}
+table.rows td, table.rows th {{ padding: 3px 8px; border-bottom: 1px solid #ddd; text-align: right; }}
+table.prov th {{ text-align: left; padding-right: 1em; }} table.prov {{ font-size: 12px; }}
+li.fail {{ color: #b00020; }} li.warn {{ color: #a06000; }}
+figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }} figure img {{ max-width: 640px; border: 1px solid #ccc; }}
+</style></head><body>
+<h1>diffeval report <code>{self.run_id}</code></h1>
+<h2>Results</h2>{table}
+<h2>Checks that need attention</h2><ul>{attention or "<li>none</li>"}</ul>
+<h2>Plots</h2>{"".join(figures) or "<p>none</p>"}
+<h2>Provenance</h2><table class="prov">{prov}</table>
+</body></html>
+"""
 
     def to_text(self) -> str:
         """A plain table for the terminal."""
-        frame = self.to_frame()[["name", "kind", "value", "stderr", "unit", "status", "n_gen", "n_ref"]]
-        return frame.to_string(index=False, float_format=lambda v: f"{v:.5g}", na_rep="")
+        frame = self.to_frame()
+        cols = ["name", "kind", "value", "stderr", "unit", "status", "n_gen", "n_ref"] + (["knob", "knob_value"] if (frame["knob"] != "").any() else [])
+        return frame[cols].to_string(index=False, float_format=lambda v: f"{v:.5g}", na_rep="")
 
     @classmethod
     def load(cls, path: str | Path) -> Report:
         """Read a report.json written by :meth:`write`."""
         try:
             data = json.loads(Path(path).read_text())
-            rows = [{k: (float("nan") if k in ("value", "stderr") and v is None else v) for k, v in row.items()} for row in data["rows"]]
-            report = cls(rows, data["provenance"], run_id=data["run_id"])
+            rows = [{k: (float("nan") if k in _FLOAT and v is None else v) for k, v in row.items()} for row in data["rows"]]
+            for row in rows:
+                missing = set(ROW_COLUMNS) - set(row)
+                if missing:
+                    raise KeyError(f"row lacks {sorted(missing)}")
+            return cls(rows, data["provenance"], run_id=data["run_id"])
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise InputError(explain(f"cannot read report {path}", expected="a report.json written by diffeval", got=f"{type(error).__name__}: {error}", fix="point to the report.json of a diffeval run")) from None
-        return report
+
+
+def _json_value(value: Any) -> Any:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def read_csv(path: str | Path) -> pd.DataFrame:
+    """A report.csv back as the frame :meth:`Report.to_frame` wrote (same dtypes)."""
+    frame = pd.read_csv(Path(path), dtype=str, keep_default_na=False)
+    missing = set(COLUMNS) - set(frame.columns)
+    if missing:
+        raise InputError(explain(f"{path} is not a diffeval report.csv", expected=f"columns {list(COLUMNS)}", got=f"missing {sorted(missing)}", fix="point to a report.csv written by diffeval"))
+    frame = frame.replace({"": None})
+    return _typed(frame)
+
+
+def load_frames(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """Several runs' report.json (or report.csv) files as one frame, for comparison."""
+    frames = [read_csv(p) if str(p).endswith(".csv") else Report.load(p).to_frame() for p in paths]
+    if not frames:
+        raise InputError(explain("no reports to load", expected="at least one report path", got="none", fix="pass report.json files"))
+    return pd.concat(frames, ignore_index=True)

@@ -70,7 +70,9 @@ def load_classifier(path: str | Path | None = None, sha256: str | None = None, d
 def demo_sampler(steps: int = 50, eta: float = 0.0, device: str | torch.device = "cpu", model: torch.nn.Module | None = None, **knobs: object) -> GeneralizedSampler:
     """The generalized sampler over the bundled denoiser (or ``model``, e.g. an untrained one)."""
     net = load_denoiser(device=device) if model is None else model.to(device).eval()
-    return GeneralizedSampler(net, schedules.get(DEMO_SCHEDULE), prediction=DEMO_PREDICTION, steps=steps, eta=eta, **knobs)  # type: ignore[arg-type]
+    sampler = GeneralizedSampler(net, schedules.get(DEMO_SCHEDULE), prediction=DEMO_PREDICTION, steps=steps, eta=eta, **knobs)  # type: ignore[arg-type]
+    sampler.image_shape = IMAGE_SHAPE  # type: ignore[attr-defined]
+    return sampler
 
 
 class DigitsFeatureExtractor:

@@ -1,0 +1,204 @@
+"""Config-driven runs, reports (lossless round-trip, HTML) and the CI gate's exit codes."""
+
+import json
+import os
+import textwrap
+
+import pandas as pd
+import pytest
+
+from diffeval.cli import main
+from diffeval.config import load_config, parse_config
+from diffeval.errors import ConfigError
+from diffeval.report import Report, load_frames, make_row, read_csv
+from diffeval.runner import RunFailed, run_config
+
+
+def _write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+SMALL = """
+[run]
+name = "small"
+n = 40
+batch_size = 16
+
+[sampler]
+factory = "demo"
+[sampler.kwargs]
+steps = 5
+
+[[metrics]]
+name = "fid"
+extractor = "demo-digits"
+reference = "digits:test"
+"""
+
+
+# -- configs ---------------------------------------------------------------------------------
+def test_unknown_keys_are_errors_listing_the_valid_ones(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) 'sead' in \[run\].*batch_size, device, image_shape, n, name, seed"):
+        parse_config({"run": {"n": 4, "sead": 1}, "sampler": {"factory": "demo"}})
+    with pytest.raises(ConfigError, match="unknown metric 'fidd'"):
+        parse_config({"run": {"n": 4}, "sampler": {"factory": "demo"}, "metrics": [{"name": "fidd"}]})
+    with pytest.raises(ConfigError, match="unknown check"):
+        parse_config({"run": {"n": 4}, "sampler": {"factory": "demo"}, "checks": {"snr": True}})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(_write(tmp_path, "bad.toml", "[run\nn = 3"))
+
+
+def test_missing_import_path_and_raising_factory(tmp_path, capsys):
+    cfg = _write(tmp_path, "a.toml", SMALL.replace('factory = "demo"', 'factory = "no_such_pkg.models:make"'))
+    assert main(["run", str(cfg), "--out", str(tmp_path / "a"), "--no-progress"]) == 2
+    assert "cannot import 'no_such_pkg.models'" in capsys.readouterr().err
+    cfg = _write(tmp_path, "b.toml", SMALL.replace('factory = "demo"', 'factory = "run_helpers:raising_factory"').replace("[sampler.kwargs]\nsteps = 5\n", ""))
+    assert main(["run", str(cfg), "--out", str(tmp_path / "b"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "raised" in err and "checkpoint not found" in err
+
+
+def test_sampler_dying_midway_keeps_the_rows_and_says_where(tmp_path, capsys):
+    text = SMALL.replace('factory = "demo"', 'factory = "run_helpers:dying_sampler"').replace("steps = 5", "die_at_call = 2")
+    cfg = _write(tmp_path, "c.toml", text)
+    out = tmp_path / "c"
+    assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "batch 1 (seeds 16..31)" in err and "illegal memory access" in err
+    report = Report.load(out / "report.json")
+    assert report.rows[-1]["name"] == "run_error" and "batch 1" in json.loads(report.rows[-1]["details"])["stage"]
+
+
+def test_ctrl_c_keeps_a_partial_report(tmp_path):
+    cfg = parse_config(
+        {"run": {"n": 40, "batch_size": 16}, "sampler": {"factory": "run_helpers:interrupted_sampler"}, "checks": {}},
+    )
+    with pytest.raises(RunFailed) as info:
+        run_config(cfg, tmp_path / "i")
+    assert info.value.interrupted
+    assert Report.load(tmp_path / "i" / "report.json").rows[-1]["name"] == "run_interrupted"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_folder(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    cfg = _write(tmp_path, "s.toml", SMALL)
+    assert main(["run", str(cfg), "--out", str(locked / "x"), "--no-progress"]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_unwritable_output_folder_is_refused_before_work(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should go")
+    cfg = _write(tmp_path, "s.toml", SMALL)
+    assert main(["run", str(cfg), "--out", str(blocker / "out"), "--no-progress"]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+# -- runs and reports ----------------------------------------------------------------------------
+def test_run_twice_identical_and_lossless_round_trip(tmp_path):
+    cfg = load_config(_write(tmp_path, "s.toml", SMALL))
+    a = run_config(cfg, tmp_path / "a")
+    b = run_config(cfg, tmp_path / "b")
+    fa, fb = a.report.to_frame(), b.report.to_frame()
+    metric = fa["kind"] == "metric"
+    assert fa[metric]["value"].tolist() == fb[metric]["value"].tolist()
+    frame = a.report.to_frame()
+    pd.testing.assert_frame_equal(Report.load(a.paths["json"]).to_frame(), frame)
+    pd.testing.assert_frame_equal(read_csv(a.paths["csv"]), frame)
+    both = load_frames([a.paths["json"], b.paths["csv"]])
+    assert set(both["run_id"]) == {a.report.run_id, b.report.run_id}
+    html = a.paths["html"].read_text()
+    assert "<table" in html and "data:image/png;base64," in html and "fid" in html
+
+
+def test_run_demo_config_reproduces_the_demo(tmp_path):
+    from diffeval.demo.run import DemoConfig, demo_config, run_demo
+
+    demo_cfg = DemoConfig(out=tmp_path / "demo", n=60, steps=8, batch_size=30, progress=False)
+    report, _ = run_demo(demo_cfg)
+    outcome = run_config(demo_config(demo_cfg), tmp_path / "run")
+    demo = report.to_frame().set_index("name")
+    run = outcome.report.to_frame().set_index("name")
+    for name in ("fid", "inception_score", "kid", "bpd", "terminal_snr", "xT_mean"):
+        assert demo.loc[name, "value"] == pytest.approx(run.loc[name, "value"], rel=1e-9), name
+    assert "fid[pure noise]" in demo.index and "fid[pure noise]" not in run.index
+
+
+def test_sweep_rows_and_plot(tmp_path):
+    cfg = load_config(_write(tmp_path, "w.toml", SMALL + '\n[sweep]\nknob = "steps"\nvalues = [2, 8]\n'))
+    out = run_config(cfg, tmp_path / "w")
+    frame = out.report.to_frame()
+    fids = frame[frame["name"] == "fid"].set_index("knob_value")["value"]
+    assert list(fids.index) == [2.0, 8.0] and fids[8.0] < fids[2.0]
+    assert out.paths["sweep_fid_png"].stat().st_size > 5000
+
+
+# -- gate ----------------------------------------------------------------------------------------
+def _report(path, fid=12.0, fid_se=None, clip=30.0, n=1000, extractor="inception-v3:2048", check="pass", extra=()):
+    rows = [
+        make_row("fid", "metric", fid, stderr=fid_se, n_gen=n, n_ref=n, extractor=extractor),
+        make_row("clip_score", "metric", clip, stderr=0.2, n_gen=n, extractor="clip:ViT-B-32"),
+        make_row("terminal_snr", "check", 1e-5, status=check),
+        *extra,
+    ]
+    Report(rows, {"device": "cpu"}).write(path)
+    return path / "report.json"
+
+
+def test_gate_pass_absolute_relative_noise(tmp_path, capsys):
+    base = _report(tmp_path / "base")
+    rules = _write(tmp_path, "gate.toml", '[absolute]\nfid = "<= 12.5"\n[relative]\nfid = "+2%"\nclip_score = "-1%"\n[checks]\nmust_pass = ["terminal_snr"]\n')
+    assert main(["gate", "--baseline", str(base), "--candidate", str(_report(tmp_path / "ok", fid=12.1)), "--rules", str(rules)]) == 0
+    assert main(["gate", "--baseline", str(base), "--candidate", str(_report(tmp_path / "abs", fid=12.6)), "--rules", str(rules)]) == 1
+    assert main(["gate", "--baseline", str(base), "--candidate", str(_report(tmp_path / "rel", clip=29.0)), "--rules", str(rules)]) == 1
+    assert main(["gate", "--baseline", str(base), "--candidate", str(_report(tmp_path / "chk", check="fail")), "--rules", str(rules)]) == 1
+    # within seed noise: +3% but both runs carry SE 0.4 -> noise 2 * 0.566 = 1.13 > 0.36 change
+    noisy_base = _report(tmp_path / "nb", fid=12.0, fid_se=0.4)
+    rel_only = _write(tmp_path, "rel.toml", '[relative]\nfid = "+2%"\n')
+    assert main(["gate", "--baseline", str(noisy_base), "--candidate", str(_report(tmp_path / "nc", fid=12.36, fid_se=0.4)), "--rules", str(rel_only)]) == 0
+    assert main(["gate", "--baseline", str(noisy_base), "--candidate", str(_report(tmp_path / "nd", fid=14.0, fid_se=0.4)), "--rules", str(rel_only)]) == 1
+    capsys.readouterr()
+
+
+def test_gate_errors_exit_2(tmp_path, capsys):
+    base = _report(tmp_path / "base")
+    rules = _write(tmp_path, "gate.toml", '[relative]\nfid = "+2%"\n')
+    assert main(["gate", "--baseline", str(base), "--candidate", str(_report(tmp_path / "n", n=500)), "--rules", str(rules)]) == 2
+    assert "n_gen differs" in capsys.readouterr().err
+    assert main(["gate", "--baseline", str(base), "--candidate", str(_report(tmp_path / "e", extractor="clip:ViT-B-32")), "--rules", str(rules)]) == 2
+    missing = _write(tmp_path, "m.toml", '[relative]\nkid = "+2%"\n')
+    assert main(["gate", "--baseline", str(base), "--candidate", str(base), "--rules", str(missing)]) == 2
+    assert "missing from the baseline" in capsys.readouterr().err
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"run_id": "x", "rows": [')
+    assert main(["gate", "--baseline", str(base), "--candidate", str(broken)]) == 2
+    unknown = _write(tmp_path, "u.toml", '[relativ]\nfid = "+2%"\n')
+    assert main(["gate", "--baseline", str(base), "--candidate", str(base), "--rules", str(unknown)]) == 2
+    assert "unknown table" in capsys.readouterr().err
+    wrong_way = _write(tmp_path, "w.toml", '[relative]\nfid = "-2%"\n')
+    assert main(["gate", "--baseline", str(base), "--candidate", str(base), "--rules", str(wrong_way)]) == 2
+    assert 'write fid = "+2%"' in capsys.readouterr().err
+    failed_run = tmp_path / "failed"
+    Report([make_row("fid", "metric", 1.0, n_gen=1000, n_ref=1000, extractor="inception-v3:2048"), make_row("run_error", "check", float("nan"), status="fail", details={"stage": "sampling"})], {}).write(failed_run)
+    assert main(["gate", "--baseline", str(base), "--candidate", str(failed_run / "report.json")]) == 2
+    with pytest.raises(SystemExit) as info:
+        main(["gate", "--baseline", str(base), "--candidat", str(base)])
+    assert info.value.code == 2
+
+
+def test_gate_defaults_junit_and_step_summary(tmp_path, monkeypatch, capsys):
+    base = _report(tmp_path / "base")
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    junit = tmp_path / "gate.xml"
+    assert main(["gate", "--baseline", str(base), "--candidate", str(_report(tmp_path / "c", fid=12.5)), "--junit", str(junit)]) == 1
+    xml = junit.read_text()
+    assert 'failures="1"' in xml and "<failure" in xml and "fid" in xml
+    assert "diffeval gate: REGRESSION" in summary.read_text()
+    assert main(["gate", "--baseline", str(base), "--candidate", str(base)]) == 0
+    capsys.readouterr()
