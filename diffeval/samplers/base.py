@@ -22,7 +22,7 @@ import torch
 
 from diffeval.errors import SamplerError, explain
 
-__all__ = ["Sampler", "SeedRNG", "seeded_noise", "StepTimer", "RunStats", "check_sampler_output"]
+__all__ = ["Sampler", "SeedRNG", "seeded_noise", "StepTimer", "RunStats", "check_sampler_output", "TIMINGS"]
 
 
 @runtime_checkable
@@ -117,14 +117,23 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+TIMINGS = ("step", "run", "off")
+
+
 class StepTimer:
     """Records per-step wall time and NFE of a sampler run.
 
-    On CUDA the device is synchronized before and after each timed region, so a step's
-    time is the GPU's time, not the kernel-launch time.
+    ``mode``: ``step`` (default) synchronizes CUDA before and after each step, so a
+    step's time is the GPU's time, not the kernel-launch time; ``run`` synchronizes only
+    at the start and end of a call (no per-step stalls: for throughput at scale;
+    ``step_s`` stays empty); ``off`` records nothing but NFE (to measure the hook's
+    own overhead).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, mode: str = "step") -> None:
+        if mode not in TIMINGS:
+            raise SamplerError(explain("unknown timing mode", expected=" / ".join(TIMINGS), got=repr(mode), fix="use 'step' for per-step latency, 'run' for throughput"))
+        self.mode = mode
         self._stats = RunStats()
         self._device = torch.device("cpu")
         self._t0 = 0.0
@@ -132,11 +141,15 @@ class StepTimer:
     def start(self, device: torch.device, batch_size: int) -> None:
         self._device = torch.device(device)
         self._stats = RunStats(batch_size=batch_size)
-        _synchronize(self._device)
-        self._t0 = time.perf_counter()
+        if self.mode != "off":
+            _synchronize(self._device)
+            self._t0 = time.perf_counter()
 
     @contextmanager
     def step(self) -> Iterator[None]:
+        if self.mode != "step":
+            yield
+            return
         _synchronize(self._device)
         t = time.perf_counter()
         yield
@@ -148,8 +161,9 @@ class StepTimer:
         self._stats.nfe += n
 
     def stop(self) -> RunStats:
-        _synchronize(self._device)
-        self._stats.wall_s = time.perf_counter() - self._t0
+        if self.mode != "off":
+            _synchronize(self._device)
+            self._stats.wall_s = time.perf_counter() - self._t0
         return self._stats
 
 

@@ -92,6 +92,8 @@ class GeneralizedSampler:
         clip_x0: clamp ``x0_hat`` to [-1, 1] at every step (and re-derive ``eps_hat``).
         guidance_scale: classifier-free guidance weight w, ``out = out_u + w (out_c - out_u)``;
             used only with a condition; ``1`` is plain conditional sampling.
+        timing: ``step`` (per-step latency, CUDA-synchronized), ``run`` (whole-call time
+            only, no per-step stalls) or ``off``.
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class GeneralizedSampler:
         spacing: str = "trailing",
         clip_x0: bool = True,
         guidance_scale: float = 1.0,
+        timing: str = "step",
     ) -> None:
         if not callable(model):
             raise SamplerError(explain("model is not callable", expected="model(x_t, t) -> tensor", got=type(model).__name__, fix="pass the network (an nn.Module) or a function"))
@@ -136,7 +139,7 @@ class GeneralizedSampler:
         self.spacing = spacing
         self.clip_x0 = bool(clip_x0)
         self.guidance_scale = float(guidance_scale)
-        self.timer = StepTimer()
+        self.timer = StepTimer(timing)
         self.last_run: RunStats | None = None
         self.indices = sampling_indices(schedule.T, steps, spacing)
 
