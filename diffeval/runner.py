@@ -114,7 +114,11 @@ def _checks(cfg: RunConfig, sampler: Any) -> list[CheckResult]:
     schedule, prediction = getattr(sampler, "schedule", None), getattr(sampler, "prediction", None)
     for name, opts in cfg.checks.items():
         if name != "saturation" and schedule is None:
-            raise ConfigError(explain(f"check {name!r} needs the sampler's schedule", expected="a sampler exposing .schedule", got="none", fix="remove the check or use an adapter that exposes its schedule"))
+            results.append(CheckResult(name, "skip", float("nan"), "needs the training schedule", f"skipped: {type(sampler).__name__} exposes no schedule (e.g. a scheduler without alphas_cumprod); nothing was checked"))
+            continue
+        if name == "saturation" and not hasattr(sampler, "guidance_scale"):
+            results.append(CheckResult(name, "skip", float("nan"), "needs a sampler with guidance_scale", f"skipped: {type(sampler).__name__} has no guidance scale to sweep"))
+            continue
         if name == "snr_endpoints":
             results += check_snr_endpoints(schedule, prediction=prediction, steps=getattr(sampler, "steps", None), spacing=getattr(sampler, "spacing", None))
         elif name == "xt_normality":

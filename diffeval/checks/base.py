@@ -15,12 +15,15 @@ from diffeval.errors import InputError, explain
 
 __all__ = ["CheckResult", "STATUSES", "worst"]
 
-STATUSES = ("pass", "warn", "fail")
+STATUSES = ("skip", "pass", "warn", "fail")
 
 
 @dataclass(frozen=True)
 class CheckResult:
-    """``name``, ``status`` in {pass, warn, fail}, the measured ``value``, the ``threshold`` it was held to, and a ``message`` that says what it means and the fix."""
+    """``name``, ``status`` in {skip, pass, warn, fail}, the measured ``value``, the ``threshold`` it was held to, and a ``message`` that says what it means and the fix.
+
+    ``skip`` means the check could not apply (its reason is the message); it is never a pass.
+    """
 
     name: str
     status: str
@@ -30,7 +33,7 @@ class CheckResult:
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
-            raise InputError(explain("invalid check status", expected=" / ".join(STATUSES), got=repr(self.status), fix="use pass, warn or fail"))
+            raise InputError(explain("invalid check status", expected=" / ".join(STATUSES), got=repr(self.status), fix="use skip, pass, warn or fail"))
 
     @property
     def failed(self) -> bool:
@@ -49,6 +52,6 @@ class CheckResult:
 
 
 def worst(results: Iterable[CheckResult]) -> str:
-    """The most severe status among ``results`` (``pass`` when empty)."""
+    """The most severe status among ``results`` (``pass`` when empty; skips count as passes here)."""
     order = {s: i for i, s in enumerate(STATUSES)}
-    return max((r.status for r in results), key=order.__getitem__, default="pass")
+    return max((r.status for r in results if r.status != "skip"), key=order.__getitem__, default="pass")

@@ -137,6 +137,7 @@ class StepTimer:
         self._stats = RunStats()
         self._device = torch.device("cpu")
         self._t0 = 0.0
+        self._t_step = 0.0
 
     def start(self, device: torch.device, batch_size: int) -> None:
         self._device = torch.device(device)
@@ -145,16 +146,23 @@ class StepTimer:
             _synchronize(self._device)
             self._t0 = time.perf_counter()
 
+    def begin_step(self) -> None:
+        """Mark the start of a step (for loops driven by someone else's callbacks)."""
+        if self.mode == "step":
+            _synchronize(self._device)
+            self._t_step = time.perf_counter()
+
+    def end_step(self) -> None:
+        """Mark the end of the step begun last."""
+        if self.mode == "step":
+            _synchronize(self._device)
+            self._stats.step_s.append(time.perf_counter() - self._t_step)
+
     @contextmanager
     def step(self) -> Iterator[None]:
-        if self.mode != "step":
-            yield
-            return
-        _synchronize(self._device)
-        t = time.perf_counter()
+        self.begin_step()
         yield
-        _synchronize(self._device)
-        self._stats.step_s.append(time.perf_counter() - t)
+        self.end_step()
 
     def count_nfe(self, n: int = 1) -> None:
         """Add ``n`` network evaluations (per sample)."""

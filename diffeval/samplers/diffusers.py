@@ -1,0 +1,270 @@
+"""Adapters for Hugging Face diffusers: a whole pipeline, or a scheduler plus a denoiser.
+
+Both hold the foreign objects and expose diffeval's contract:
+``sampler(noise, cond=None, *, rng=None) -> images in [-1, 1]``, with ``schedule`` (the
+scheduler's ``alphas_cumprod`` as log-SNR, or None when the scheduler has none),
+``prediction`` (from ``prediction_type``), ``model`` and ``last_run``.
+
+diffusers is imported inside the adapters only; install it with
+``pip install 'diffeval[diffusers]'``.
+
+Noise and seeds: when the pipeline takes ``latents``, diffeval's per-seed noise is
+passed as the initial latents; pipelines without it (``DDPMPipeline``,
+``DDIMPipeline``) get one fresh ``torch.Generator`` per sample, seeded like diffeval's,
+so their first draw *is* diffeval's noise; the same generators drive the scheduler's
+stochastic steps. Either way a sample depends on its seed only.
+
+Outputs: pipelines are asked for ``output_type="np"`` (float [0, 1], NHWC) and mapped
+exactly with ``x * 2 - 1``; a pipeline that still returns PIL images (8-bit) is
+converted with ``u8 / 127.5 - 1`` — documented, lossy by the pipeline's own choice.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffeval import schedules
+from diffeval.errors import ConfigError, SamplerError, explain
+from diffeval.samplers.base import RunStats, SeedRNG, StepTimer, check_sampler_output
+
+__all__ = ["DiffusersPipelineSampler", "DiffusersSchedulerSampler", "schedule_of", "prediction_of", "images_to_signed", "require_diffusers"]
+
+_PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+
+
+def require_diffusers() -> Any:
+    """Import diffusers or fail with the install hint."""
+    try:
+        import diffusers
+    except ImportError:
+        raise ConfigError(explain("diffusers is not installed", expected="the diffusers package", got="ImportError", fix="pip install 'diffeval[diffusers]'")) from None
+    return diffusers
+
+
+def schedule_of(scheduler: Any) -> schedules.Schedule | None:
+    """The scheduler's training schedule as log-SNR (None when it has no ``alphas_cumprod``).
+
+    Rebuilt from the config when its beta schedule is a known one (diffusers stores a
+    zero-terminal-SNR end as ``alpha_bar_T = 2**-24`` to dodge a division by zero; the
+    config's ``rescale_betas_zero_snr`` says it is really 0), else from ``alphas_cumprod``.
+    """
+    alphas = getattr(scheduler, "alphas_cumprod", None)
+    if alphas is None:
+        return None
+    config = dict(getattr(scheduler, "config", {}) or {})
+    try:
+        return schedules.from_diffusers_config(config)
+    except ConfigError:
+        name = f"diffusers:{type(scheduler).__name__}:{config.get('beta_schedule', 'custom')}"
+        return schedules.from_alphas_cumprod(torch.as_tensor(alphas).double().cpu().numpy(), name=name)
+
+
+def prediction_of(scheduler: Any) -> str | None:
+    return _PREDICTIONS.get(getattr(getattr(scheduler, "config", None), "prediction_type", None))
+
+
+def images_to_signed(images: Any) -> torch.Tensor:
+    """Pipeline output → float NCHW in [-1, 1]: torch/NumPy in [0, 1] (``x * 2 - 1``) or PIL (``u8 / 127.5 - 1``)."""
+    if isinstance(images, (list, tuple)) and images and hasattr(images[0], "convert"):
+        arrays = [np.asarray(im) for im in images]
+        u8 = np.stack([a[..., None] if a.ndim == 2 else a for a in arrays])
+        return torch.from_numpy(u8.transpose(0, 3, 1, 2).copy()).float() / 127.5 - 1.0
+    if isinstance(images, np.ndarray):
+        array = images if images.ndim == 4 else images[..., None]
+        return torch.from_numpy(array.transpose(0, 3, 1, 2).copy()).float() * 2 - 1
+    if torch.is_tensor(images):
+        return images.float() * 2 - 1
+    raise SamplerError(explain("unrecognized pipeline output", expected="PIL images, a NumPy array or a tensor in [0, 1]", got=type(images).__name__, fix="call the pipeline with output_type='np'"))
+
+
+class _ModelTimer:
+    """Forward hooks on the denoiser: per-step time (pre-hook to pre-hook, CUDA-synchronized) and NFE."""
+
+    def __init__(self, module: torch.nn.Module, timer: StepTimer) -> None:
+        self.module, self.timer = module, timer
+        self.batch = 1
+        self.calls: list[float] = []
+        self.evals = 0.0
+        self.handles: list[Any] = []
+
+    def _sync(self, device: torch.device) -> None:
+        if self.timer.mode == "step" and device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def __enter__(self) -> _ModelTimer:
+        def pre(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0] if args else None
+            if torch.is_tensor(x):
+                self._sync(x.device)
+                self.evals += x.shape[0] / self.batch
+            self.calls.append(time.perf_counter())
+
+        def post(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            x = args[0] if args else None
+            if torch.is_tensor(x):
+                self._sync(x.device)
+            self.end = time.perf_counter()
+
+        self.handles = [self.module.register_forward_pre_hook(pre), self.module.register_forward_hook(post)]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def step_times(self) -> list[float]:
+        if not self.calls:
+            return []
+        return [b - a for a, b in zip(self.calls, self.calls[1:], strict=False)] + [self.end - self.calls[-1]]
+
+
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    params = inspect.signature(fn).parameters
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+class DiffusersPipelineSampler:
+    """A diffusers pipeline (``DDPMPipeline``, ``DDIMPipeline``, ``StableDiffusionPipeline``, ...) as a sampler.
+
+    ``cond`` is a list of prompts for text-to-image pipelines (required there);
+    ``guidance_scale`` is passed only to pipelines that take it (an error otherwise).
+    """
+
+    def __init__(self, pipeline: Any, *, num_inference_steps: int = 50, guidance_scale: float | None = None, timing: str = "step", **pipeline_kwargs: Any) -> None:
+        require_diffusers()
+        if not callable(pipeline) or not hasattr(pipeline, "scheduler"):
+            raise SamplerError(explain("not a diffusers pipeline", expected="a DiffusionPipeline with a .scheduler", got=type(pipeline).__name__, fix="pass the pipeline object"))
+        call = pipeline.__call__
+        if guidance_scale is not None and not _accepts(call, "guidance_scale"):
+            raise SamplerError(explain(f"{type(pipeline).__name__} takes no guidance scale", expected="guidance_scale only for conditional (text-to-image) pipelines", got=f"guidance_scale={guidance_scale}", fix="drop guidance_scale for unconditional pipelines"))
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise SamplerError(explain("invalid number of inference steps", expected="an integer >= 1", got=repr(num_inference_steps), fix="use num_inference_steps=50"))
+        self.pipeline = pipeline
+        self.num_inference_steps = num_inference_steps
+        self.steps = num_inference_steps
+        self.guidance_scale = guidance_scale
+        self.pipeline_kwargs = pipeline_kwargs
+        self.text_to_image = _accepts(call, "prompt")
+        self.takes_latents = _accepts(call, "latents")
+        self.denoiser = getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
+        self.schedule = schedule_of(pipeline.scheduler)
+        self.prediction = prediction_of(pipeline.scheduler)
+        self.model = _UNetModel(self.denoiser) if self.denoiser is not None and not self.text_to_image else None
+        self.spacing = {"leading": "leading", "trailing": "trailing", "linspace": "linspace"}.get(getattr(pipeline.scheduler.config, "timestep_spacing", ""), None)
+        self.timer = StepTimer(timing)
+        self.last_run: RunStats | None = None
+
+    def config(self) -> dict[str, Any]:
+        return {"sampler": f"diffusers:{type(self.pipeline).__name__}", "scheduler": type(self.pipeline.scheduler).__name__, "steps": self.num_inference_steps, "guidance_scale": self.guidance_scale, **{k: v for k, v in self.pipeline_kwargs.items() if isinstance(v, (int, float, str, bool))}}
+
+    def __call__(self, noise: torch.Tensor, cond: Any = None, *, rng: SeedRNG | None = None) -> torch.Tensor:
+        kwargs: dict[str, Any] = {"num_inference_steps": self.num_inference_steps, "output_type": "np", **self.pipeline_kwargs}
+        if self.text_to_image:
+            if not isinstance(cond, (list, tuple)) or len(cond) != noise.shape[0] or not all(isinstance(p, str) for p in cond):
+                raise SamplerError(explain(f"{type(self.pipeline).__name__} needs one prompt per sample", expected=f"a list of {noise.shape[0]} prompt strings as cond", got=type(cond).__name__ if not isinstance(cond, (list, tuple)) else f"{len(cond)} items", fix="set [cond] prompts = 'prompts.txt' or pass prompts"))
+            kwargs["prompt"] = list(cond)
+        elif cond is not None:
+            raise SamplerError(explain(f"{type(self.pipeline).__name__} is unconditional", expected="cond=None", got=type(cond).__name__, fix="drop the condition"))
+        else:
+            kwargs["batch_size"] = noise.shape[0]
+        if self.guidance_scale is not None:
+            kwargs["guidance_scale"] = self.guidance_scale
+        generators = [torch.Generator(device="cpu").manual_seed(s) for s in rng.seeds] if rng is not None else None
+        if self.takes_latents:
+            kwargs["latents"] = noise
+        elif generators is None:
+            raise SamplerError(explain(f"{type(self.pipeline).__name__} draws its own noise", expected="rng (per-sample generators) so the noise follows the seeds", got="rng=None", fix="call through diffeval.evaluate, or pass rng=SeedRNG(seeds)"))
+        if generators is not None:
+            kwargs["generator"] = generators if len(generators) > 1 else generators[0]
+        self.timer.start(noise.device, noise.shape[0])
+        hooks = _ModelTimer(self.denoiser, self.timer) if isinstance(self.denoiser, torch.nn.Module) else None
+        with torch.no_grad():
+            if hooks is not None:
+                hooks.batch = noise.shape[0]
+                with hooks:
+                    out = self.pipeline(**kwargs)
+            else:
+                out = self.pipeline(**kwargs)
+        stats = self.timer.stop()
+        if hooks is not None:
+            stats.nfe = round(hooks.evals)
+            if self.timer.mode == "step":
+                stats.step_s = hooks.step_times()
+        self.last_run = stats
+        images = out.images if hasattr(out, "images") else out[0]
+        signed = images_to_signed(images).to(noise.device)
+        return check_sampler_output(signed.clamp(-1, 1), noise, f"pipeline {type(self.pipeline).__name__}")
+
+
+class _UNetModel(torch.nn.Module):
+    """``model(x_t, t) -> prediction`` over a diffusers UNet (returns ``.sample``)."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, *cond: Any) -> torch.Tensor:
+        out = self.unet(x, t, *cond)
+        return out.sample if hasattr(out, "sample") else out[0] if isinstance(out, tuple) else out
+
+
+class DiffusersSchedulerSampler:
+    """Any diffusers scheduler plus a denoiser (``UNet2DModel`` or ``model(x, t) -> prediction``).
+
+    The loop: ``set_timesteps``, ``x = noise * init_noise_sigma``, then per timestep
+    ``scale_model_input`` → model → ``scheduler.step(..., generator=per-sample generators)``.
+    ``cond_fn(cond) -> extra model args`` turns a condition (e.g. prompts through a text
+    encoder) into the model's extra positional arguments.
+    """
+
+    def __init__(self, scheduler: Any, model: Callable[..., Any], *, num_inference_steps: int = 50, cond_fn: Callable[[Any], Sequence[Any]] | None = None, timing: str = "step", clip: bool = True) -> None:
+        require_diffusers()
+        if not hasattr(scheduler, "set_timesteps") or not hasattr(scheduler, "step"):
+            raise SamplerError(explain("not a diffusers scheduler", expected="an object with set_timesteps and step", got=type(scheduler).__name__, fix="pass e.g. DDIMScheduler.from_config(...)"))
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise SamplerError(explain("invalid number of inference steps", expected="an integer >= 1", got=repr(num_inference_steps), fix="use num_inference_steps=50"))
+        self.scheduler = scheduler
+        self.model = _UNetModel(model) if isinstance(model, torch.nn.Module) else model
+        self.steps = num_inference_steps
+        self.cond_fn = cond_fn
+        self.clip = clip
+        self.schedule = schedule_of(scheduler)
+        self.prediction = prediction_of(scheduler)
+        self.spacing = getattr(scheduler.config, "timestep_spacing", None)
+        self.timer = StepTimer(timing)
+        self.last_run: RunStats | None = None
+        self._takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+
+    def config(self) -> dict[str, Any]:
+        return {"sampler": f"diffusers:{type(self.scheduler).__name__}", "steps": self.steps, "prediction": self.prediction, "spacing": self.spacing}
+
+    def __call__(self, noise: torch.Tensor, cond: Any = None, *, rng: SeedRNG | None = None) -> torch.Tensor:
+        extra: Sequence[Any] = ()
+        if cond is not None:
+            if self.cond_fn is None:
+                raise SamplerError(explain("a condition was given but the sampler has no cond_fn", expected="cond_fn(cond) -> model arguments", got=type(cond).__name__, fix="pass cond_fn, or drop the condition"))
+            extra = self.cond_fn(cond)
+        self.scheduler.set_timesteps(self.steps, device=noise.device)
+        generators = [torch.Generator(device=noise.device).manual_seed(s + 1_000_003) for s in rng.seeds] if rng is not None else None
+        x = noise * float(getattr(self.scheduler, "init_noise_sigma", 1.0))
+        self.timer.start(noise.device, noise.shape[0])
+        with torch.no_grad():
+            for i, t in enumerate(self.scheduler.timesteps):
+                with self.timer.step():
+                    scale = getattr(self.scheduler, "scale_model_input", None)  # flow-matching schedulers have none
+                    model_input = scale(x, t) if scale is not None else x
+                    t_vec = torch.full((x.shape[0],), float(t), device=x.device)
+                    out = self.model(model_input, t_vec, *extra)
+                    self.timer.count_nfe()
+                    if not torch.is_tensor(out) or out.shape != x.shape:
+                        raise SamplerError(explain(f"model output at step {i} has the wrong shape", expected=f"{tuple(x.shape)}", got=f"{tuple(out.shape) if torch.is_tensor(out) else type(out).__name__}", fix="return one prediction per pixel"))
+                    kwargs = {"generator": (generators if len(generators) > 1 else generators[0])} if self._takes_generator and generators is not None else {}
+                    x = self.scheduler.step(out, t, x, **kwargs).prev_sample
+        self.last_run = self.timer.stop()
+        return check_sampler_output(x.clamp(-1, 1) if self.clip else x, noise, f"scheduler {type(self.scheduler).__name__}")
