@@ -173,15 +173,19 @@ def _run_bench(args: argparse.Namespace) -> int:
 def _run_run(args: argparse.Namespace) -> int:
     from diffeval.config import load_config
     from diffeval.demo.run import demo_config_path
+    from diffeval.distributed import init_from_env
     from diffeval.runner import RunFailed, run_config
 
+    w = init_from_env()  # under torchrun: join the process group (NCCL on GPUs, gloo on CPUs)
     cfg = load_config(demo_config_path() if args.config == "demo" else args.config)
     out = args.out if args.out is not None else Path("runs") / cfg.name
     try:
         outcome = run_config(cfg, out, progress=not args.no_progress)
     except RunFailed as failure:
-        print(f"diffeval run: error: {failure}", file=sys.stderr)
+        print(f"diffeval run: error (rank {w.rank} of {w.size}): {failure}", file=sys.stderr)
         return 130 if failure.interrupted else 2
+    if w.rank != 0:
+        return 0
     print(outcome.report.to_text())
     print()
     for kind, path in outcome.paths.items():

@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,12 +28,12 @@ from typing import Any
 import torch
 
 from diffeval.errors import ConfigError, explain
-from diffeval.features import FeatureExtractor, to_uint8
+from diffeval.features import FeatureExtractor
 from diffeval.metrics.base import Batch, Metric
 from diffeval.samplers.base import Sampler, SeedRNG
 from diffeval.sources import ImageSource, iter_batches
 
-__all__ = ["evaluate", "measure", "feed", "EvaluationResult", "LatencySummary", "resolve_device"]
+__all__ = ["evaluate", "measure", "feed", "extract_with_retry", "quantize", "EvaluationResult", "LatencySummary", "resolve_device"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,15 @@ class EvaluationResult:
     saturation: float  # fraction of output pixels outside [-1, 1] before clamping
     wall_s: float
     config: dict[str, Any] = field(default_factory=dict)
+
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """Sampler output → uint8 without host round-trips: clamp to [-1, 1], ``round((x + 1) * 127.5)``.
+
+    The same grid as :func:`diffeval.features.to_uint8`; samplers have already checked
+    finiteness, and the fraction of pixels they put outside [-1, 1] is reported.
+    """
+    return torch.round((images.float().clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -100,10 +110,29 @@ def _by_name(extractors: Sequence[FeatureExtractor] | Mapping[str, FeatureExtrac
     return table
 
 
+def _is_oom(error: BaseException) -> bool:
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
+
+
+def extract_with_retry(extractor: FeatureExtractor, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``extractor(images)``; on CUDA out-of-memory, retry in halves (said on stderr) down to single images."""
+    try:
+        return extractor(images)
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
+        if not _is_oom(error) or images.shape[0] <= 1:
+            raise
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    half = images.shape[0] // 2
+    print(f"diffeval: CUDA out of memory extracting {extractor.name} features for {images.shape[0]} images; retrying in batches of {half}", file=sys.stderr)
+    parts = [extract_with_retry(extractor, chunk) for chunk in (images[:half], images[half:])]
+    return {layer: torch.cat([p[layer] for p in parts]) for layer in parts[0]}
+
+
 def feed(metrics: Sequence[Metric], extractors: Mapping[str, FeatureExtractor], images: torch.Tensor, seeds: list[int], cond: Any = None) -> None:
-    """Run each needed extractor once on uint8 ``images`` and update every metric."""
+    """Run each needed extractor once on uint8 ``images`` (OOM-safe) and update every metric."""
     needed = {m.extractor for m in metrics if m.extractor is not None}
-    batch = Batch(features={name: extractors[name](images) for name in sorted(needed)}, seeds=seeds, cond=cond, images=images)
+    batch = Batch(features={name: extract_with_retry(extractors[name], images) for name in sorted(needed)}, seeds=seeds, cond=cond, images=images)
     for metric in metrics:
         metric.update(batch)
 
@@ -144,12 +173,16 @@ def evaluate(
     keep: int = 100,
     progress: bool = False,
     on_batch: Callable[[int, list[int]], None] | None = None,
+    step_timing: bool = True,
 ) -> EvaluationResult:
     """Sample one image per seed and feed every metric; returns values, latency and kept samples.
 
     ``cond_fn(seeds) -> cond`` gives the condition for a batch (None: unconditional).
     Each metric names the extractor it reads; every extractor runs once per batch.
     ``on_batch(index, seeds)`` is called before each batch (progress, error reports).
+    ``step_timing=False`` switches the sampler's step timer to whole-call timing, so no
+    per-step CUDA synchronization stalls the GPU (per-step latency is then not reported);
+    the loop itself keeps its counters on the device and reads them once at the end.
     """
     seeds = list(seeds)
     if not seeds:
@@ -158,11 +191,24 @@ def evaluate(
         raise ConfigError(explain("invalid batch size", expected="an integer >= 1", got=repr(batch_size), fix="pass batch_size=64"))
     table = _by_name(extractors, metrics)
     dev = resolve_device(device)
+    saved_timer = getattr(sampler, "timer", None)
+    if not step_timing and saved_timer is not None:
+        from diffeval.samplers.base import StepTimer
+
+        sampler.timer = StepTimer("run")
+    try:
+        return _evaluate(sampler, seeds, image_shape, table, metrics, batch_size, dev, cond_fn, keep, progress, on_batch)
+    finally:
+        if saved_timer is not None:
+            sampler.timer = saved_timer
+
+
+def _evaluate(sampler: Sampler, seeds: list[int], image_shape: Sequence[int], table: dict[str, FeatureExtractor], metrics: Sequence[Metric], batch_size: int, dev: torch.device, cond_fn: Any, keep: int, progress: bool, on_batch: Any) -> EvaluationResult:
     t_start = time.perf_counter()
     step_s: list[float] = []
     sampling_s = 0.0
     nfe = 0
-    outside = 0
+    outside = torch.zeros((), dtype=torch.int64, device=dev)
     total_px = 0
     kept: list[torch.Tensor] = []
     n_kept = 0
@@ -184,11 +230,11 @@ def evaluate(
             step_s.extend(run.step_s)
             sampling_s += run.wall_s
             nfe = run.nfe
-        outside += int(((images < -1) | (images > 1)).sum())
+        outside += ((images < -1) | (images > 1)).sum()  # stays on the device: no per-batch sync
         total_px += images.numel()
-        u8 = to_uint8(images.clamp(-1, 1), allow_nonnegative=True)
+        u8 = quantize(images)
         if n_kept < keep:
-            kept.append(u8[: keep - n_kept].cpu())
+            kept.append(u8[: keep - n_kept].to("cpu", non_blocking=True))
             n_kept += kept[-1].shape[0]
         if metrics:
             feed(metrics, table, u8, batch_seeds, cond)
@@ -208,7 +254,7 @@ def evaluate(
         metrics=values,
         latency=latency,
         samples=torch.cat(kept) if kept else torch.empty(0, *image_shape, dtype=torch.uint8),
-        saturation=outside / total_px if total_px else 0.0,
+        saturation=int(outside) / total_px if total_px else 0.0,
         wall_s=time.perf_counter() - t_start,
         config={"sampler": sampler.config(), "n": len(seeds), "batch_size": batch_size, "device": str(dev), "seeds": f"{seeds[0]}..{seeds[-1]}"},
     )

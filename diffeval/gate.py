@@ -246,6 +246,16 @@ def _defaults(base: pd.DataFrame) -> list[Change]:
 
 def evaluate_gate(baseline: Report, candidate: Report, rules: GateRules) -> list[Verdict]:
     """All verdicts; raises :class:`InputError` for anything that makes the comparison invalid."""
+    sizes = (int(baseline.provenance.get("world_size", 1)), int(candidate.provenance.get("world_size", 1)))
+    if sizes[0] != sizes[1]:
+        raise InputError(
+            explain(
+                "the runs used different world sizes",
+                expected=f"the baseline's world size {sizes[0]}",
+                got=f"world size {sizes[1]}",
+                fix="re-run the candidate on as many ranks as the baseline: throughput and latency are per-deployment figures, and a gate must compare like with like",
+            )
+        )
     base, cand = baseline.to_frame(), candidate.to_frame()
     for label, frame in (("baseline", base), ("candidate", cand)):
         failed = frame[frame["name"].isin(["run_error", "run_interrupted"])]

@@ -65,7 +65,7 @@ def fid_between(
     """FID between two inputs (image folder, .npz images or .npz statistics), at matched counts."""
     gen_input, ref_input = open_input(gen), open_input(ref)
     extractor: FeatureExtractor | None = None
-    layer = "2048" if features == "inception-v3" else None
+    layer = "2048" if features.startswith("inception-v3") else None
 
     def need_extractor() -> FeatureExtractor:
         nonlocal extractor, layer

@@ -117,6 +117,7 @@ def provenance(config: Mapping[str, Any], device: str, *, wall_s: float | None =
         "device_name": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else platform.processor() or platform.machine(),
         "git_commit": _git_commit(_code_folder(code)),
         "seeds": seeds,
+        "world_size": int(config.get("world_size", 1)),
         "wall_s": float("nan") if wall_s is None else float(wall_s),
         "config": dict(config),
     }

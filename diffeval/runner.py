@@ -21,8 +21,9 @@ import torch
 
 from diffeval.checks import CheckResult, check_snr_endpoints, check_terminal_eps_variance, check_xt_normality, preprocessing, saturation_by_guidance
 from diffeval.config import RunConfig
+from diffeval.distributed import RankFailed, evaluate_sharded, world
 from diffeval.errors import ConfigError, DiffevalError, InputError, explain
-from diffeval.evaluate import EvaluationResult, evaluate, measure, resolve_device
+from diffeval.evaluate import EvaluationResult, measure, resolve_device
 from diffeval.features import get_extractor
 from diffeval.metrics import FID, KID, CLIPScore, InceptionScore
 from diffeval.metrics.bpd import BitsPerDim
@@ -274,13 +275,16 @@ def run_config(cfg: RunConfig, out: str | Path, progress: bool = False, extra_ro
     def on_batch(index: int, seeds: list[int]) -> None:
         current["batch"], current["seeds"] = index, f"{seeds[0]}..{seeds[-1]}"
 
+    w = world()
+    config_dict["world_size"] = w.size
     try:
         sampler = _build_sampler(cfg, {})
-        stage = "checks"
-        checks = _checks(cfg, sampler)
-        rows += [c.to_row() for c in checks]
-        stage = "bits/dim"
-        rows += _bpd_rows(cfg, sampler)
+        if w.rank == 0:  # cheap, data-side work: once
+            stage = "checks"
+            checks = _checks(cfg, sampler)
+            rows += [c.to_row() for c in checks]
+            stage = "bits/dim"
+            rows += _bpd_rows(cfg, sampler)
         stage = "reference statistics"
         built = _build_sample_metrics(cfg)
         cond_fn = _cond_fn(cfg)
@@ -290,17 +294,21 @@ def run_config(cfg: RunConfig, out: str | Path, progress: bool = False, extra_ro
             run_sampler = sampler if value is None else _build_sampler(cfg, knob)
             for metric in built.metrics:
                 metric.reset()
-            result = evaluate(run_sampler, seeds=range(cfg.seed, cfg.seed + cfg.n), image_shape=_image_shape(cfg, run_sampler), extractors=built.extractors, metrics=built.metrics, batch_size=cfg.batch_size, device=device, cond_fn=cond_fn, progress=progress, on_batch=on_batch)
+            result = evaluate_sharded(run_sampler, seeds=range(cfg.seed, cfg.seed + cfg.n), image_shape=_image_shape(cfg, run_sampler), extractors=built.extractors, metrics=built.metrics, batch_size=cfg.batch_size, device=device, cond_fn=cond_fn, progress=progress and w.rank == 0, on_batch=on_batch)
+            if result is None:  # not rank 0: rank 0 merges and reports
+                continue
             label = ", ".join(f"{k}={v}" for k, v in run_sampler.config().items())
             extra = {"knob": cfg.sweep.knob, "knob_value": float(value)} if value is not None else {}  # type: ignore[union-attr]
             rows += _metric_rows(result, built.labels, label, extra)
             if samples is None:
                 samples = result.samples
-        if extra_rows is not None:
+        if extra_rows is not None and w.rank == 0:
             stage = "extra rows"
             rows += extra_rows(sampler)
     except (Exception, KeyboardInterrupt) as error:
         interrupted = isinstance(error, KeyboardInterrupt)
+        if isinstance(error, RankFailed) and w.rank != 0:
+            raise RunFailed(str(error), {}) from None
         where = f"{stage}" + (f", batch {current['batch']} (seeds {current['seeds']})" if stage.startswith("sampling") and current["batch"] >= 0 else "")
         rows.append(make_row("run_interrupted" if interrupted else "run_error", "check", float("nan"), status="fail", details={"stage": where, "error": f"{type(error).__name__}: {error}"}))
         report = Report(rows, provenance(config_dict, str(device), wall_s=time.perf_counter() - t0, seeds=seeds_label, code=cfg.sampler.factory))
@@ -308,6 +316,8 @@ def run_config(cfg: RunConfig, out: str | Path, progress: bool = False, extra_ro
         message = f"run {'interrupted' if interrupted else 'failed'} during {where}: {type(error).__name__}: {error}. The {len(rows) - 1} rows computed before are in {paths['json']}"
         raise RunFailed(message, paths, interrupted) from (None if interrupted else error)
     report = Report(rows, provenance(config_dict, str(device), wall_s=time.perf_counter() - t0, seeds=seeds_label, code=cfg.sampler.factory))
+    if w.rank != 0:
+        return RunOutcome(report, {}, None, [])
     paths = report.write(out, samples=samples, schedule=getattr(sampler, "schedule", None), xt=_xt_for_plot(cfg, sampler))
     return RunOutcome(report, paths, samples, checks)
 

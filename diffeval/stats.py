@@ -40,6 +40,7 @@ class FeatureMoments:
 
     def reset(self) -> None:
         self.n = 0
+        self.nonfinite_rows: torch.Tensor | int = 0  # deferred check for CUDA features (no per-batch sync)
         self.shift: torch.Tensor | None = None
         self.sum: torch.Tensor | None = None
         self.sum_outer: torch.Tensor | None = None
@@ -58,7 +59,9 @@ class FeatureMoments:
                 explain("feature dimension changed between batches", expected=f"d = {self.sum.numel()}", got=f"d = {features.shape[1]}", fix="use one extractor layer per statistic")
             )
         f = features.detach().to(torch.float64)
-        if not bool(torch.isfinite(f).all()):
+        if f.is_cuda:  # checked when the statistics are read, so the GPU never waits here
+            self.nonfinite_rows = self.nonfinite_rows + (~torch.isfinite(f)).any(1).sum()
+        elif not bool(torch.isfinite(f).all()):
             raise InputError(explain("features contain NaN or inf", expected="finite features", got="non-finite values", fix="check the images fed to the extractor"))
         if f.shape[0] == 0:
             return
@@ -89,12 +92,16 @@ class FeatureMoments:
         if other.sum.numel() != self.sum.numel():
             raise InputError(explain("cannot merge statistics of different dimension", expected=f"d = {self.dim}", got=f"d = {other.dim}", fix="merge shards of the same extractor layer"))
         s, s_outer = other._shifted_sums(self.shift)  # type: ignore[arg-type]
+        self.nonfinite_rows = self.nonfinite_rows + (other.nonfinite_rows.to(self.sum.device) if torch.is_tensor(other.nonfinite_rows) else other.nonfinite_rows)
         self.n += other.n
         self.sum += s
         self.sum_outer += s_outer  # type: ignore[operator]
         return self
 
     def _require(self, n_min: int) -> None:
+        bad = int(self.nonfinite_rows)
+        if bad:
+            raise InputError(explain("features contain NaN or inf", expected="finite features", got=f"{bad} non-finite feature rows", fix="check the images fed to the extractor"))
         if self.n < n_min:
             raise InputError(
                 explain("too few samples for these statistics", expected=f"at least {n_min} samples", got=f"{self.n}", fix="evaluate more samples")

@@ -160,3 +160,31 @@ def test_inception_grayscale_is_repeated_and_bad_input_refused(inception_file):
     nan[1, 0, 2, 2] = float("nan")
     with pytest.raises(InputError, match="NaN"):
         extractor(nan)
+
+
+def test_fast_inception_mode_is_named_and_close(inception_file, image_sets):
+    gen, _ = image_sets
+    exact = InceptionV3Extractor(weights=str(inception_file), batch_size=16)
+    fast = InceptionV3Extractor(weights=str(inception_file), batch_size=16, fast=True)
+    assert exact.name == "inception-v3" and fast.name == "inception-v3-fast"
+    a, b = exact(gen[:16])["2048"], fast(gen[:16])["2048"]
+    rel = float((a - b).norm() / a.norm())
+    assert 0 < rel < 0.05  # bf16: close, not exact — that is why it is opt-in and named
+
+
+def test_cuda_oom_in_feature_extraction_retries_with_smaller_batches(capsys):
+    from diffeval.evaluate import extract_with_retry
+
+    class Flaky:
+        name = "flaky"
+
+        def __call__(self, images):
+            if images.shape[0] > 3:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return {"f": images.flatten(1).float()}
+
+    images = torch.randint(0, 256, (10, 1, 2, 2), dtype=torch.uint8)
+    out = extract_with_retry(Flaky(), images)
+    torch.testing.assert_close(out["f"], images.flatten(1).float())
+    err = capsys.readouterr().err
+    assert "out of memory extracting flaky features for 10 images; retrying in batches of 5" in err

@@ -202,3 +202,11 @@ def test_gate_defaults_junit_and_step_summary(tmp_path, monkeypatch, capsys):
     assert "diffeval gate: REGRESSION" in summary.read_text()
     assert main(["gate", "--baseline", str(base), "--candidate", str(base)]) == 0
     capsys.readouterr()
+
+
+def test_gate_refuses_different_world_sizes(tmp_path, capsys):
+    rows = [make_row("fid", "metric", 12.0, n_gen=1000, n_ref=1000, extractor="inception-v3:2048")]
+    Report(rows, {"world_size": 1}).write(tmp_path / "one")
+    Report(rows, {"world_size": 2}).write(tmp_path / "two")
+    assert main(["gate", "--baseline", str(tmp_path / "one" / "report.json"), "--candidate", str(tmp_path / "two" / "report.json")]) == 2
+    assert "different world sizes" in capsys.readouterr().err

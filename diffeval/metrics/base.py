@@ -1,13 +1,15 @@
 """The metric contract and the batch every metric is fed.
 
 Contract: ``update(batch)``, ``compute() -> dict``, ``merge(other)``, ``reset()``, with
-``name``, ``higher_is_better`` and ``extractor`` (the name of the feature extractor
-whose layers it reads, or None) as data. Features are computed once per batch by the
+``name``, ``higher_is_better``, ``extractor`` (the name of the feature extractor
+whose layers it reads, or None) and ``state_keys`` (the attributes that hold its
+accumulated state: what shards exchange, see :func:`metric_state`) as data. Features are computed once per batch by the
 evaluation loop and handed to every metric in a :class:`Batch`.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -15,7 +17,7 @@ import torch
 
 from diffeval.errors import InputError, explain
 
-__all__ = ["Batch", "Metric"]
+__all__ = ["Batch", "Metric", "metric_state", "merge_state"]
 
 
 @dataclass
@@ -49,3 +51,28 @@ class Metric(Protocol):
     def merge(self, other: Any) -> Any: ...
 
     def reset(self) -> None: ...
+
+
+def _to_cpu(value: Any) -> Any:
+    if torch.is_tensor(value):
+        return value.detach().cpu()
+    if isinstance(value, list):
+        return [_to_cpu(v) for v in value]
+    if hasattr(value, "__dict__") and not isinstance(value, type):
+        clone = copy.copy(value)
+        clone.__dict__.update({k: _to_cpu(v) for k, v in value.__dict__.items()})
+        return clone
+    return value
+
+
+def metric_state(metric: Any) -> dict[str, Any]:
+    """The metric's accumulated state (``state_keys``), on the CPU and picklable: what a shard sends."""
+    return {key: _to_cpu(getattr(metric, key)) for key in metric.state_keys}
+
+
+def merge_state(metric: Any, state: dict[str, Any]) -> None:
+    """Merge another shard's :func:`metric_state` into ``metric`` (via its own ``merge``)."""
+    other = copy.copy(metric)
+    for key, value in state.items():
+        setattr(other, key, value)
+    metric.merge(other)

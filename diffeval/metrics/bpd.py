@@ -323,6 +323,7 @@ class BitsPerDim:
 
     name = "bpd"
     higher_is_better = False
+    state_keys = ("n", "sums")
     extractor = None
 
     def __init__(self, model: Callable[..., torch.Tensor], schedule: Schedule, prediction: str = "eps", estimator: str = "vlb", seed: int = 0, **options: Any) -> None:

@@ -47,6 +47,7 @@ class CLIPScore:
 
     name = "clip_score"
     higher_is_better = True
+    state_keys = ("n", "sums")
 
     def __init__(self, text_encoder: Any, extractor: str = "clip", layer: str = "image") -> None:
         self.text_encoder = text_encoder

@@ -118,6 +118,7 @@ class FID:
 
     name = "fid"
     higher_is_better = False
+    state_keys = ("generated",)
 
     def __init__(self, reference: FeatureMoments, extractor: str, layer: str, allow_unmatched: bool = False) -> None:
         self.reference = reference

@@ -52,6 +52,7 @@ class InceptionScore:
 
     name = "inception_score"
     higher_is_better = True
+    state_keys = ("chunks",)
 
     def __init__(self, extractor: str, layer: str, splits: int = 10, seed: int = 2020) -> None:
         if not isinstance(splits, int) or splits < 1:
@@ -67,15 +68,17 @@ class InceptionScore:
 
     def update(self, batch: Batch) -> None:
         logits = batch.layer(self.extractor, self.layer, "Inception Score")
-        if not bool(torch.isfinite(logits).all()):
+        if not logits.is_cuda and not bool(torch.isfinite(logits).all()):  # CUDA: checked in compute (no per-batch sync)
             raise InputError(explain("logits contain NaN or inf", expected="finite logits", got="non-finite values", fix="check the images fed to the extractor"))
         self.chunks.append(logits.detach().float())
 
     def merge(self, other: InceptionScore) -> InceptionScore:
-        self.chunks.extend(c.to(self.chunks[0].device) if self.chunks else c for c in other.chunks)
+        self.chunks.extend(other.chunks)
         return self
 
     def compute(self) -> dict[str, Any]:
-        logits = torch.cat(self.chunks) if self.chunks else torch.empty(0, 0)
+        logits = torch.cat([c.cpu() for c in self.chunks]) if self.chunks else torch.empty(0, 0)
+        if not bool(torch.isfinite(logits).all()):
+            raise InputError(explain("logits contain NaN or inf", expected="finite logits", got="non-finite values", fix="check the images fed to the extractor"))
         mean, std = inception_score(logits, self.splits, True, self.seed)
         return {"inception_score": mean, "inception_score_std": std, "n_gen": int(logits.shape[0]), "splits": self.splits}

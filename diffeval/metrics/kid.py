@@ -59,6 +59,7 @@ class KID:
 
     name = "kid"
     higher_is_better = False
+    state_keys = ("chunks",)
 
     def __init__(self, reference_features: torch.Tensor, extractor: str, layer: str, subsets: int = 100, subset_size: int = 1000, seed: int = 2020) -> None:
         if reference_features.ndim != 2:
@@ -78,7 +79,7 @@ class KID:
         features = batch.layer(self.extractor, self.layer, "KID")
         if features.shape[1] != self.reference.shape[1]:
             raise InputError(explain("KID feature dimension differs from the reference", expected=f"d = {self.reference.shape[1]}", got=f"d = {features.shape[1]}", fix="use the same extractor layer for both sets"))
-        if not bool(torch.isfinite(features).all()):
+        if not features.is_cuda and not bool(torch.isfinite(features).all()):  # CUDA: checked in compute (no per-batch sync)
             raise InputError(explain("features contain NaN or inf", expected="finite features", got="non-finite values", fix="check the images fed to the extractor"))
         self.chunks.append(features.detach().float())
 
@@ -87,6 +88,8 @@ class KID:
         return self
 
     def compute(self) -> dict[str, Any]:
-        generated = torch.cat(self.chunks) if self.chunks else torch.empty(0, self.reference.shape[1])
+        generated = torch.cat([c.cpu() for c in self.chunks]) if self.chunks else torch.empty(0, self.reference.shape[1])
+        if not bool(torch.isfinite(generated).all()):
+            raise InputError(explain("features contain NaN or inf", expected="finite features", got="non-finite values", fix="check the images fed to the extractor"))
         mean, std, size = kernel_inception_distance(generated, self.reference, self.subsets, self.subset_size, self.seed)
         return {"kid": mean, "kid_std": std, "n_gen": int(generated.shape[0]), "n_ref": int(self.reference.shape[0]), "subsets": self.subsets, "subset_size": size, "subset_size_reduced": size < self.subset_size}

@@ -1,0 +1,47 @@
+"""Worker processes for the torch.distributed (gloo) tests."""
+
+import json
+import traceback
+
+import torch.distributed as dist
+
+
+def metrics_for_demo():
+    from diffeval.demo.bundle import DigitsFeatureExtractor
+    from diffeval.demo.data import load_digits
+    from diffeval.demo.run import reference_moments
+    from diffeval.metrics import FID, KID, InceptionScore
+
+    extractor = DigitsFeatureExtractor()
+    reference = reference_moments(extractor, n=32)
+    features = extractor(load_digits("test").images[:64])["features"]
+    metrics = [FID(reference, "demo-digits", "features"), InceptionScore("demo-digits", "logits", splits=4), KID(features, "demo-digits", "features", subsets=10, subset_size=16)]
+    return extractor, metrics
+
+
+def worker(rank, world_size, init_file, out_file, mode):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        from diffeval.demo.bundle import demo_sampler
+        from diffeval.distributed import RankFailed, evaluate_sharded
+
+        sampler = demo_sampler(steps=4, eta=1.0)
+        if mode == "fail" and rank == 1:
+            def broken(x, t, *cond):
+                raise RuntimeError("simulated CUDA error on this rank")
+
+            sampler.model = broken
+        extractor, metrics = metrics_for_demo()
+        try:
+            result = evaluate_sharded(sampler, seeds=range(32), image_shape=(1, 8, 8), extractors=[extractor], metrics=metrics, batch_size=8)
+            if rank == 0:
+                json.dump({"metrics": result.metrics, "n": result.n, "nfe": result.latency.nfe}, open(out_file, "w"), default=str)
+        except RankFailed as error:
+            if rank == 0:
+                json.dump({"error": str(error)}, open(out_file, "w"))
+    except Exception:
+        if rank == 0:
+            json.dump({"crash": traceback.format_exc()}, open(out_file, "w"))
+        raise
+    finally:
+        dist.destroy_process_group()
