@@ -10,6 +10,7 @@ evaluation loop and handed to every metric in a :class:`Batch`.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -17,7 +18,7 @@ import torch
 
 from diffeval.errors import InputError, explain
 
-__all__ = ["Batch", "Metric", "metric_state", "merge_state"]
+__all__ = ["Batch", "Metric", "metric_state", "merge_state", "mean_and_stderr"]
 
 
 @dataclass
@@ -51,6 +52,15 @@ class Metric(Protocol):
     def merge(self, other: Any) -> Any: ...
 
     def reset(self) -> None: ...
+
+
+def mean_and_stderr(total: float, total_sq: float, n: int) -> tuple[float, float]:
+    """Mean and its standard error (unbiased variance / n) from running sums; stderr is NaN for n < 2."""
+    mean = total / n
+    if n < 2:
+        return mean, float("nan")
+    var = max(total_sq / n - mean**2, 0.0) * n / (n - 1)
+    return mean, math.sqrt(var / n)
 
 
 def _to_cpu(value: Any) -> Any:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from diffeval.errors import InputError, explain
-from diffeval.metrics.base import Batch
+from diffeval.metrics.base import Batch, mean_and_stderr
 from diffeval.samplers.base import SeedRNG
 from diffeval.samplers.generic import PREDICTIONS
 from diffeval.schedules import Schedule
@@ -376,12 +376,11 @@ class BitsPerDim:
         if self.n < 2:
             raise InputError(explain("bits/dim needs at least 2 samples for a standard error", expected="n >= 2", got=f"{self.n}", fix="evaluate more data"))
         s = self.sums.tolist()
-        mean = s[0] / self.n
-        var = max(s[1] / self.n - mean**2, 0.0) * self.n / (self.n - 1)
+        mean, stderr = mean_and_stderr(s[0], s[1], self.n)
         offset = OFFSET_BITS_SIGNED if self.continuous_decoder else 0.0
         return {
             "bpd": mean + offset,
-            "bpd_stderr": math.sqrt(var / self.n),
+            "bpd_stderr": stderr,
             "prior_bpd": s[2] / self.n,
             "diffusion_bpd": s[3] / self.n,
             "decoder_bpd": s[4] / self.n,

@@ -15,13 +15,12 @@ Every row names its convention. Example::
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from diffeval.errors import InputError, explain
-from diffeval.metrics.base import Batch
+from diffeval.metrics.base import Batch, mean_and_stderr
 
 __all__ = ["clip_score_torchmetrics", "clip_score_hessel", "CLIPScore", "CONVENTIONS"]
 
@@ -81,19 +80,13 @@ class CLIPScore:
         if self.n < 1:
             raise InputError(explain("CLIP score has no samples", expected=">= 1 image with a prompt", got="0", fix="evaluate some samples"))
         s = self.sums.tolist()
-        n = self.n
-
-        def stderr(total: float, total_sq: float) -> float:
-            if n < 2:
-                return float("nan")
-            var = max(total_sq / n - (total / n) ** 2, 0.0) * n / (n - 1)
-            return math.sqrt(var / n)
-
+        tm_mean, tm_stderr = mean_and_stderr(s[0], s[1], self.n)
+        hessel_mean, hessel_stderr = mean_and_stderr(s[2], s[3], self.n)
         return {
-            "clip_score": max(s[0] / n, 0.0),
-            "clip_score_stderr": stderr(s[0], s[1]),
-            "clip_score_hessel": s[2] / n,
-            "clip_score_hessel_stderr": stderr(s[2], s[3]),
-            "n_gen": n,
+            "clip_score": max(tm_mean, 0.0),
+            "clip_score_stderr": tm_stderr,
+            "clip_score_hessel": hessel_mean,
+            "clip_score_hessel_stderr": hessel_stderr,
+            "n_gen": self.n,
             "convention": "torchmetrics: max(mean(100 cos), 0); hessel: mean(2.5 max(cos, 0))",
         }
