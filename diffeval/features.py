@@ -211,8 +211,16 @@ class ClipExtractor:
         is_file = pretrained is not None and Path(pretrained).is_file()
         if is_file:
             load_state_dict(pretrained, None, fix="pass an open_clip checkpoint saved as a plain state dict")  # refuses pickles
-        if pretrained is not None and not is_file and offline():
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        if pretrained is not None and not is_file and offline() and os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("1", "true", "yes"):
+            # open_clip fetches tags from the Hugging Face hub, which reads HF_HUB_OFFLINE once, at import: say so instead of mutating it
+            raise WeightsError(
+                explain(
+                    f"open_clip tag {pretrained!r} may need a download, and DIFFEVAL_OFFLINE=1 forbids downloads",
+                    expected="a local checkpoint path, or a tag already in the Hugging Face cache with HF_HUB_OFFLINE=1",
+                    got=f"pretrained={pretrained!r} with HF_HUB_OFFLINE unset",
+                    fix="pass --pretrained PATH, or export HF_HUB_OFFLINE=1 before starting to use the cached tag",
+                )
+            )
         try:
             net = open_clip.create_model(model, pretrained=pretrained, device=self.device, weights_only=True)
         except RuntimeError as error:

@@ -193,11 +193,18 @@ def _build_sample_metrics(cfg: RunConfig) -> _SampleMetrics:
         if "reference" not in o:
             raise ConfigError(explain(f"metric {spec.name!r} needs a reference", expected="reference = 'digits:test', an image folder, an .npz batch or (fid) .npz statistics", got="nothing", fix="add reference = ..."))
         ref_input = o["reference"]
+        allow = bool(o.get("allow_unmatched", False))
         if spec.name == "fid" and str(ref_input).endswith(".npz") and isinstance(stats := open_input(cfg.resolve_path(ref_input)), FeatureMoments):
-            metrics.append(FID(stats, ex.name, layer, allow_unmatched=bool(o.get("allow_unmatched", False))))
+            # checked now, before any sampling, so a mismatch costs nothing
+            if stats.meta.get("extractor", ex.name) != ex.name or stats.dim != ex.layers.get(layer, stats.dim):
+                raise InputError(explain(f"reference statistics {ref_input} do not match the extractor", expected=f"{ex.name}:{layer} (d = {ex.layers.get(layer)})", got=f"{stats.meta.get('extractor', '?')}:{stats.meta.get('layer', '?')} (d = {stats.dim})", fix="recompute them with diffeval ref --features " + ex.name))
+            if stats.n != cfg.n and not allow:
+                from diffeval.metrics.fid import unmatched_message
+
+                raise InputError(unmatched_message(cfg.n, stats.n, stats.dim or 0))
+            metrics.append(FID(stats, ex.name, layer, allow_unmatched=allow))
             continue
         source = open_data(str(ref_input), cfg)
-        allow = bool(o.get("allow_unmatched", False))
         n_ref = None if (allow and len(source) < cfg.n) or spec.name == "kid" else cfg.n
         if n_ref is not None and len(source) < n_ref:
             from diffeval.metrics.fid import unmatched_message

@@ -15,8 +15,8 @@ Example::
 
     >>> from diffeval import schedules
     >>> s = schedules.linear()
-    >>> round(float(s.alpha_bar[-1]), 12)
-    4.0358297654e-05
+    >>> f"{float(s.alpha_bar[-1]):.11e}"
+    '4.03582976538e-05'
     >>> s.T
     1000
 

@@ -209,3 +209,12 @@ def test_clip_prompt_count_mismatch(tmp_path, tiny_clip, capsys):
     (tmp_path / "p.txt").write_text("one\ntwo\n")
     assert main(["clip-score", str(folder), str(tmp_path / "p.txt"), "--model", "diffeval-tiny-clip", "--pretrained", str(tiny_clip), "--no-progress"]) == 2
     assert "prompt count differs" in capsys.readouterr().err
+
+
+def test_clip_tag_offline_is_a_clear_error(monkeypatch):
+    from diffeval.features import ClipExtractor
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with pytest.raises(WeightsError, match="DIFFEVAL_OFFLINE=1 forbids downloads") as info:
+        ClipExtractor(model="ViT-B-32", pretrained="openai")
+    assert "HF_HUB_OFFLINE=1" in str(info.value)

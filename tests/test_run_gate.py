@@ -210,3 +210,22 @@ def test_gate_refuses_different_world_sizes(tmp_path, capsys):
     Report(rows, {"world_size": 2}).write(tmp_path / "two")
     assert main(["gate", "--baseline", str(tmp_path / "one" / "report.json"), "--candidate", str(tmp_path / "two" / "report.json")]) == 2
     assert "different world sizes" in capsys.readouterr().err
+
+
+def test_reference_statistics_checked_before_sampling(tmp_path, capsys):
+    assert main(["ref", str(_digits_npz(tmp_path)), "--out", str(tmp_path / "ref.npz"), "--features", "demo-digits", "--n", "100", "--no-progress"]) == 0
+    cfg = SMALL.replace('reference = "digits:test"', f'reference = "{tmp_path / "ref.npz"}"').replace('factory = "demo"', 'factory = "run_helpers:dying_sampler"').replace("steps = 5", "die_at_call = 1")
+    # the sampler would die at its first call: the n mismatch (40 vs 100) must be reported first
+    assert main(["run", str(_write(tmp_path, "r.toml", cfg)), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "sample counts do not match" in err and "illegal memory access" not in err
+
+
+def _digits_npz(tmp_path):
+    import numpy as np
+
+    from diffeval.demo.data import load_digits
+
+    path = tmp_path / "digits.npz"
+    np.savez(path, arr_0=load_digits("test").images.numpy().transpose(0, 2, 3, 1))
+    return path

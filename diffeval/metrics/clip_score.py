@@ -8,7 +8,7 @@
 Every row names its convention. Example::
 
     >>> import torch
-    >>> cos = torch.tensor([0.3, -0.1, 0.25])
+    >>> cos = torch.tensor([0.3, -0.1, 0.25], dtype=torch.float64)
     >>> clip_score_torchmetrics(cos), round(clip_score_hessel(cos), 10)
     (15.0, 0.4583333333)
 """

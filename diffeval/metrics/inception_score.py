@@ -9,7 +9,7 @@ deviation (ddof 0) of the per-split scores are reported.
 Example::
 
     >>> import torch
-    >>> p = torch.tensor([[0.9, 0.1]] * 2 + [[0.1, 0.9]] * 2)
+    >>> p = torch.tensor([[0.9, 0.1]] * 2 + [[0.1, 0.9]] * 2, dtype=torch.float64)
     >>> round(inception_score(p.log(), splits=1)[0], 10)
     1.4449348112
 """

@@ -125,8 +125,8 @@ class _ModelTimer:
 
 
 def _accepts(fn: Callable[..., Any], name: str) -> bool:
-    params = inspect.signature(fn).parameters
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    """Whether ``fn`` names the parameter ``name`` (a bare ``**kwargs`` does not count: it would make every pipeline look text-to-image)."""
+    return name in inspect.signature(fn).parameters
 
 
 class DiffusersPipelineSampler:
@@ -156,7 +156,8 @@ class DiffusersPipelineSampler:
         self.schedule = schedule_of(pipeline.scheduler)
         self.prediction = prediction_of(pipeline.scheduler)
         self.model = _UNetModel(self.denoiser) if self.denoiser is not None and not self.text_to_image else None
-        self.spacing = {"leading": "leading", "trailing": "trailing", "linspace": "linspace"}.get(getattr(pipeline.scheduler.config, "timestep_spacing", ""), None)
+        spacing = getattr(pipeline.scheduler.config, "timestep_spacing", None)
+        self.spacing = spacing if spacing in schedules.SPACINGS else None
         self.timer = StepTimer(timing)
         self.last_run: RunStats | None = None
 
