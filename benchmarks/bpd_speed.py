@@ -40,7 +40,7 @@ def _time(metric: BitsPerDim, images: torch.Tensor, batch_size: int) -> tuple[fl
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     t = time.perf_counter()
-    out = measure(TensorSource(images), extractors=[], metrics=[metric], batch_size=batch_size)["bpd"]
+    out = measure(TensorSource(images), extractors=[], metrics=[metric], batch_size=batch_size)[metric.label]
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return images.shape[0] / (time.perf_counter() - t), out
@@ -56,12 +56,12 @@ def main() -> None:
     rows = []
     vlb = BitsPerDim(load_denoiser(device=args.device), schedules.cosine(), "eps", "vlb", strata=50)
     rate, out = _time(vlb, digits, args.batch_size)
-    rows.append(("VLB, digits 1x8x8, 50 strata", f"{rate:.1f}", f"{out['bpd']:.3f} ± {out['bpd_stderr']:.3f}"))
+    rows.append(("VLB, digits 1x8x8, 50 strata", f"{rate:.1f}", f"{out.value:.3f} ± {out.stderr:.3f}"))
     torch.manual_seed(0)
     cifar = torch.randint(0, 256, (args.n, 3, 32, 32), dtype=torch.uint8)
     vdm = BitsPerDim(ConvEps().to(args.device), schedules.vdm(), "eps", "vdm", n_t=1)
     rate, out = _time(vdm, cifar, args.batch_size)
-    rows.append(("VDM, random conv 3x32x32, n_t=1", f"{rate:.1f}", f"{out['bpd']:.3f} ± {out['bpd_stderr']:.3f}"))
+    rows.append(("VDM, random conv 3x32x32, n_t=1", f"{rate:.1f}", f"{out.value:.3f} ± {out.stderr:.3f}"))
     print(f"device {args.device}" + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else f", {torch.get_num_threads()} threads") + f", n = {args.n}")
     print(f"{'estimator':34s} {'images/s':>10s}  bits/dim")
     for name, rate_s, value in rows:

@@ -122,7 +122,7 @@ class Stream:
 
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 out = measure(Stream(), extractors=[ex], metrics=[FID(ref, "demo-digits", "features", allow_unmatched=True)], batch_size=batch)
-print(json.dumps({"n": n, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "before_mb": base / 1024, "fid": out["fid"]["fid"]}))
+print(json.dumps({"n": n, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "before_mb": base / 1024, "fid": next(iter(out.values())).value}))
 """
 
 

@@ -83,19 +83,19 @@ def main() -> None:
             bare_s, _ = _timed(bare, device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            eval_s, result = _timed(lambda: evaluate(sampler, seeds=range(a.n), image_shape=(3, 32, 32), extractors=[exact], metrics=[FID(reference, "inception-v3", "2048", allow_unmatched=True)], batch_size=a.batch_size, device=device, step_timing=False), device)
+            eval_s, result = _timed(lambda: evaluate(sampler, seeds=range(a.n), image_shape=(3, 32, 32), extractors=[exact], metrics=[FID(reference, exact.key, "2048", allow_unmatched=True)], batch_size=a.batch_size, device=device, step_timing=False), device)
             peak_full = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             quarter = max(a.batch_size, a.n // 4)
-            evaluate(sampler, seeds=range(quarter), image_shape=(3, 32, 32), extractors=[exact], metrics=[FID(reference, "inception-v3", "2048", allow_unmatched=True)], batch_size=a.batch_size, device=device, step_timing=False)
+            evaluate(sampler, seeds=range(quarter), image_shape=(3, 32, 32), extractors=[exact], metrics=[FID(reference, exact.key, "2048", allow_unmatched=True)], batch_size=a.batch_size, device=device, step_timing=False)
             peak_quarter = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
         rows += [
             (f"samples (CIFAR U-Net width {a.width}, DDIM-{a.steps}, {a.dtype}, batch {a.batch_size})", f"{a.n}"),
             ("bare sampling loop [s]", f"{bare_s:.2f}"),
             ("evaluation incl. Inception features + FID [s]", f"{eval_s:.2f}"),
             ("evaluation / bare loop (target <= 1.05x)", f"{eval_s / bare_s:.3f}x"),
-            ("FID (random weights: a timing run)", f"{result.metrics['fid']['fid']:.4g}"),
+            ("FID (random weights: a timing run)", f"{result['fid'].value:.4g}"),
             (f"peak GPU memory [MiB] at N = {quarter} / N = {a.n}", f"{peak_quarter:.0f} / {peak_full:.0f}"),
         ]
 

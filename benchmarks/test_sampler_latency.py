@@ -15,7 +15,7 @@ import torch
 from conftest import SlowedModel, synchronize
 
 from diffeval.bench import _precision
-from diffeval.samplers import SeedRNG
+from diffeval.samplers import SeedRNG, StepTimer
 
 SAMPLERS = {"ddim": {"eta": 0.0}, "ddpm": {"eta": 1.0}}
 
@@ -29,16 +29,19 @@ def _run(benchmark, sampler, image_shape, batch, dtype, device, rounds):
         rng = SeedRNG(seeds, device)
         return (rng.randn(tuple(image_shape)), rng), {}
 
+    timers = []
+
     def target(noise, rng):
+        timers.append(StepTimer())
         with _precision(device, dtype), torch.no_grad():
-            out = sampler(noise, None, rng=rng)
+            out = sampler(noise, None, rng=rng, timer=timers[-1])
         synchronize(device)
         return out
 
     benchmark.pedantic(target, setup=setup, rounds=rounds, warmup_rounds=1, iterations=1)
-    steps_ms = sorted(sampler.last_run.step_s)
+    steps_ms = sorted(timers[-1].stats.step_s)
     benchmark.extra_info.update(
-        nfe=sampler.last_run.nfe,
+        nfe=timers[-1].stats.nfe,
         step_ms_median=1e3 * steps_ms[len(steps_ms) // 2],
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         dtype=dtype,
@@ -56,7 +59,7 @@ def test_demo_sampler(benchmark, device, slowdown_ms, kind, steps, batch, dtype)
 
     sampler = demo_sampler(steps=steps, device=device, **SAMPLERS[kind])
     if slowdown_ms:
-        sampler.model = SlowedModel(sampler.model, slowdown_ms)
+        sampler = sampler.replace(model=SlowedModel(sampler.model, slowdown_ms))
     benchmark.group = f"demo digits 8x8 {kind}"
     _run(benchmark, sampler, (1, 8, 8), batch, dtype, device, rounds=5)
 
@@ -78,6 +81,6 @@ def test_cifar_unet_ddim(benchmark, device, bench_size, slowdown_ms, case, dtype
     width, steps, batch = cases[case]
     sampler = cifar_sampler(steps=steps, width=width, device=str(device))
     if slowdown_ms:
-        sampler.model = SlowedModel(sampler.model, slowdown_ms)
+        sampler = sampler.replace(model=SlowedModel(sampler.model, slowdown_ms))
     benchmark.group = f"cifar unet w{width} ddim-{steps} b{batch}"
     _run(benchmark, sampler, (3, 32, 32), batch, dtype, device, rounds=3)

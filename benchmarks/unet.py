@@ -100,6 +100,4 @@ def cifar_sampler(steps: int = 10, eta: float = 0.0, width: int = 128, device: s
     from diffeval.samplers import GeneralizedSampler
 
     net = CifarUNet(width=width).to(device).eval()
-    sampler = GeneralizedSampler(net, schedules.linear(), prediction="eps", steps=steps, eta=eta, **knobs)  # type: ignore[arg-type]
-    sampler.image_shape = (3, 32, 32)  # type: ignore[attr-defined]
-    return sampler
+    return GeneralizedSampler(net, schedules.linear(), prediction="eps", steps=steps, eta=eta, image_shape=(3, 32, 32), **knobs)  # type: ignore[arg-type]

@@ -5,16 +5,17 @@ fidelity metrics, likelihood, diagnostics, latency and a report a CI gate can re
 """
 
 from diffeval import schedules
-from diffeval.errors import ConfigError, DiffevalError, InputError, SamplerError, ScheduleError, WeightsError
-from diffeval.evaluate import EvaluationResult, evaluate
-from diffeval.features import EXTRACTORS, get_extractor, to_uint8
-from diffeval.metrics import FID, frechet_distance
+from diffeval.errors import ConfigError, DiffevalError, ExitCode, InputError, SamplerError, ScheduleError, WeightsError
+from diffeval.evaluate import EvaluationResult, evaluate, measure
+from diffeval.features import EXTRACTORS, get_extractor
+from diffeval.metrics import FID, METRICS, Metric, MetricResult, frechet_distance, register_metric
+from diffeval.quantize import to_uint8
 from diffeval.report import Report
-from diffeval.samplers import CallableSampler, GeneralizedSampler, SeedRNG, seeded_noise
+from diffeval.samplers import CallableSampler, GeneralizedSampler, SamplerInfo, seeded_noise
 from diffeval.schedules import Schedule
+from diffeval.seeds import SeedRNG
 from diffeval.stats import FeatureMoments
-
-__version__ = "0.1.0"
+from diffeval.version import __version__
 
 __all__ = [
     "__version__",
@@ -23,12 +24,17 @@ __all__ = [
     "DiffevalError",
     "EXTRACTORS",
     "EvaluationResult",
+    "ExitCode",
     "FID",
     "FeatureMoments",
     "GeneralizedSampler",
     "InputError",
+    "METRICS",
+    "Metric",
+    "MetricResult",
     "Report",
     "SamplerError",
+    "SamplerInfo",
     "Schedule",
     "ScheduleError",
     "SeedRNG",
@@ -36,6 +42,8 @@ __all__ = [
     "evaluate",
     "frechet_distance",
     "get_extractor",
+    "measure",
+    "register_metric",
     "schedules",
     "seeded_noise",
     "to_uint8",

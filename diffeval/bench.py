@@ -11,8 +11,11 @@
 
 Example::
 
-    >>> from diffeval.demo.bundle import demo_sampler
-    >>> r = measure_latency(demo_sampler(steps=3), image_shape=(1, 8, 8), batch_size=2, warmup=1, repeats=2)
+    >>> import torch
+    >>> from diffeval import schedules
+    >>> from diffeval.samplers import GeneralizedSampler
+    >>> sampler = GeneralizedSampler(lambda x, t: torch.zeros_like(x), schedules.cosine(), steps=3)
+    >>> r = measure_latency(sampler, image_shape=(1, 8, 8), batch_size=2, warmup=1, repeats=2)
     >>> r.nfe, r.batch_size
     (3, 2)
 """
@@ -33,9 +36,11 @@ import torch
 from diffeval.errors import ConfigError, explain
 from diffeval.evaluate import resolve_device
 from diffeval.report import make_row
-from diffeval.samplers.base import SeedRNG
+from diffeval.samplers.base import StepTimer, describe
+from diffeval.samplers.callable import as_sampler
+from diffeval.seeds import SeedRNG
 
-__all__ = ["LatencyResult", "OverheadResult", "measure_latency", "measure_hook_overhead", "latency_rows", "bench_grid", "format_table", "DTYPES"]
+__all__ = ["LatencyResult", "OverheadResult", "measure_latency", "measure_hook_overhead", "latency_rows", "bench_grid", "bench_config", "format_table", "DTYPES"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -99,12 +104,12 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def _call(sampler: Any, image_shape: Sequence[int], batch_size: int, device: torch.device, seed: int, cond: Any) -> float:
+def _call(sampler: Any, image_shape: Sequence[int], batch_size: int, device: torch.device, seed: int, cond: Any, timer: StepTimer) -> float:
     rng = SeedRNG(range(seed, seed + batch_size), device)
     noise = rng.randn(tuple(image_shape))
     _sync(device)
     t = time.perf_counter()
-    sampler(noise, cond, rng=rng)
+    sampler(noise, cond, rng=rng, timer=timer)
     _sync(device)
     return time.perf_counter() - t
 
@@ -122,35 +127,43 @@ def measure_latency(
     cond: Any = None,
     seed: int = 0,
 ) -> LatencyResult:
-    """Per-step latency, images/s and peak memory of ``sampler`` at one batch size and dtype."""
+    """Per-step latency, images/s and peak memory of ``sampler`` at one batch size and dtype.
+
+    ``compile=True`` times ``sampler.replace(model=torch.compile(model))`` (the sampler
+    must offer ``replace``); the sampler passed in is never modified.
+    """
     dev = resolve_device(device)
+    sampler = as_sampler(sampler)
     if not isinstance(repeats, int) or repeats < 1 or not isinstance(warmup, int) or warmup < 0:
         raise ConfigError(explain("invalid warm-up/repeat counts", expected="warmup >= 0 and repeats >= 1", got=f"warmup={warmup}, repeats={repeats}", fix="use warmup=2, repeats=5"))
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(explain("invalid batch size", expected="an integer >= 1", got=repr(batch_size), fix="use batch_size=1"))
     compile_s = 0.0
+    info = describe(sampler)
     if compile:
-        if getattr(sampler, "model", None) is None:
-            raise ConfigError(explain("compile needs the sampler's model", expected="a sampler exposing .model", got=type(sampler).__name__, fix="drop --compile"))
-        sampler.model = torch.compile(sampler.model)
+        if info.model is None or not callable(getattr(sampler, "replace", None)):
+            raise ConfigError(explain("compile needs the sampler's model and a replace() method", expected="a sampler that declares its model and offers replace(model=...)", got=type(sampler).__name__, fix="drop --compile"))
+        sampler = sampler.replace(model=torch.compile(info.model))
     with _precision(dev, dtype), torch.no_grad():
-        first = _call(sampler, image_shape, batch_size, dev, seed, cond) if (warmup or compile) else None
+        first = _call(sampler, image_shape, batch_size, dev, seed, cond, StepTimer()) if (warmup or compile) else None
         for i in range(1, warmup):
-            _call(sampler, image_shape, batch_size, dev, seed + i * batch_size, cond)
+            _call(sampler, image_shape, batch_size, dev, seed + i * batch_size, cond, StepTimer())
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         calls, steps_s = [], []
+        run = None
         for r in range(repeats):
-            calls.append(_call(sampler, image_shape, batch_size, dev, seed + (warmup + r) * batch_size, cond))
-            steps_s += list(getattr(sampler.last_run, "step_s", []) or [])
+            timer = StepTimer()
+            calls.append(_call(sampler, image_shape, batch_size, dev, seed + (warmup + r) * batch_size, cond, timer))
+            run = timer.stats
+            steps_s += list(run.step_s)
     call_median = statistics.median(calls)
     if compile and first is not None:
         compile_s = max(first - call_median, 0.0)
-    run = sampler.last_run
-    steps = len(run.step_s) if run is not None and run.step_s else int(getattr(sampler, "steps", 0) or 0)
+    steps = len(run.step_s) if run is not None and run.step_s else int(info.steps or 0)
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else float("nan")
     return LatencyResult(
-        sampler=", ".join(f"{k}={v}" for k, v in sampler.config().items()),
+        sampler=info.label(),
         device=str(dev),
         device_name=_device_name(dev),
         dtype=dtype,
@@ -170,12 +183,16 @@ def measure_latency(
 
 
 def measure_hook_overhead(sampler: Any, *, image_shape: Sequence[int], batch_size: int = 1, device: str | torch.device = "cpu", repeats: int = 20, dtype: str = "fp32") -> OverheadResult:
-    """Per-step cost of the sampler with the step hook on vs off, and of a bare loop of the same model calls."""
-    from diffeval.samplers.base import StepTimer
+    """Per-step cost of the sampler with the step hook on vs off, and of a bare loop of the same model calls.
 
+    Needs a sampler that declares its model, schedule and visited steps (``indices``).
+    """
     dev = resolve_device(device)
-    model, steps = sampler.model, int(sampler.steps)
-    times = sampler.schedule.model_times[sampler.indices].tolist()
+    info = describe(sampler)
+    if info.model is None or info.schedule is None or info.indices is None:
+        raise ConfigError(explain("the hook overhead needs the sampler's model, schedule and visited steps", expected="a sampler whose describe() declares model, schedule and indices", got=info.name, fix="measure it on the generalized sampler, or drop --overhead"))
+    model, steps = info.model, len(info.indices)
+    times = info.schedule.model_times[list(info.indices)].tolist()
     x = SeedRNG(range(batch_size), dev).randn(tuple(image_shape))
     t_vecs = [torch.full((batch_size,), t, device=dev, dtype=torch.float32) for t in times]
 
@@ -188,12 +205,7 @@ def measure_hook_overhead(sampler: Any, *, image_shape: Sequence[int], batch_siz
         return time.perf_counter() - t0
 
     def with_timer(mode: str) -> float:
-        saved = sampler.timer
-        sampler.timer = StepTimer(mode)
-        try:
-            return _call(sampler, image_shape, batch_size, dev, 0, None)
-        finally:
-            sampler.timer = saved
+        return _call(sampler, image_shape, batch_size, dev, 0, None, StepTimer(mode))
 
     with _precision(dev, dtype), torch.no_grad():
         for _ in range(2):  # warm-up
@@ -213,10 +225,10 @@ def latency_rows(result: LatencyResult, name_suffix: str = "") -> list[dict[str,
     details = {k: v for k, v in asdict(result).items() if not (isinstance(v, float) and math.isnan(v))}
     tag = name_suffix or f"[{result.dtype},b{result.batch_size}]"
     return [
-        make_row(f"step_latency_ms{tag}", "latency", result.step_ms_median, unit="ms", sampler=result.sampler, details={**details, "statistic": "median", "iqr_ms": result.step_ms_iqr}),
-        make_row(f"throughput{tag}", "latency", result.images_per_s, unit="images/s", sampler=result.sampler, details=details),
-        make_row(f"nfe{tag}", "latency", result.nfe, unit="evals/sample", sampler=result.sampler),
-        *([make_row(f"peak_memory_mb{tag}", "latency", result.peak_memory_mb, unit="MiB", sampler=result.sampler)] if not math.isnan(result.peak_memory_mb) else []),
+        make_row(f"step_latency_ms{tag}", "latency", result.step_ms_median, unit="ms", sampler=result.sampler, details={**details, "statistic": "median", "iqr_ms": result.step_ms_iqr}, direction="lower"),
+        make_row(f"throughput{tag}", "latency", result.images_per_s, unit="images/s", sampler=result.sampler, details=details, direction="higher"),
+        make_row(f"nfe{tag}", "latency", result.nfe, unit="evals/sample", sampler=result.sampler, direction="lower"),
+        *([make_row(f"peak_memory_mb{tag}", "latency", result.peak_memory_mb, unit="MiB", sampler=result.sampler, direction="lower")] if not math.isnan(result.peak_memory_mb) else []),
     ]
 
 
@@ -239,6 +251,29 @@ def bench_grid(
             for dtype in dtypes:
                 results.append(measure_latency(make_sampler(n_steps), image_shape=image_shape, batch_size=batch, dtype=dtype, device=device, warmup=warmup, repeats=repeats, compile=compile))
     return results
+
+
+def bench_config(cfg: Any, *, steps: Sequence[int], batch_sizes: Sequence[int], dtypes: Sequence[str], warmup: int = 2, repeats: int = 5, compile: bool = False, overhead: bool = False) -> tuple[list[LatencyResult], OverheadResult | None, list[dict[str, Any]]]:
+    """The latency grid of a config's sampler (rebuilt per step count), optionally the hook overhead; returns results and report rows."""
+    from diffeval.subjects import build_subject
+
+    subject = build_subject(cfg)
+    if subject.make is None:
+        raise ConfigError(explain("bench needs a sampler", expected="a config with [sampler]", got="a [schedule] (checks-only) config", fix="bench a config that names a sampler"))
+    shape = cfg.image_shape or subject.info.image_shape
+    if shape is None:
+        raise ConfigError(explain("image shape unknown", expected="[run] image_shape = [C, H, W] or a sampler that declares it", got="neither", fix="add image_shape to [run]"))
+
+    def make(n_steps: int) -> Any:
+        return subject.make({"steps": n_steps})  # type: ignore[misc]
+
+    results = bench_grid(make, image_shape=shape, steps=steps, batch_sizes=batch_sizes, dtypes=dtypes, device=cfg.device, warmup=warmup, repeats=repeats, compile=compile)
+    rows = [row for r in results for row in latency_rows(r, f"[steps={r.steps},{r.dtype},b{r.batch_size}]")]
+    measured = None
+    if overhead:
+        measured = measure_hook_overhead(make(steps[0]), image_shape=shape, batch_size=1, device=cfg.device)
+        rows.append(make_row("step_hook_overhead_pct", "latency", measured.hook_overhead_pct, unit="%", details=asdict(measured), direction="lower"))
+    return results, measured, rows
 
 
 def format_table(results: Sequence[LatencyResult]) -> str:

@@ -26,7 +26,8 @@ import torch.distributed as dist
 
 from diffeval.errors import DiffevalError
 from diffeval.evaluate import EvaluationResult, LatencySummary, evaluate
-from diffeval.metrics.base import merge_state, metric_state
+from diffeval.samplers.base import describe
+from diffeval.samplers.callable import as_sampler
 
 __all__ = ["world", "init_from_env", "shard", "RankFailed", "evaluate_sharded", "is_main"]
 
@@ -102,6 +103,7 @@ def evaluate_sharded(sampler: Any, *, seeds: Sequence[int], metrics: Sequence[An
     """
     w = world()
     seeds = list(seeds)
+    sampler = as_sampler(sampler)
     if not w.distributed:
         return evaluate_fn(sampler, seeds=seeds, metrics=metrics, **kwargs)
     mine = shard(seeds, w.rank, w.size)
@@ -111,8 +113,8 @@ def evaluate_sharded(sampler: Any, *, seeds: Sequence[int], metrics: Sequence[An
             raise DiffevalError(f"rank {w.rank} has no seeds: {len(seeds)} seeds for {w.size} ranks; use at least as many samples as ranks")
         for metric in metrics:
             metric.reset()
-        result = _evaluate_without_compute(evaluate_fn, sampler, mine, metrics, kwargs)
-        payload.update(states=[metric_state(m) for m in metrics], latency=result.latency, n=result.n, saturation=result.saturation, samples=result.samples, wall_s=result.wall_s)
+        result = evaluate_fn(sampler, seeds=mine, metrics=metrics, compute=False, **kwargs)
+        payload.update(states=[m.state() for m in metrics], latency=result.latency, n=result.n, saturation=result.saturation, samples=result.samples, wall_s=result.wall_s)
     except Exception as error:  # reported through the gather, so no rank waits forever
         payload["error"] = f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}"
     parts = _gather(payload, w)
@@ -124,28 +126,10 @@ def evaluate_sharded(sampler: Any, *, seeds: Sequence[int], metrics: Sequence[An
         return None
     for part in parts[1:]:
         for metric, state in zip(metrics, part["states"], strict=True):
-            merge_state(metric, state)
+            metric.merge_state(state)
     n_total = sum(p["n"] for p in parts)
     latency = _merge_latency([p["latency"] for p in parts], n_total)
-    values = {m.name: m.compute() for m in metrics}
+    values = {m.label: m.compute() for m in metrics}
     saturation = sum(p["saturation"] * p["n"] for p in parts) / n_total
     mine_result = parts[0]
-    return EvaluationResult(n=n_total, metrics=values, latency=latency, samples=mine_result["samples"], saturation=saturation, wall_s=max(p["wall_s"] for p in parts), config={"world_size": w.size, "n": n_total})
-
-
-class _NoCompute:
-    """Wraps a metric so ``evaluate`` updates it but leaves ``compute`` to rank 0 after the merge."""
-
-    def __init__(self, metric: Any) -> None:
-        self.metric = metric
-        self.name, self.extractor = metric.name, metric.extractor
-
-    def update(self, batch: Any) -> None:
-        self.metric.update(batch)
-
-    def compute(self) -> dict[str, Any]:
-        return {}
-
-
-def _evaluate_without_compute(evaluate_fn: Callable[..., EvaluationResult], sampler: Any, seeds: list[int], metrics: Sequence[Any], kwargs: dict[str, Any]) -> EvaluationResult:
-    return evaluate_fn(sampler, seeds=seeds, metrics=[_NoCompute(m) for m in metrics], **kwargs)
+    return EvaluationResult(n=n_total, metrics=values, latency=latency, samples=mine_result["samples"], saturation=saturation, wall_s=max(p["wall_s"] for p in parts), sampler=describe(sampler), config={"world_size": w.size, "n": n_total})

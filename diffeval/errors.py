@@ -1,11 +1,20 @@
-"""Exception types of diffeval.
+"""Exception types of diffeval, and the process exit codes they map to.
 
 Every error message says four things: what went wrong, what was expected, what was
 seen, and how to fix it. :func:`explain` builds such a message so every module
 words its errors the same way.
+
+Exit codes (one mapping for every command, :func:`exit_code_for`):
+
+- ``0`` pass / success;
+- ``1`` a regression (gate) or a failed check (run, diagnose, demo);
+- ``2`` an error: bad input, bad option, unreadable file, unexpected exception;
+- ``130`` interrupted (Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
+
+from enum import IntEnum
 
 __all__ = [
     "DiffevalError",
@@ -14,6 +23,8 @@ __all__ = [
     "WeightsError",
     "InputError",
     "ConfigError",
+    "ExitCode",
+    "exit_code_for",
     "explain",
 ]
 
@@ -21,6 +32,15 @@ __all__ = [
 def explain(what: str, *, expected: str, got: str, fix: str) -> str:
     """Format an error message: ``what; expected ...; got ...; fix: ...``."""
     return f"{what}: expected {expected}; got {got}. Fix: {fix}"
+
+
+class ExitCode(IntEnum):
+    """What a diffeval command's exit status means."""
+
+    OK = 0
+    FAILED = 1  # a regression (gate) or a failed check
+    ERROR = 2  # bad input or anything unexpected: never read as a pass or a regression
+    INTERRUPTED = 130
 
 
 class DiffevalError(ValueError):
@@ -40,8 +60,15 @@ class WeightsError(DiffevalError):
 
 
 class InputError(DiffevalError):
-    """Images, features or data given to a metric or check are not usable as given."""
+    """Images, features, statistics or data given to a metric or check are not usable as given."""
 
 
 class ConfigError(DiffevalError):
     """A configuration names an unknown option or value."""
+
+
+def exit_code_for(error: BaseException) -> ExitCode:
+    """The exit code of a command that stopped with ``error``: 130 for interrupts, 2 for everything else."""
+    if isinstance(error, KeyboardInterrupt):
+        return ExitCode.INTERRUPTED
+    return ExitCode.ERROR

@@ -1,18 +1,20 @@
-"""The evaluation loop: seeds → noise → sampler → uint8 → features once → metric updates.
+"""The batch loop: images (sampled or stored) → uint8 → features once per batch → every metric.
 
-Each extractor runs once per batch and its features are fanned out to every metric
-(:func:`feed`); :func:`measure` does the same for stored images (folders, .npz).
-Only metric statistics are kept, plus the first ``keep`` samples for a picture.
-Sampler outputs are checked for finiteness, the fraction of pixels outside [-1, 1]
-(saturation) is recorded, then they are clamped and quantized with
-:func:`diffeval.features.to_uint8`.
+One loop (:func:`consume`) feeds every metric, whatever the images come from:
+:func:`evaluate` samples them (seeds → per-seed noise → sampler), :func:`measure`
+loads them (folders, ``.npz`` batches, data sets — also how references are built).
+Each extractor runs once per batch, with a CUDA out-of-memory retry in halves
+(:func:`extract_with_retry`), and its features are fanned out to every metric. Only
+metric statistics are kept, plus the first ``keep`` samples for a picture.
+
+Sampler outputs are checked for finiteness by the sampler; the fraction of pixels
+outside [-1, 1] is counted on the device (no per-batch host sync) and reported, then
+the images are clamped and quantized on the 8-bit grid.
 
 Example::
 
     >>> import torch
-    >>> from diffeval.samplers import CallableSampler
-    >>> sampler = CallableSampler(lambda noise, cond: noise.clamp(-1, 1))
-    >>> result = evaluate(sampler, seeds=range(8), image_shape=(1, 8, 8), batch_size=4)
+    >>> result = evaluate(lambda noise, cond: noise.clamp(-1, 1), seeds=range(8), image_shape=(1, 8, 8), batch_size=4)
     >>> result.n, result.latency.batches
     (8, 2)
 """
@@ -21,19 +23,22 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from diffeval.errors import ConfigError, explain
-from diffeval.features import FeatureExtractor
-from diffeval.metrics.base import Batch, Metric
-from diffeval.samplers.base import Sampler, SeedRNG
+from diffeval.errors import ConfigError, InputError, explain
+from diffeval.features import FeatureExtractor, extractor_key
+from diffeval.metrics.base import Batch, MetricResult
+from diffeval.quantize import quantize
+from diffeval.samplers.base import SamplerInfo, StepTimer, describe
+from diffeval.samplers.callable import as_sampler
+from diffeval.seeds import SeedRNG
 from diffeval.sources import ImageSource, iter_batches
 
-__all__ = ["evaluate", "measure", "feed", "extract_with_retry", "quantize", "EvaluationResult", "LatencySummary", "resolve_device"]
+__all__ = ["evaluate", "measure", "consume", "feed", "extract_with_retry", "EvaluationResult", "LatencySummary", "resolve_device", "extractor_table", "check_labels"]
 
 
 @dataclass(frozen=True)
@@ -51,22 +56,25 @@ class LatencySummary:
 
 @dataclass
 class EvaluationResult:
+    """Metric results by label, latency, the first samples and the output range of one evaluation."""
+
     n: int
-    metrics: dict[str, dict[str, Any]]
+    metrics: dict[str, MetricResult]
     latency: LatencySummary
     samples: torch.Tensor  # uint8, the first `keep` samples
     saturation: float  # fraction of output pixels outside [-1, 1] before clamping
     wall_s: float
+    sampler: SamplerInfo | None = None
     config: dict[str, Any] = field(default_factory=dict)
 
-
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    """Sampler output → uint8 without host round-trips: clamp to [-1, 1], ``round((x + 1) * 127.5)``.
-
-    The same grid as :func:`diffeval.features.to_uint8`; samplers have already checked
-    finiteness, and the fraction of pixels they put outside [-1, 1] is reported.
-    """
-    return torch.round((images.float().clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
+    def __getitem__(self, key: str) -> MetricResult:
+        """The result of the metric with this label, or of the only metric with this name (``result["fid"]``)."""
+        if key in self.metrics:
+            return self.metrics[key]
+        named = [label for label, r in self.metrics.items() if label.split("@")[0].split("[")[0] == key]
+        if len(named) == 1:
+            return self.metrics[named[0]]
+        raise KeyError(f"{key!r}: " + (f"several metrics are named so, use a label: {named}" if named else f"no such metric; labels: {sorted(self.metrics)}"))
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -90,23 +98,21 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
 
 
-def _batches(seeds: Sequence[int], batch_size: int) -> Iterable[list[int]]:
-    for start in range(0, len(seeds), batch_size):
-        yield list(seeds[start : start + batch_size])
+def check_labels(metrics: Sequence[Any]) -> None:
+    """Every metric's label must be unique within a run (it keys results and rows)."""
+    seen: dict[str, Any] = {}
+    for metric in metrics:
+        if metric.label in seen:
+            raise ConfigError(explain(f"two metrics share the label {metric.label!r}", expected="one label per metric in a run", got=f"{type(seen[metric.label]).__name__} and {type(metric).__name__}", fix="give one of them label = '...' in its [[metrics]] table"))
+        seen[metric.label] = metric
 
 
-def _by_name(extractors: Sequence[FeatureExtractor] | Mapping[str, FeatureExtractor], metrics: Sequence[Metric]) -> dict[str, FeatureExtractor]:
-    table = dict(extractors) if isinstance(extractors, Mapping) else {e.name: e for e in extractors}
+def extractor_table(extractors: Sequence[FeatureExtractor] | Mapping[str, FeatureExtractor], metrics: Sequence[Any]) -> dict[str, FeatureExtractor]:
+    """Extractors by key; every metric's extractor must be among them."""
+    table = dict(extractors) if isinstance(extractors, Mapping) else {extractor_key(e): e for e in extractors}
     for metric in metrics:
         if metric.extractor is not None and metric.extractor not in table:
-            raise ConfigError(
-                explain(
-                    f"metric {metric.name!r} needs extractor {metric.extractor!r}",
-                    expected=f"{metric.extractor!r} among the extractors",
-                    got=f"{sorted(table) or 'none'}",
-                    fix=f"pass extractors=[get_extractor({metric.extractor!r})]",
-                )
-            )
+            raise ConfigError(explain(f"metric {metric.label!r} needs extractor {metric.extractor!r}", expected=f"{metric.extractor!r} among the extractors", got=f"{sorted(table) or 'none'}", fix=f"pass extractors=[get_extractor({metric.extractor!r})]"))
     return table
 
 
@@ -129,44 +135,109 @@ def extract_with_retry(extractor: FeatureExtractor, images: torch.Tensor) -> dic
     return {layer: torch.cat([p[layer] for p in parts]) for layer in parts[0]}
 
 
-def feed(metrics: Sequence[Metric], extractors: Mapping[str, FeatureExtractor], images: torch.Tensor, seeds: list[int], cond: Any = None) -> None:
+def feed(metrics: Sequence[Any], extractors: Mapping[str, FeatureExtractor], images: torch.Tensor, seeds: list[int], cond: Any = None) -> None:
     """Run each needed extractor once on uint8 ``images`` (OOM-safe) and update every metric."""
     needed = {m.extractor for m in metrics if m.extractor is not None}
-    batch = Batch(features={name: extract_with_retry(extractors[name], images) for name in sorted(needed)}, seeds=seeds, cond=cond, images=images)
+    batch = Batch(features={key: extract_with_retry(extractors[key], images) for key in sorted(needed)}, seeds=seeds, cond=cond, images=images)
     for metric in metrics:
         metric.update(batch)
+
+
+def consume(batches: Iterable[tuple[list[int], torch.Tensor, Any]], metrics: Sequence[Any], extractors: Mapping[str, FeatureExtractor]) -> int:
+    """The batch loop: :func:`feed` every ``(seeds, uint8 images, cond)`` to the metrics; returns the batch count."""
+    count = 0
+    for seeds, images, cond in batches:
+        if metrics:
+            feed(metrics, extractors, images, seeds, cond)
+        count += 1
+    return count
+
+
+def _progress(iterable: Iterable[Any], total: int, desc: str, enabled: bool) -> Iterable[Any]:
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False)
 
 
 def measure(
     source: ImageSource,
     *,
-    extractors: Sequence[FeatureExtractor] | Mapping[str, FeatureExtractor],
-    metrics: Sequence[Metric],
+    extractors: Sequence[FeatureExtractor] | Mapping[str, FeatureExtractor] = (),
+    metrics: Sequence[Any],
     batch_size: int = 64,
     indices: Sequence[int] | None = None,
     cond_fn: Callable[[list[int]], Any] | None = None,
     progress: bool = False,
-) -> dict[str, dict[str, Any]]:
-    """Feed stored images (by index) to the metrics; returns ``{metric name: compute()}``."""
-    table = _by_name(extractors, metrics)
+    compute: bool = True,
+) -> dict[str, MetricResult]:
+    """Feed stored images (by index; the index is the sample's seed) to the metrics; returns ``{label: result}``."""
+    table = extractor_table(extractors, metrics)
+    check_labels(metrics)
     chosen = list(range(len(source))) if indices is None else list(indices)
-    batches: Iterable[tuple[list[int], torch.Tensor]] = iter_batches(source, batch_size, chosen)
-    if progress:
-        from tqdm.auto import tqdm
+    batches = ((idx, images, cond_fn(idx) if cond_fn is not None else None) for idx, images in iter_batches(source, batch_size, chosen))
+    consume(_progress(batches, -(-len(chosen) // batch_size), f"features {source.name}", progress), metrics, table)
+    return {metric.label: metric.compute() for metric in metrics} if compute else {}
 
-        batches = tqdm(batches, total=-(-len(chosen) // batch_size), desc=f"features {source.name}", unit="batch", leave=False)
-    for idx, images in batches:
-        feed(metrics, table, images, idx, cond_fn(idx) if cond_fn is not None else None)
-    return {metric.name: metric.compute() for metric in metrics}
+
+class _SamplingLoop:
+    """Iterates ``(seeds, uint8 images, cond)`` by sampling, and records latency, range and the first samples."""
+
+    def __init__(self, sampler: Any, seeds: list[int], image_shape: tuple[int, ...], batch_size: int, device: torch.device, cond_fn: Any, keep: int, timing: str, on_batch: Any) -> None:
+        self.sampler, self.seeds, self.image_shape, self.batch_size, self.device = sampler, seeds, image_shape, batch_size, device
+        self.cond_fn, self.keep, self.timing, self.on_batch = cond_fn, keep, timing, on_batch
+        self.step_s: list[float] = []
+        self.sampling_s = 0.0
+        self.nfe = 0
+        self.outside = torch.zeros((), dtype=torch.int64, device=device)
+        self.total_px = 0
+        self.kept: list[torch.Tensor] = []
+        self.batches = -(-len(seeds) // batch_size)
+
+    def __iter__(self) -> Iterator[tuple[list[int], torch.Tensor, Any]]:
+        n_kept = 0
+        for index, start in enumerate(range(0, len(self.seeds), self.batch_size)):
+            batch_seeds = self.seeds[start : start + self.batch_size]
+            if self.on_batch is not None:
+                self.on_batch(index, batch_seeds)
+            rng = SeedRNG(batch_seeds, self.device)
+            noise = rng.randn(self.image_shape)
+            cond = self.cond_fn(batch_seeds) if self.cond_fn is not None else None
+            timer = StepTimer(self.timing)
+            images = self.sampler(noise, cond, rng=rng, timer=timer)
+            run = timer.stats
+            self.step_s.extend(run.step_s)
+            self.sampling_s += run.wall_s
+            self.nfe = run.nfe
+            self.outside += ((images < -1) | (images > 1)).sum()  # stays on the device: no per-batch sync
+            self.total_px += images.numel()
+            u8 = quantize(images)
+            if n_kept < self.keep:
+                self.kept.append(u8[: self.keep - n_kept].to("cpu", non_blocking=True))
+                n_kept += self.kept[-1].shape[0]
+            yield batch_seeds, u8, cond
+
+    def latency(self) -> LatencySummary:
+        ordered = sorted(self.step_s)
+        return LatencySummary(
+            nfe=self.nfe,
+            step_ms_median=1e3 * _percentile(ordered, 0.5),
+            step_ms_iqr=1e3 * (_percentile(ordered, 0.75) - _percentile(ordered, 0.25)),
+            images_per_s=len(self.seeds) / self.sampling_s if self.sampling_s > 0 else float("nan"),
+            sampling_wall_s=self.sampling_s,
+            batches=self.batches,
+            batch_size=self.batch_size,
+        )
 
 
 def evaluate(
-    sampler: Sampler,
+    sampler: Any,
     *,
     seeds: Iterable[int],
-    image_shape: Sequence[int],
+    image_shape: Sequence[int] | None = None,
     extractors: Sequence[FeatureExtractor] | Mapping[str, FeatureExtractor] = (),
-    metrics: Sequence[Metric] = (),
+    metrics: Sequence[Any] = (),
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     cond_fn: Callable[[list[int]], Any] | None = None,
@@ -174,87 +245,41 @@ def evaluate(
     progress: bool = False,
     on_batch: Callable[[int, list[int]], None] | None = None,
     step_timing: bool = True,
+    compute: bool = True,
 ) -> EvaluationResult:
-    """Sample one image per seed and feed every metric; returns values, latency and kept samples.
+    """Sample one image per seed and feed every metric; returns values (by label), latency and kept samples.
 
-    ``cond_fn(seeds) -> cond`` gives the condition for a batch (None: unconditional).
-    Each metric names the extractor it reads; every extractor runs once per batch.
-    ``on_batch(index, seeds)`` is called before each batch (progress, error reports).
-    ``step_timing=False`` switches the sampler's step timer to whole-call timing, so no
-    per-step CUDA synchronization stalls the GPU (per-step latency is then not reported);
-    the loop itself keeps its counters on the device and reads them once at the end.
+    ``sampler`` is a sampler or a plain function ``fn(noise, cond) -> images`` (wrapped).
+    ``image_shape`` defaults to the sampler's declared one. ``cond_fn(seeds) -> cond``
+    gives the condition for a batch (None: unconditional). ``on_batch(index, seeds)`` is
+    called before each batch. ``step_timing=False`` times whole calls only, so no
+    per-step CUDA synchronization stalls the GPU (per-step latency is then not
+    reported). ``compute=False`` leaves the metrics updated but not computed (shards).
     """
+    sampler = as_sampler(sampler)
+    info = describe(sampler)
     seeds = list(seeds)
     if not seeds:
         raise ConfigError(explain("no seeds to evaluate", expected="at least one seed", got="[]", fix="pass seeds=range(n) with n >= 1"))
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ConfigError(explain("invalid batch size", expected="an integer >= 1", got=repr(batch_size), fix="pass batch_size=64"))
-    table = _by_name(extractors, metrics)
+    shape = image_shape if image_shape is not None else info.image_shape
+    if shape is None or len(tuple(shape)) != 3:
+        raise InputError(explain("image shape unknown", expected="image_shape=(C, H, W), or a sampler that declares it", got=repr(shape), fix="pass image_shape"))
+    table = extractor_table(extractors, metrics)
+    check_labels(metrics)
     dev = resolve_device(device)
-    saved_timer = getattr(sampler, "timer", None)
-    if not step_timing and saved_timer is not None:
-        from diffeval.samplers.base import StepTimer
-
-        sampler.timer = StepTimer("run")
-    try:
-        return _evaluate(sampler, seeds, image_shape, table, metrics, batch_size, dev, cond_fn, keep, progress, on_batch)
-    finally:
-        if saved_timer is not None:
-            sampler.timer = saved_timer
-
-
-def _evaluate(sampler: Sampler, seeds: list[int], image_shape: Sequence[int], table: dict[str, FeatureExtractor], metrics: Sequence[Metric], batch_size: int, dev: torch.device, cond_fn: Any, keep: int, progress: bool, on_batch: Any) -> EvaluationResult:
     t_start = time.perf_counter()
-    step_s: list[float] = []
-    sampling_s = 0.0
-    nfe = 0
-    outside = torch.zeros((), dtype=torch.int64, device=dev)
-    total_px = 0
-    kept: list[torch.Tensor] = []
-    n_kept = 0
-    batches = list(_batches(seeds, batch_size))
-    iterator: Iterable[list[int]] = batches
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(batches, desc="sampling", unit="batch", leave=False)
-    for batch_index, batch_seeds in enumerate(iterator):
-        if on_batch is not None:
-            on_batch(batch_index, batch_seeds)
-        rng = SeedRNG(batch_seeds, dev)
-        noise = rng.randn(tuple(image_shape))
-        cond = cond_fn(batch_seeds) if cond_fn is not None else None
-        images = sampler(noise, cond, rng=rng)
-        run = sampler.last_run
-        if run is not None:
-            step_s.extend(run.step_s)
-            sampling_s += run.wall_s
-            nfe = run.nfe
-        outside += ((images < -1) | (images > 1)).sum()  # stays on the device: no per-batch sync
-        total_px += images.numel()
-        u8 = quantize(images)
-        if n_kept < keep:
-            kept.append(u8[: keep - n_kept].to("cpu", non_blocking=True))
-            n_kept += kept[-1].shape[0]
-        if metrics:
-            feed(metrics, table, u8, batch_seeds, cond)
-    ordered = sorted(step_s)
-    latency = LatencySummary(
-        nfe=nfe,
-        step_ms_median=1e3 * _percentile(ordered, 0.5),
-        step_ms_iqr=1e3 * (_percentile(ordered, 0.75) - _percentile(ordered, 0.25)),
-        images_per_s=len(seeds) / sampling_s if sampling_s > 0 else float("nan"),
-        sampling_wall_s=sampling_s,
-        batches=len(batches),
-        batch_size=batch_size,
-    )
-    values = {metric.name: metric.compute() for metric in metrics}
+    loop = _SamplingLoop(sampler, seeds, tuple(int(s) for s in shape), batch_size, dev, cond_fn, keep, "step" if step_timing else "run", on_batch)
+    consume(_progress(loop, loop.batches, "sampling", progress), metrics, table)
+    values = {metric.label: metric.compute() for metric in metrics} if compute else {}
     return EvaluationResult(
         n=len(seeds),
         metrics=values,
-        latency=latency,
-        samples=torch.cat(kept) if kept else torch.empty(0, *image_shape, dtype=torch.uint8),
-        saturation=int(outside) / total_px if total_px else 0.0,
+        latency=loop.latency(),
+        samples=torch.cat(loop.kept) if loop.kept else torch.empty(0, *shape, dtype=torch.uint8),
+        saturation=int(loop.outside) / loop.total_px if loop.total_px else 0.0,
         wall_s=time.perf_counter() - t_start,
-        config={"sampler": sampler.config(), "n": len(seeds), "batch_size": batch_size, "device": str(dev), "seeds": f"{seeds[0]}..{seeds[-1]}"},
+        sampler=info,
+        config={"sampler": info.knobs, "n": len(seeds), "batch_size": batch_size, "device": str(dev), "seeds": f"{seeds[0]}..{seeds[-1]}"},
     )

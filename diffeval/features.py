@@ -1,11 +1,16 @@
 """Feature extractors: ``extractor(uint8 NCHW) -> {layer: (N, D) float}``.
 
 Features are computed once per batch and fanned out to every metric. Extractors are
-looked up by name in :data:`EXTRACTORS` (unknown names get a "did you mean").
+looked up by name in :data:`EXTRACTORS` (unknown names get a "did you mean"); plugins
+register their own (the bundled demo registers ``demo-digits``).
 
-Images enter as uint8. Float images in [-1, 1] are quantized by :func:`to_uint8`:
-``round((x + 1) * 127.5)`` (round half to even), the same 8-bit grid every image file
-has; any other range is an error that says what was seen.
+An extractor declares ``name``, ``layers`` (layer → D), ``default_layers`` (metric name
+→ the layer it reads by default), ``channels``, and ``key``: its identity within a run
+(the name, plus the weights' hash when they are not the published ones), under which
+its features travel in a :class:`~diffeval.metrics.base.Batch`.
+
+Images enter as uint8; float images in [-1, 1] are quantized on the 8-bit grid of
+:mod:`diffeval.quantize`.
 """
 
 from __future__ import annotations
@@ -15,32 +20,25 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from diffeval.errors import InputError, WeightsError, explain
+from diffeval.quantize import to_uint8
 from diffeval.registry import Registry
-from diffeval.weights import PublishedWeights, load_state_dict, offline, resolve
+from diffeval.weights import PublishedWeights, load_state_dict, offline, resolve, sha256_file
 
 __all__ = [
     "FeatureExtractor",
     "EXTRACTORS",
     "get_extractor",
-    "to_uint8",
+    "extractor_key",
     "match_channels",
-    "RANGE_TOLERANCE",
     "InceptionV3Extractor",
     "ClipExtractor",
     "INCEPTION_WEIGHTS",
 ]
 
-RANGE_TOLERANCE = 1e-3
-
 
 @runtime_checkable
 class FeatureExtractor(Protocol):
-    """``extractor(images_uint8) -> {layer: (N, D)}``.
-
-    ``layers`` maps layer names to D; ``default_layers`` maps a metric kind (``fid``,
-    ``kid``, ``is``, ``clip_score``) to the layer it reads by default; ``channels`` is
-    the channel count the network takes.
-    """
+    """``extractor(images_uint8) -> {layer: (N, D)}`` with ``name``, ``layers``, ``default_layers``, ``channels``."""
 
     name: str
     layers: dict[str, int]
@@ -50,54 +48,22 @@ class FeatureExtractor(Protocol):
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
 
-EXTRACTORS: Registry[FeatureExtractor] = Registry("feature extractor")
+EXTRACTORS: Registry[Any] = Registry("feature extractor", builtins="diffeval.features")
 
 
 def get_extractor(name: str, **kwargs: Any) -> FeatureExtractor:
-    """Build a registered extractor (``demo-digits``, ...)."""
+    """Build a registered extractor (``inception-v3``, ``clip``, plugins' ...)."""
     return EXTRACTORS.create(name, **kwargs)
 
 
-def to_uint8(images: torch.Tensor, *, allow_nonnegative: bool = False) -> torch.Tensor:
-    """uint8 NCHW images from uint8 (returned as is) or float images in [-1, 1].
+def extractor_key(extractor: Any) -> str:
+    """The extractor's identity within a run: its ``key`` if it declares one, else its ``name``."""
+    return str(getattr(extractor, "key", None) or extractor.name)
 
-    Float values must lie in ``[-1 - 1e-3, 1 + 1e-3]``; they are mapped by
-    ``round((x + 1) * 127.5)`` (round half to even) and clamped to [0, 255]. A float
-    batch with no negative value looks like [0, 1] data and is refused unless
-    ``allow_nonnegative`` (the evaluation loop allows it: a sampler's output is
-    clamped and its range reported instead).
-    """
-    if not torch.is_tensor(images) or images.ndim != 4:
-        got = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
-        raise InputError(explain("images must be a 4-D tensor", expected="(N, C, H, W)", got=f"{got}", fix="stack images into an NCHW tensor"))
-    if images.dtype == torch.uint8:
-        return images
-    if not images.is_floating_point():
-        raise InputError(explain("images have an integer dtype other than uint8", expected="uint8 or float in [-1, 1]", got=str(images.dtype), fix="convert with images.to(torch.uint8)"))
-    bad = ~torch.isfinite(images).flatten(1).all(1)
-    if bool(bad.any()):
-        first = int(torch.nonzero(bad)[0, 0])
-        raise InputError(
-            explain("images contain NaN or inf", expected="finite values in [-1, 1]", got=f"{int(bad.sum())} of {images.shape[0]} images non-finite, the first at index {first}", fix="check the sampler or the decoding of these images")
-        )
-    lo, hi = float(images.min()), float(images.max())
-    if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
-        hint = (
-            "these look like 0-255 pixels: pass them as uint8, or divide by 127.5 and subtract 1"
-            if hi > 2
-            else "scale images to [-1, 1] (x * 2 - 1 for [0, 1] data), or clamp sampler outputs"
-        )
-        raise InputError(explain("float images are outside [-1, 1]", expected="values in [-1, 1]", got=f"range [{lo:.4g}, {hi:.4g}]", fix=hint))
-    if lo >= 0 and not allow_nonnegative:
-        raise InputError(
-            explain(
-                "float images look like [0, 1] data (no negative value in the batch)",
-                expected="values in [-1, 1]",
-                got=f"range [{lo:.4g}, {hi:.4g}]",
-                fix="map them with x * 2 - 1, or pass uint8 images; if they really are bright [-1, 1] images, quantize with to_uint8(x, allow_nonnegative=True)",
-            )
-        )
-    return torch.round((images.float() + 1) * 127.5).clamp(0, 255).to(torch.uint8)
+
+def weights_tag(path: Any, verified: bool) -> str:
+    """``""`` for published, hash-verified weights; ``[sha256:<first 12 hex>]`` for any other file."""
+    return "" if verified or path is None else f"[sha256:{sha256_file(path)[:12]}]"
 
 
 def match_channels(images: torch.Tensor, channels: int, who: str) -> torch.Tensor:
@@ -110,14 +76,6 @@ def match_channels(images: torch.Tensor, channels: int, who: str) -> torch.Tenso
     raise InputError(
         explain(f"{who} got images with {c} channels", expected=f"{channels} channel(s) (grayscale is repeated)", got=f"{c} channels", fix="drop the alpha channel / convert to RGB or grayscale first")
     )
-
-
-@EXTRACTORS.register("demo-digits")
-def _demo_digits(device: str = "cpu", weights: str | None = None) -> FeatureExtractor:
-    from diffeval.demo.bundle import DigitsFeatureExtractor, load_classifier
-
-    classifier = None if weights is None else load_classifier(weights, sha256=None)
-    return DigitsFeatureExtractor(device=device, classifier=classifier)
 
 
 # -- Inception-v3 (torch-fidelity's network) -------------------------------------------
@@ -138,7 +96,7 @@ class InceptionV3Extractor:
     """
 
     layers = {"2048": 2048, "logits_unbiased": 1008}
-    default_layers = {"fid": "2048", "kid": "2048", "is": "logits_unbiased"}
+    default_layers = {"fid": "2048", "kid": "2048", "inception_score": "logits_unbiased"}
     channels = 3
     resize = "tf1-bilinear-299"
 
@@ -158,6 +116,7 @@ class InceptionV3Extractor:
         self.fast = bool(fast)
         # Fast mode (opt-in, named in every row: "inception-v3-fast"): bf16 autocast, channels-last, optionally compiled.
         self.name = "inception-v3-fast" if self.fast else "inception-v3"
+        self.key = self.name + weights_tag(path, verified)
         net = net.to(self.device).eval()
         if self.fast:
             net = net.to(memory_format=torch.channels_last)
@@ -195,7 +154,7 @@ class ClipExtractor:
     """
 
     name = "clip"
-    default_layers = {"clip_score": "image", "fid": "image", "kid": "image"}
+    default_layers = {"clip_score": "image", "fid": "image", "kid": "image", "inception_score": "image"}
     channels = 3
 
     def __init__(self, model: str = "ViT-B-32", pretrained: str | None = "openai", device: str = "cpu", batch_size: int = 64) -> None:
@@ -237,6 +196,7 @@ class ClipExtractor:
         with torch.no_grad():
             dim = int(self.encode_text(["a"]).shape[1])
         self.layers = {"image": dim}
+        self.key = f"clip:{model}" + (weights_tag(pretrained, False) if is_file else f":{pretrained}" if pretrained else ":random")
 
     def _preprocess(self, u8: torch.Tensor) -> torch.Tensor:
         x = u8.to(self.device).float() / 255.0

@@ -17,10 +17,16 @@ Rules (TOML; every table optional, unknown keys are errors)::
     [noise]
     k = 2.0               # with standard errors on both sides, a change must also exceed k * sqrt(se_b^2 + se_c^2)
 
-Without rules: every metric of the baseline is held to "no worse" (0 %, noise-aware with
-k = 2) and no check may newly fail. Rows are matched by name and sweep knob value; a
-missing metric, a different sample count or feature extractor between the runs, an
-unreadable file or a failed run are errors (exit 2) — never a pass.
+A rule's key is a metric name (``fid``: every FID row, e.g. one per feature extractor)
+or a row label (``fid@inception-v3:2048``: that row only). Which way is worse is read
+from each row's own ``direction`` (declared by its metric); a rule whose sign contradicts
+it, and a gated row with no direction, are errors — the gate fails closed.
+
+Without rules: every metric row of the baseline is held to "no worse" (0 %, noise-aware
+with k = 2) and no check may newly fail. Rows are matched by label and sweep knob
+value; a missing metric, a different sample count or feature space between the runs,
+an unreadable file or a failed run are errors (exit 2) — never a pass. Runs on
+different world sizes are compared on quality metrics, never on latency rows.
 """
 
 from __future__ import annotations
@@ -37,29 +43,13 @@ from xml.sax.saxutils import escape
 
 import pandas as pd
 
-from diffeval.errors import ConfigError, DiffevalError, InputError, explain
+from diffeval.config import read_toml
+from diffeval.errors import ConfigError, DiffevalError, ExitCode, InputError, explain
 from diffeval.report import Report
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+__all__ = ["GateRules", "Verdict", "parse_rules", "load_rules", "run_gate", "evaluate_gate", "EXIT_PASS", "EXIT_REGRESSION", "EXIT_ERROR"]
 
-__all__ = ["GateRules", "Verdict", "parse_rules", "load_rules", "run_gate", "DIRECTIONS", "EXIT_PASS", "EXIT_REGRESSION", "EXIT_ERROR"]
-
-EXIT_PASS, EXIT_REGRESSION, EXIT_ERROR = 0, 1, 2
-# +1: higher is worse; -1: lower is worse
-DIRECTIONS: dict[str, int] = {
-    "fid": +1,
-    "kid": +1,
-    "bpd": +1,
-    "inception_score": -1,
-    "clip_score": -1,
-    "clip_score_hessel": -1,
-    "step_latency_ms": +1,
-    "throughput": -1,
-    "nfe": +1,
-}
+EXIT_PASS, EXIT_REGRESSION, EXIT_ERROR = int(ExitCode.OK), int(ExitCode.FAILED), int(ExitCode.ERROR)
 _BOUND = re.compile(r"^\s*(<=|>=|<|>)\s*([-+]?\d+(\.\d*)?([eE][-+]?\d+)?)\s*$")
 _CHANGE = re.compile(r"^\s*([-+])\s*(\d+(\.\d*)?([eE][-+]?\d+)?)\s*(%?)\s*$")
 
@@ -77,15 +67,16 @@ class Bound:
 @dataclass(frozen=True)
 class Change:
     metric: str
-    direction: int  # +1: increases are regressions
+    direction: int | None  # +1: increases are regressions, -1: decreases; None: the row's own direction (default rules)
     amount: float
     percent: bool
 
     def allowance(self, baseline: float) -> float:
         return abs(baseline) * self.amount / 100 if self.percent else self.amount
 
-    def text(self) -> str:
-        return f"{'+' if self.direction > 0 else '-'}{self.amount:g}{'%' if self.percent else ''}"
+    def text(self, direction: int | None = None) -> str:
+        d = self.direction if self.direction is not None else direction
+        return f"{'+' if (d or 1) > 0 else '-'}{self.amount:g}{'%' if self.percent else ''}"
 
 
 @dataclass(frozen=True)
@@ -120,10 +111,6 @@ def _parse_change(metric: str, text: Any) -> Change:
     if not match:
         raise ConfigError(explain(f"bad relative rule for {metric!r}", expected="'+2%', '-1%' or '+0.5' (sign = the bad direction)", got=repr(text), fix="write a sign, a number and optionally %"))
     direction = +1 if match.group(1) == "+" else -1
-    known = DIRECTIONS.get(metric)
-    if known is not None and known != direction:
-        good = "+" if known > 0 else "-"
-        raise ConfigError(explain(f"relative rule {metric} = {text!r} points the wrong way", expected=f"'{good}...' ({metric} gets worse {'upward' if known > 0 else 'downward'})", got=repr(text), fix=f"write {metric} = \"{good}{match.group(2)}{match.group(5)}\""))
     return Change(metric, direction, float(match.group(2)), match.group(5) == "%")
 
 
@@ -156,67 +143,86 @@ def load_rules(path: str | Path | None) -> GateRules:
     """Rules from a TOML file, or the defaults (no metric worse, no new check failure) when None."""
     if path is None:
         return GateRules(default=True)
-    try:
-        return parse_rules(tomllib.loads(Path(path).read_text(encoding="utf-8")))
-    except OSError as error:
-        raise ConfigError(explain(f"cannot read rules {path}", expected="a readable TOML file", got=f"{type(error).__name__}: {error}", fix="check the path")) from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(explain(f"rules {path} are not valid TOML", expected="TOML", got=str(error), fix="fix the syntax")) from None
+    return parse_rules(read_toml(path, "gate rules"))
 
 
-def _rows(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
-    return frame[(frame["name"] == metric) & frame["kind"].isin(["metric", "latency"])]
+def _rows(frame: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Metric and latency rows whose label or name is ``key``."""
+    gated = frame[frame["kind"].isin(["metric", "latency"])]
+    by_label = gated[gated["label"] == key]
+    return by_label if not by_label.empty else gated[gated["name"] == key]
 
 
-def _key(row: Any) -> tuple[str, float]:
-    return (row["knob"], -math.inf if pd.isna(row["knob_value"]) else float(row["knob_value"]))
+def _key(row: Any) -> tuple[str, str, float]:
+    return (row["label"], row["knob"], -math.inf if pd.isna(row["knob_value"]) else float(row["knob_value"]))
 
 
-def _paired(base: pd.DataFrame, cand: pd.DataFrame, metric: str) -> list[tuple[Any, Any]]:
-    b_rows, c_rows = _rows(base, metric), _rows(cand, metric)
+def _where(row: Any) -> str:
+    return row["label"] + ("" if not row["knob"] else f" @ {row['knob']}={row['knob_value']:g}")
+
+
+def _direction(row: Any) -> int:
+    """+1 when increases are worse (lower is better), -1 when decreases are; an undirected row is an error."""
+    if row["direction"] == "lower":
+        return +1
+    if row["direction"] == "higher":
+        return -1
+    raise InputError(explain(f"row {row['label']!r} carries no direction", expected="'lower' or 'higher' (is better), declared by its metric", got=repr(row["direction"]), fix="declare direction on the metric class (or the row), so the gate knows which way is worse; the gate never guesses"))
+
+
+def _pairs(base: pd.DataFrame, cand: pd.DataFrame, key: str, sizes: tuple[int, int]) -> list[tuple[Any, Any]]:
+    b_rows, c_rows = _rows(base, key), _rows(cand, key)
     if b_rows.empty:
-        raise InputError(explain(f"metric {metric!r} is missing from the baseline", expected=f"a row named {metric!r}", got=f"metrics {sorted(set(base['name']))}", fix="gate on metrics both runs computed"))
+        raise InputError(explain(f"metric {key!r} is missing from the baseline", expected=f"a row named or labelled {key!r}", got=f"labels {sorted(set(base['label']))}", fix="gate on metrics both runs computed"))
     if c_rows.empty:
-        raise InputError(explain(f"metric {metric!r} is missing from the candidate", expected=f"a row named {metric!r}", got=f"metrics {sorted(set(cand['name']))}", fix="run the candidate with the same config as the baseline"))
+        raise InputError(explain(f"metric {key!r} is missing from the candidate", expected=f"a row named or labelled {key!r}", got=f"labels {sorted(set(cand['label']))}", fix="run the candidate with the same config as the baseline"))
     cand_by_key = {_key(r): r for _, r in c_rows.iterrows()}
     pairs = []
     for _, b in b_rows.iterrows():
+        if b["kind"] == "latency" and sizes[0] != sizes[1]:
+            raise InputError(explain(f"{_where(b)} is a latency row and the runs used different world sizes", expected=f"the baseline's world size {sizes[0]}", got=f"world size {sizes[1]}", fix="re-run the candidate on as many ranks as the baseline: throughput and latency are per-deployment figures; quality metrics may still be gated"))
         c = cand_by_key.get(_key(b))
         if c is None:
-            raise InputError(explain(f"metric {metric!r} at {b['knob'] or 'no sweep'}={b['knob_value']} is missing from the candidate", expected="the same sweep values", got="no such row", fix="use the same sweep in both runs"))
+            raise InputError(explain(f"{_where(b)} is missing from the candidate", expected="the same metrics and sweep values", got="no such row", fix="use the same config (metrics, extractors, sweep) in both runs"))
         for col in ("n_gen", "n_ref", "extractor"):
             bv, cv = b[col], c[col]
             same = (pd.isna(bv) and pd.isna(cv)) or (not pd.isna(bv) and not pd.isna(cv) and bv == cv)
             if not same:
-                raise InputError(explain(f"{metric!r}: {col} differs between the runs", expected=f"{col} = {bv} (baseline)", got=f"{col} = {cv} (candidate)", fix="compare runs made with the same sample count, reference and feature extractor"))
+                raise InputError(explain(f"{_where(b)}: {col} differs between the runs", expected=f"{col} = {bv} (baseline)", got=f"{col} = {cv} (candidate)", fix="compare runs made with the same sample count, reference and feature extractor"))
         pairs.append((b, c))
     return pairs
 
 
-def _relative_verdicts(change: Change, base: pd.DataFrame, cand: pd.DataFrame, k: float) -> list[Verdict]:
+def _relative_verdicts(change: Change, base: pd.DataFrame, cand: pd.DataFrame, k: float, sizes: tuple[int, int]) -> list[Verdict]:
     verdicts = []
-    for b, c in _paired(base, cand, change.metric):
-        worse = (float(c["value"]) - float(b["value"])) * change.direction
+    for b, c in _pairs(base, cand, change.metric, sizes):
+        direction = _direction(b)
+        if change.direction is not None and change.direction != direction:
+            good = "+" if direction > 0 else "-"
+            raise ConfigError(explain(f"relative rule {change.metric} = {change.text()!r} points the wrong way for {b['label']}", expected=f"'{good}...' ({b['name']} gets worse {'upward' if direction > 0 else 'downward'}: {b['direction']} is better)", got=repr(change.text()), fix=f"write {change.metric} = \"{good}{change.amount:g}{'%' if change.percent else ''}\""))
+        worse = (float(c["value"]) - float(b["value"])) * direction
         allowance = change.allowance(float(b["value"]))
         se_b, se_c = float(b["stderr"]), float(c["stderr"])
         noise = k * math.sqrt(se_b**2 + se_c**2) if not (math.isnan(se_b) or math.isnan(se_c)) else 0.0
         regression = worse > allowance and worse > noise
-        where = "" if not b["knob"] else f" @ {b['knob']}={b['knob_value']:g}"
         note = f"worse by {worse:.4g} (allowed {allowance:.4g}" + (f", noise {noise:.4g} = {k:g} SE" if noise else "") + ")"
-        verdicts.append(Verdict(f"relative {change.text()}", change.metric + where, float(b["value"]), float(c["value"]), change.text(), "regression" if regression else "pass", note))
+        rule = change.text(direction)
+        verdicts.append(Verdict(f"relative {rule}", _where(b), float(b["value"]), float(c["value"]), rule, "regression" if regression else "pass", note))
     return verdicts
 
 
-def _absolute_verdicts(bound: Bound, base: pd.DataFrame, cand: pd.DataFrame) -> list[Verdict]:
+def _absolute_verdicts(bound: Bound, base: pd.DataFrame, cand: pd.DataFrame, sizes: tuple[int, int]) -> list[Verdict]:
     rows = _rows(cand, bound.metric)
     if rows.empty:
-        raise InputError(explain(f"metric {bound.metric!r} is missing from the candidate", expected=f"a row named {bound.metric!r}", got=f"metrics {sorted(set(cand['name']))}", fix="gate on a metric the run computed"))
+        raise InputError(explain(f"metric {bound.metric!r} is missing from the candidate", expected=f"a row named or labelled {bound.metric!r}", got=f"labels {sorted(set(cand['label']))}", fix="gate on a metric the run computed"))
+    base_by_key = {_key(r): r for _, r in _rows(base, bound.metric).iterrows()}
     out = []
     for _, c in rows.iterrows():
-        where = "" if not c["knob"] else f" @ {c['knob']}={c['knob_value']:g}"
-        b = _rows(base, bound.metric)
-        bv = float(b["value"].iloc[0]) if len(b) == 1 else math.nan
-        out.append(Verdict(f"absolute {bound.op} {bound.limit:g}", bound.metric + where, bv, float(c["value"]), f"{bound.op} {bound.limit:g}", "pass" if bound.holds(float(c["value"])) else "regression"))
+        if c["kind"] == "latency" and sizes[0] != sizes[1]:
+            raise InputError(explain(f"{_where(c)} is a latency row and the runs used different world sizes", expected=f"world size {sizes[0]}", got=f"{sizes[1]}", fix="bound latency only between runs on the same number of ranks"))
+        b = base_by_key.get(_key(c))
+        bv = float(b["value"]) if b is not None else math.nan
+        out.append(Verdict(f"absolute {bound.op} {bound.limit:g}", _where(c), bv, float(c["value"]), f"{bound.op} {bound.limit:g}", "pass" if bound.holds(float(c["value"])) else "regression"))
     return out
 
 
@@ -240,22 +246,16 @@ def _check_verdicts(rules: GateRules, base: pd.DataFrame, cand: pd.DataFrame) ->
 
 
 def _defaults(base: pd.DataFrame) -> list[Change]:
-    names = sorted(set(base[base["kind"] == "metric"]["name"]))
-    return [Change(n, DIRECTIONS[n], 0.0, True) for n in names if n in DIRECTIONS]
+    metric_rows = base[base["kind"] == "metric"]
+    undirected = sorted(set(metric_rows[~metric_rows["direction"].isin(["lower", "higher"])]["label"]))
+    if undirected:
+        raise InputError(explain(f"the default gate cannot direct metric row(s) {undirected}", expected="every metric row with a direction ('lower' or 'higher' is better)", got="rows without one", fix="declare direction on those metrics (every registered metric has one), or gate them with explicit rules"))
+    return [Change(label, None, 0.0, True) for label in sorted(set(metric_rows["label"]))]
 
 
 def evaluate_gate(baseline: Report, candidate: Report, rules: GateRules) -> list[Verdict]:
     """All verdicts; raises :class:`InputError` for anything that makes the comparison invalid."""
     sizes = (int(baseline.provenance.get("world_size", 1)), int(candidate.provenance.get("world_size", 1)))
-    if sizes[0] != sizes[1]:
-        raise InputError(
-            explain(
-                "the runs used different world sizes",
-                expected=f"the baseline's world size {sizes[0]}",
-                got=f"world size {sizes[1]}",
-                fix="re-run the candidate on as many ranks as the baseline: throughput and latency are per-deployment figures, and a gate must compare like with like",
-            )
-        )
     base, cand = baseline.to_frame(), candidate.to_frame()
     for label, frame in (("baseline", base), ("candidate", cand)):
         failed = frame[frame["name"].isin(["run_error", "run_interrupted"])]
@@ -263,9 +263,9 @@ def evaluate_gate(baseline: Report, candidate: Report, rules: GateRules) -> list
             raise InputError(explain(f"the {label} run did not finish", expected="a complete run", got=f"{failed['name'].iloc[0]}: {failed['details'].iloc[0]}", fix=f"re-run the {label}"))
     verdicts: list[Verdict] = []
     for change in rules.relative + (_defaults(base) if rules.default else []):
-        verdicts += _relative_verdicts(change, base, cand, rules.k)
+        verdicts += _relative_verdicts(change, base, cand, rules.k, sizes)
     for bound in rules.absolute:
-        verdicts += _absolute_verdicts(bound, base, cand)
+        verdicts += _absolute_verdicts(bound, base, cand, sizes)
     verdicts += _check_verdicts(rules, base, cand)
     return verdicts
 

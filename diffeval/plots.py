@@ -1,22 +1,31 @@
-"""Diagnostic plots as PNG (matplotlib, Agg backend): log-SNR curve, x_T histogram, QQ plot, metric vs knob."""
+"""Diagnostic plots as PNG (matplotlib, Agg backend): log-SNR curve, x_T histogram, QQ plot, metric vs knob.
+
+Plots draw what they are given: thresholds come from the checks that own them.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from diffeval.checks.snr_endpoints import B3_MAX_LOG_SNR, B3_MIN_LOG_SNR
 from diffeval.schedules import Schedule
 
-__all__ = ["plot_log_snr", "plot_xt_histogram", "plot_qq", "plot_metric_vs_knob"]
+__all__ = ["plot_log_snr", "plot_xt_histogram", "plot_qq", "plot_metric_vs_knob", "LogSnrBands"]
 
-# log-SNR_T at which the worst-case prior KL reaches 1e-3 / 1e-2 bits/dim (THEORY.md §2)
-B2_PASS_LOG_SNR = math.log(2 ** (2 * 1e-3) - 1)
-B2_WARN_LOG_SNR = math.log(2 ** (2 * 1e-2) - 1)
+
+@dataclass(frozen=True)
+class LogSnrBands:
+    """The log-SNR thresholds the SNR-endpoint checks hold a schedule to."""
+
+    terminal_pass: float  # log-SNR_T at or below which the terminal check passes
+    terminal_warn: float  # ... warns; above it fails
+    start_min: float  # first step's log-SNR for 8-bit likelihood
+    start_max: float  # float32 resolution limit
 
 
 def _pyplot():
@@ -28,7 +37,7 @@ def _pyplot():
     return plt
 
 
-def plot_log_snr(schedule: Schedule, path: str | Path, first_sampling_step: int | None = None) -> Path:
+def plot_log_snr(schedule: Schedule, path: str | Path, bands: LogSnrBands, first_sampling_step: int | None = None) -> Path:
     """log-SNR against t with the terminal (B2) and start (B3) thresholds shaded."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
@@ -38,11 +47,11 @@ def plot_log_snr(schedule: Schedule, path: str | Path, first_sampling_step: int 
     ax.plot(t[finite], lam[finite], color="black", lw=1.6, label=f"{schedule.name} (T={schedule.T})")
     if not finite[-1]:
         ax.annotate("log-SNR = -inf at T", (t[-1], lam[finite][-1]), textcoords="offset points", xytext=(-110, -14), fontsize=8)
-    ax.axhspan(B2_WARN_LOG_SNR, B2_PASS_LOG_SNR, color="orange", alpha=0.15, label="terminal: warn band")
-    ax.axhspan(B2_WARN_LOG_SNR, max(np.nanmax(lam[finite]), B3_MAX_LOG_SNR) + 2, xmin=0.9, color="red", alpha=0.12, label="terminal: fail (end keeps signal)")
-    ax.axhline(B2_PASS_LOG_SNR, color="green", ls="--", lw=1, label=f"terminal pass: log-SNR_T <= {B2_PASS_LOG_SNR:.2f}")
-    ax.axhline(B3_MIN_LOG_SNR, color="blue", ls=":", lw=1, label=f"start for 8-bit likelihood: >= {B3_MIN_LOG_SNR:.2f}")
-    ax.axhline(B3_MAX_LOG_SNR, color="purple", ls=":", lw=1, label=f"float32 limit: <= {B3_MAX_LOG_SNR}")
+    ax.axhspan(bands.terminal_warn, bands.terminal_pass, color="orange", alpha=0.15, label="terminal: warn band")
+    ax.axhspan(bands.terminal_warn, max(np.nanmax(lam[finite]), bands.start_max) + 2, xmin=0.9, color="red", alpha=0.12, label="terminal: fail (end keeps signal)")
+    ax.axhline(bands.terminal_pass, color="green", ls="--", lw=1, label=f"terminal pass: log-SNR_T <= {bands.terminal_pass:.2f}")
+    ax.axhline(bands.start_min, color="blue", ls=":", lw=1, label=f"start for 8-bit likelihood: >= {bands.start_min:.2f}")
+    ax.axhline(bands.start_max, color="purple", ls=":", lw=1, label=f"float32 limit: <= {bands.start_max}")
     if first_sampling_step is not None:
         ax.axvline(first_sampling_step, color="gray", ls="-.", lw=1, label=f"first sampling step t={first_sampling_step}")
     ax.set_xlabel("training step t")

@@ -2,19 +2,25 @@
 
 FID values are comparable only at equal sample counts, so a reference built from
 images can be cut to exactly ``n`` images by a seeded subset; asking for more images
-than the source has is an error that explains the bias.
+than the source has is an error that explains the bias. References go through the same
+batch loop as everything else (:func:`diffeval.evaluate.measure`, with its CUDA
+out-of-memory retry), fed to two collectors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from diffeval.errors import InputError, explain
-from diffeval.features import FeatureExtractor
-from diffeval.sources import ImageSource, iter_batches, seeded_subset
+from diffeval.evaluate import measure
+from diffeval.features import FeatureExtractor, extractor_key
+from diffeval.metrics.base import Batch
+from diffeval.quantize import GRID
+from diffeval.sources import ImageSource, seeded_subset
 from diffeval.stats import FeatureMoments
 
 __all__ = ["Reference", "build_reference"]
@@ -33,6 +39,24 @@ class Reference:
         return len(self.indices)
 
 
+class _Collector:
+    """Keeps moments (float64 sums) and/or the features (float64) of the layers it is given."""
+
+    def __init__(self, extractor: str, moments: dict[str, FeatureMoments], feature_layers: Sequence[str]) -> None:
+        self.extractor, self.moments = extractor, moments
+        self.label = f"reference@{extractor}"
+        self.kept: dict[str, list[torch.Tensor]] = {layer: [] for layer in feature_layers}
+
+    def update(self, batch: Batch) -> None:
+        for layer, m in self.moments.items():
+            m.update(batch.layer(self.extractor, layer, "reference statistics"))
+        for layer, chunks in self.kept.items():
+            chunks.append(batch.layer(self.extractor, layer, "reference features").detach().to(torch.float64))
+
+    def compute(self) -> Any:
+        return None
+
+
 def build_reference(
     source: ImageSource,
     extractor: FeatureExtractor,
@@ -49,31 +73,14 @@ def build_reference(
     if n is None:
         indices = list(range(total))
     elif n > total:
-        raise InputError(
-            explain(
-                f"reference {source.name} has too few images",
-                expected=f"at least n = {n} images (FID is only comparable at equal sample counts)",
-                got=f"{total} images",
-                fix=f"generate {total} samples instead, or use a larger reference set",
-            )
-        )
+        raise InputError(explain(f"reference {source.name} has too few images", expected=f"at least n = {n} images (FID is only comparable at equal sample counts)", got=f"{total} images", fix=f"generate {total} samples instead, or use a larger reference set"))
     else:
         indices = list(range(total)) if n == total else seeded_subset(total, n, seed)
     for layer in (*moment_layers, *feature_layers):
         if layer not in extractor.layers:
             raise InputError(explain(f"extractor {extractor.name!r} has no layer {layer!r}", expected=f"one of {sorted(extractor.layers)}", got=repr(layer), fix="pick a layer the extractor provides"))
-    meta = {"extractor": extractor.name, "resize": getattr(extractor, "resize", "none"), "quantization": "uint8 round((x+1)*127.5)", "source": source.name, "subset_seed": seed if len(indices) < total else "none"}
-    moments = {layer: FeatureMoments({**meta, "layer": layer}) for layer in moment_layers}
-    kept: dict[str, list[torch.Tensor]] = {layer: [] for layer in feature_layers}
-    batches = iter_batches(source, batch_size, indices)
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, total=-(-len(indices) // batch_size), desc=f"reference {source.name}", unit="batch", leave=False)
-    for _, images in batches:
-        features = extractor(images)
-        for layer, m in moments.items():
-            m.update(features[layer])
-        for layer, chunks in kept.items():
-            chunks.append(features[layer].detach().float())
-    return Reference(moments=moments, features={k: torch.cat(v) for k, v in kept.items() if v}, indices=indices)
+    key = extractor_key(extractor)
+    meta = {"extractor": key, "resize": getattr(extractor, "resize", "none"), "quantization": GRID, "source": source.name, "subset_seed": seed if len(indices) < total else "none"}
+    collector = _Collector(key, {layer: FeatureMoments({**meta, "layer": layer}) for layer in moment_layers}, feature_layers)
+    measure(source, extractors={key: extractor}, metrics=[collector], batch_size=batch_size, indices=indices, progress=progress, compute=False)
+    return Reference(moments=collector.moments, features={k: torch.cat(v) for k, v in collector.kept.items() if v}, indices=indices)

@@ -1,14 +1,16 @@
 """Reports: rows with provenance → pandas; written as CSV, JSON, Markdown and a self-contained HTML page.
 
-Every metric value, check verdict and latency figure is one row (:data:`ROW_COLUMNS`);
+Every metric value, check verdict and latency figure is one row (:data:`ROW_COLUMNS`),
+built from the metric's own description (:func:`metric_row`: label, direction, unit,
+feature space) or the check's result (:func:`check_row`) — no per-metric code here.
 run-wide facts (versions, git commit, device, seeds, wall time, config) are the
 ``provenance`` and are repeated as columns (:data:`RUN_COLUMNS`) in :meth:`Report.to_frame`
 so several runs concatenate into one comparable frame (:func:`load_frames`).
 
 ``Report.write(folder)`` writes ``report.csv``, ``report.json`` (rows + provenance;
 :meth:`Report.load` reads it back to the same frame), ``report.md`` and ``report.html``
-(tables and the plots — sample grid, log-SNR curve, x_T histogram, metric vs knob —
-embedded as base64 PNG, so the page stands alone).
+(tables and the plots — sample grid, the checks' figures, metric vs knob — embedded as
+base64 PNG, so the page stands alone).
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ import pandas as pd
 
 from diffeval.errors import InputError, explain
 
-__all__ = ["ROW_COLUMNS", "RUN_COLUMNS", "COLUMNS", "KINDS", "Report", "provenance", "make_row", "load_frames", "read_csv"]
+__all__ = ["ROW_COLUMNS", "RUN_COLUMNS", "COLUMNS", "KINDS", "Report", "provenance", "make_row", "metric_row", "check_row", "load_frames", "read_csv"]
 
-ROW_COLUMNS = ("name", "kind", "value", "stderr", "unit", "status", "n_gen", "n_ref", "extractor", "sampler", "knob", "knob_value", "details")
+ROW_COLUMNS = ("name", "label", "kind", "direction", "value", "stderr", "unit", "status", "n_gen", "n_ref", "extractor", "sampler", "knob", "knob_value", "details")
 RUN_COLUMNS = ("run_id", "run_name", "seeds", "device", "wall_s", "git_commit", "diffeval_version", "torch_version", "created")
 COLUMNS = RUN_COLUMNS + ROW_COLUMNS
 KINDS = ("metric", "baseline", "latency", "check")
@@ -55,13 +57,19 @@ def make_row(
     knob: str = "",
     knob_value: float | None = None,
     details: Mapping[str, Any] | None = None,
+    label: str | None = None,
+    direction: str = "",
 ) -> dict[str, Any]:
-    """One report row; ``details`` holds anything else (serialized as JSON text)."""
+    """One report row; ``label`` (default: ``name``) keys it within a run; ``direction`` (lower/higher) tells the gate which way is worse."""
     if kind not in KINDS:
         raise InputError(explain("unknown row kind", expected=" / ".join(KINDS), got=repr(kind), fix="use one of the listed kinds"))
+    if direction not in ("", "lower", "higher"):
+        raise InputError(explain("unknown row direction", expected="'lower' or 'higher' (is better), or '' for checks", got=repr(direction), fix="declare the metric's direction"))
     return {
         "name": name,
+        "label": label or name,
         "kind": kind,
+        "direction": direction,
         "value": float(value),
         "stderr": float("nan") if stderr is None else float(stderr),
         "unit": unit,
@@ -74,6 +82,36 @@ def make_row(
         "knob_value": float("nan") if knob_value is None else float(knob_value),
         "details": json.dumps(dict(details or {}), sort_keys=True, default=str),
     }
+
+
+def metric_row(metric: Any, result: Any, *, sampler: str = "", knob: str = "", knob_value: float | None = None) -> dict[str, Any]:
+    """The report row of a metric's :class:`~diffeval.metrics.base.MetricResult`, from the metric's own description."""
+    details = dict(result.details)
+    if result.convention:
+        details["convention"] = result.convention
+    return make_row(
+        metric.name,
+        "metric",
+        result.value,
+        stderr=result.stderr,
+        unit=metric.unit,
+        status=result.status,
+        n_gen=result.n_gen,
+        n_ref=result.n_ref,
+        extractor=metric.space,
+        sampler=sampler,
+        knob=knob,
+        knob_value=knob_value,
+        details=details,
+        label=metric.label,
+        direction=metric.direction,
+    )
+
+
+def check_row(result: Any, **extra: Any) -> dict[str, Any]:
+    """The report row (kind ``check``) of a :class:`~diffeval.checks.base.CheckResult`."""
+    value = result.value if isinstance(result.value, (int, float)) and not isinstance(result.value, bool) else float("nan")
+    return make_row(result.name, "check", value, status=result.status, details={"threshold": result.threshold, "message": result.message, **extra})
 
 
 def _git_commit(folder: Path | None = None) -> str:
@@ -102,12 +140,12 @@ def provenance(config: Mapping[str, Any], device: str, *, wall_s: float | None =
     import numpy
     import torch
 
-    import diffeval
+    from diffeval.version import __version__
 
     return {
         "run_name": name or str(config.get("name", "")),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "diffeval_version": diffeval.__version__,
+        "diffeval_version": __version__,
         "torch_version": torch.__version__,
         "numpy_version": numpy.__version__,
         "pandas_version": pd.__version__,
@@ -150,8 +188,8 @@ class Report:
         return _typed(frame)
 
     # -- writers ---------------------------------------------------------------------------
-    def write(self, folder: str | Path, *, samples: Any = None, schedule: Any = None, xt: Any = None) -> dict[str, Path]:
-        """Write report.csv / .json / .md / .html (and the PNGs the HTML embeds) into ``folder``."""
+    def write(self, folder: str | Path, *, samples: Any = None, figures: Sequence[Any] = ()) -> dict[str, Path]:
+        """Write report.csv / .json / .md / .html (and the PNGs the HTML embeds: samples, the checks' ``figures``, sweeps) into ``folder``."""
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"csv": out / "report.csv", "json": out / "report.json", "md": out / "report.md"}
@@ -160,46 +198,45 @@ class Report:
         records = [{k: _json_value(v) for k, v in row.items()} for row in frame[list(ROW_COLUMNS)].astype(object).to_dict("records")]
         paths["json"].write_text(json.dumps({"run_id": self.run_id, "provenance": self.provenance, "rows": records}, indent=2, default=str) + "\n")
         paths["md"].write_text(self.to_markdown() + "\n")
-        paths.update(self._write_plots(out, samples, schedule, xt))
+        paths.update(self._write_plots(out, samples, figures))
         paths["html"] = out / "report.html"
         paths["html"].write_text(self.to_html({k: v for k, v in paths.items() if k.endswith("_png") or k == "samples"}))
         return paths
 
-    def _write_plots(self, out: Path, samples: Any, schedule: Any, xt: Any) -> dict[str, Path]:
+    def _write_plots(self, out: Path, samples: Any, figures: Sequence[Any]) -> dict[str, Path]:
         from diffeval import plots
         from diffeval.images import save_grid
 
         paths: dict[str, Path] = {}
         if samples is not None and len(samples):
             paths["samples"] = save_grid(samples[:100], out / "samples.png", nrow=10, scale=max(1, 32 // int(samples.shape[-1])))
-        if schedule is not None:
-            paths["log_snr_png"] = plots.plot_log_snr(schedule, out / "log_snr.png")
-        if xt is not None:
-            paths["xt_hist_png"] = plots.plot_xt_histogram(xt, out / "xt_histogram.png")
+        for figure in figures:
+            paths[f"{figure.name}_png"] = figure.draw(out / f"{figure.name}.png")
         frame = self.to_frame()
         swept = frame[(frame["knob"] != "") & (frame["kind"] == "metric")]
-        for (knob, name), group in swept.groupby(["knob", "name"]):
+        for (knob, label), group in swept.groupby(["knob", "label"]):
             group = group.sort_values("knob_value")
             x = group["knob_value"].tolist()
-            label = knob
+            axis = knob
             if knob == "steps":  # FID vs NFE: the x axis is the network evaluations per sample
                 nfe = frame[(frame["name"] == "nfe") & (frame["knob"] == knob)].set_index("knob_value")["value"]
                 x = [float(nfe.get(v, v)) for v in x]
-                label = "NFE"
+                axis = "NFE"
             errors = group["stderr"].tolist() if group["stderr"].notna().any() else None
-            paths[f"sweep_{name}_png"] = plots.plot_metric_vs_knob(label, x, name, group["value"].tolist(), out / f"sweep_{name}.png", errors)
+            stem = _file_stem(f"sweep_{label}")
+            paths[f"{stem}_png"] = plots.plot_metric_vs_knob(axis, x, label, group["value"].tolist(), out / f"{stem}.png", errors)
         return paths
 
     def to_markdown(self) -> str:
         lines = [f"# diffeval report {self.run_id}", ""]
         lines += [f"- {k}: {v}" for k, v in self.provenance.items() if k != "config"]
-        lines += ["", "| name | kind | value | stderr | unit | status | n_gen | n_ref | extractor | knob |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| label | kind | value | stderr | unit | status | n_gen | n_ref | extractor | knob |", "|---|---|---|---|---|---|---|---|---|---|"]
         for row in self.to_frame().itertuples():
             stderr = "" if math.isnan(row.stderr) else f"{row.stderr:.4g}"
             knob = "" if not row.knob else f"{row.knob}={row.knob_value:g}"
             n_gen = "" if pd.isna(row.n_gen) else row.n_gen
             n_ref = "" if pd.isna(row.n_ref) else row.n_ref
-            lines.append(f"| {row.name} | {row.kind} | {row.value:.6g} | {stderr} | {row.unit} | {row.status} | {n_gen} | {n_ref} | {row.extractor} | {knob} |")
+            lines.append(f"| {row.label} | {row.kind} | {row.value:.6g} | {stderr} | {row.unit} | {row.status} | {n_gen} | {n_ref} | {row.extractor} | {knob} |")
         checks = [r for r in self.rows if r["kind"] == "check" and r["status"] in ("warn", "fail")]
         if checks:
             lines += ["", "## Checks that need attention", ""]
@@ -208,7 +245,7 @@ class Report:
 
     def to_html(self, images: Mapping[str, Path]) -> str:
         frame = self.to_frame()
-        shown = frame[["name", "kind", "value", "stderr", "unit", "status", "n_gen", "n_ref", "extractor", "knob", "knob_value"]].copy()
+        shown = frame[["label", "kind", "value", "stderr", "unit", "status", "n_gen", "n_ref", "extractor", "knob", "knob_value"]].copy()
         for col in ("n_gen", "n_ref"):
             shown[col] = shown[col].astype(object).where(shown[col].notna(), "")
         table = shown.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.6g}", classes="rows", border=0)
@@ -237,10 +274,20 @@ figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }} figure i
 </body></html>
 """
 
+    def attention(self) -> list[str]:
+        """One line per check that warned or failed: ``[FAIL] name = value (threshold): message``."""
+        lines = []
+        for r in self.rows:
+            if r["kind"] == "check" and r["status"] in ("warn", "fail"):
+                details = json.loads(r["details"])
+                value = "" if r["value"] is None or (isinstance(r["value"], float) and math.isnan(r["value"])) else f"{r['value']:.6g}"
+                lines.append(f"[{r['status'].upper()}] {r['name']} = {value} ({details.get('threshold', '')}): {details.get('message', details.get('error', ''))}")
+        return lines
+
     def to_text(self) -> str:
         """A plain table for the terminal."""
         frame = self.to_frame()
-        cols = ["name", "kind", "value", "stderr", "unit", "status", "n_gen", "n_ref"] + (["knob", "knob_value"] if (frame["knob"] != "").any() else [])
+        cols = ["label", "kind", "value", "stderr", "unit", "status", "n_gen", "n_ref"] + (["knob", "knob_value"] if (frame["knob"] != "").any() else [])
         return frame[cols].to_string(index=False, float_format=lambda v: f"{v:.5g}", na_rep="")
 
     @classmethod
@@ -248,7 +295,7 @@ figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }} figure i
         """Read a report.json written by :meth:`write`."""
         try:
             data = json.loads(Path(path).read_text())
-            rows = [{k: (float("nan") if k in _FLOAT and v is None else v) for k, v in row.items()} for row in data["rows"]]
+            rows = [_upgrade_row({k: (float("nan") if k in _FLOAT and v is None else v) for k, v in row.items()}) for row in data["rows"]]
             for row in rows:
                 missing = set(ROW_COLUMNS) - set(row)
                 if missing:
@@ -256,6 +303,28 @@ figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }} figure i
             return cls(rows, data["provenance"], run_id=data["run_id"])
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise InputError(explain(f"cannot read report {path}", expected="a report.json written by diffeval", got=f"{type(error).__name__}: {error}", fix="point to the report.json of a diffeval run")) from None
+
+
+def _file_stem(text: str) -> str:
+    """A file-name-safe form of a label (``sweep_fid@inception-v3:2048`` -> ``sweep_fid_inception-v3_2048``)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+
+
+def _upgrade_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A row of a report written before rows carried ``label`` and ``direction``: label = name; a metric's direction from the registry."""
+    row = dict(row)
+    row.setdefault("label", row.get("name"))
+    if "direction" not in row:
+        direction = ""
+        if row.get("kind") == "metric":
+            from diffeval.metrics.base import METRICS
+
+            if row.get("name") in METRICS:
+                direction = METRICS.get(row["name"]).direction
+        row["direction"] = direction
+    return row
 
 
 def _json_value(value: Any) -> Any:

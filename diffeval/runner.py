@@ -1,16 +1,18 @@
 """``diffeval run``: execute a :class:`~diffeval.config.RunConfig` into a report.
 
-Order: checks (cheap, no sampling) → bits/dim on data → for each sweep value, sampling
-with every sample metric and the latency rows. Rows are kept as they complete; if a
-step fails or the run is interrupted, the rows so far are written with a
-``run_error``/``run_interrupted`` row saying where it stopped, and the error is raised
-again (exit 2, or 130 for Ctrl-C).
+Stages, in order (cheap first): build the subject (sampler or bare schedule) → build
+every metric from its registered class (references resolved now, before any sampling)
+→ checks (:func:`diffeval.checks.base.run_check` reads what each check needs) → data
+metrics (bits/dim on data) → for each sweep value, sampling with every sample metric and
+the latency rows. Rows are kept as they complete; if a step fails or the run is
+interrupted, the rows so far are written with a ``run_error``/``run_interrupted`` row
+saying where it stopped, and the error is raised again (exit 2, or 130 for Ctrl-C).
+
+``diffeval diagnose`` is a checks-only run of the same runner (a ``[schedule]`` config).
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,22 +21,18 @@ from typing import Any
 
 import torch
 
-from diffeval.checks import CheckResult, check_snr_endpoints, check_terminal_eps_variance, check_xt_normality, preprocessing, saturation_by_guidance
+from diffeval.checks.base import CHECKS, CheckContext, CheckResult, Figure, run_check
 from diffeval.config import RunConfig
 from diffeval.distributed import RankFailed, evaluate_sharded, world
-from diffeval.errors import ConfigError, DiffevalError, InputError, explain
-from diffeval.evaluate import EvaluationResult, measure, resolve_device
+from diffeval.errors import ConfigError, DiffevalError, explain
+from diffeval.evaluate import EvaluationResult, check_labels, measure, resolve_device
 from diffeval.features import get_extractor
-from diffeval.metrics import FID, KID, CLIPScore, InceptionScore
-from diffeval.metrics.bpd import BitsPerDim
-from diffeval.references import build_reference
-from diffeval.report import Report, make_row, provenance
-from diffeval.sources import ImageSource, TensorSource, open_input
-from diffeval.stats import FeatureMoments
+from diffeval.metrics.base import BuildContext, Metric, metric_class
+from diffeval.report import Report, check_row, make_row, metric_row, provenance
+from diffeval.sources import open_images, open_source
+from diffeval.subjects import Subject, build_subject, cond_fn
 
-__all__ = ["run_config", "RunOutcome", "RunFailed", "import_factory", "open_data"]
-
-BUILTIN_FACTORIES = {"demo": "diffeval.demo.bundle:demo_sampler"}
+__all__ = ["run_config", "RunOutcome", "RunFailed", "build_metrics", "latency_rows", "check_writable", "data_metric_rows", "bpd_of_config"]
 
 
 class RunFailed(DiffevalError):
@@ -54,207 +52,88 @@ class RunOutcome:
     checks: list[CheckResult] = field(default_factory=list)
 
 
-def import_factory(spec: str) -> Callable[..., Any]:
-    """``pkg.module:function`` (or a built-in name such as ``demo``) → the callable."""
-    target = BUILTIN_FACTORIES.get(spec, spec)
-    if ":" not in target:
-        raise ConfigError(explain(f"sampler factory {spec!r} is not an import path", expected="'pkg.module:function' or one of " + ", ".join(BUILTIN_FACTORIES), got=repr(spec), fix="write module and function separated by a colon"))
-    module_name, attr = target.split(":", 1)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ConfigError(explain(f"cannot import {module_name!r} for sampler factory {spec!r}", expected="an importable module", got=f"{type(error).__name__}: {error}", fix="install the package or fix the module path")) from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ConfigError(explain(f"{module_name} has no callable {attr!r}", expected="a function that returns a sampler", got=type(fn).__name__, fix="check the name after the colon"))
-    return fn
+class _Extractors:
+    """Extractors built once per distinct (name, options) and shared by every metric that reads them."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.by_spec: dict[tuple[str, tuple[tuple[str, Any], ...]], Any] = {}
+
+    def __call__(self, name: str, **options: Any) -> Any:
+        options = {k: v for k, v in options.items() if v is not None}
+        if "weights" in options:
+            options["weights"] = str(self.cfg.resolve_path(options["weights"]))
+        spec = (name, tuple(sorted(options.items())))
+        if spec not in self.by_spec:
+            self.by_spec[spec] = get_extractor(name, device=str(resolve_device(self.cfg.device)), **options)
+        return self.by_spec[spec]
+
+    def table(self) -> dict[str, Any]:
+        from diffeval.features import extractor_key
+
+        return {extractor_key(e): e for e in self.by_spec.values()}
 
 
-def _build_sampler(cfg: RunConfig, overrides: dict[str, Any]) -> Any:
-    factory = import_factory(cfg.sampler.factory)
-    kwargs = {**cfg.sampler.kwargs, **overrides}
-    if "device" in inspect.signature(factory).parameters and "device" not in kwargs:
-        kwargs["device"] = cfg.device
-    try:
-        return factory(**kwargs)
-    except DiffevalError:
-        raise
-    except Exception as error:
-        raise ConfigError(explain(f"sampler factory {cfg.sampler.factory!r} raised", expected="a sampler", got=f"{type(error).__name__}: {error}", fix="check the factory's keyword arguments in [sampler.kwargs]")) from None
+def build_metrics(cfg: RunConfig, info: Any, progress: bool = False) -> tuple[list[Metric], dict[str, Any]]:
+    """Every ``[[metrics]]`` entry built from its registered class; returns the metrics and the shared extractors by key."""
+    extractors = _Extractors(cfg)
+    ctx = BuildContext(n=cfg.n, seed=cfg.seed, device=str(resolve_device(cfg.device)), batch_size=cfg.batch_size, extractor=extractors, open_source=lambda spec: open_source(spec, cfg.base_dir), info=info, base_dir=cfg.base_dir, progress=progress)
+    metrics = [metric_class(spec.name).from_config(spec.options, ctx) for spec in cfg.metrics]
+    check_labels(metrics)
+    return metrics, extractors.table()
 
 
-def open_data(spec: str, cfg: RunConfig) -> ImageSource:
-    """``digits:test|train|all`` (bundled) or a path (folder / .npz images) relative to the config."""
-    if spec.startswith("digits:") or spec == "digits":
-        from diffeval.demo.data import load_digits
-
-        split = spec.split(":", 1)[1] if ":" in spec else "all"
-        return TensorSource(load_digits(split).images, name=f"digits:{split}")
-    source = open_input(cfg.resolve_path(spec))
-    if isinstance(source, FeatureMoments):
-        raise InputError(explain(f"{spec} holds statistics, not images", expected="images", got="mu/sigma statistics", fix="point to the image data"))
-    return source
-
-
-def _cond_fn(cfg: RunConfig) -> Callable[[list[int]], Any] | None:
-    if "labels" in cfg.cond:
-        return lambda seeds: torch.tensor([s % 10 for s in seeds], device=cfg.device)
-    if "prompts" in cfg.cond:
-        path = cfg.resolve_path(cfg.cond["prompts"])
-        from diffeval.image_metrics import read_prompts
-
-        prompts = read_prompts(path)
-        if not prompts:
-            raise ConfigError(explain(f"prompts file {path} is empty", expected="one prompt per line", got="none", fix="add prompts"))
-        return lambda seeds: [prompts[s % len(prompts)] for s in seeds]
-    return None
-
-
-def _checks(cfg: RunConfig, sampler: Any) -> list[CheckResult]:
-    results: list[CheckResult] = []
-    schedule, prediction = getattr(sampler, "schedule", None), getattr(sampler, "prediction", None)
-    for name, opts in cfg.checks.items():
-        if name != "saturation" and schedule is None:
-            results.append(CheckResult(name, "skip", float("nan"), "needs the training schedule", f"skipped: {type(sampler).__name__} exposes no schedule (e.g. a scheduler without alphas_cumprod); nothing was checked"))
-            continue
-        if name == "saturation" and not hasattr(sampler, "guidance_scale"):
-            results.append(CheckResult(name, "skip", float("nan"), "needs a sampler with guidance_scale", f"skipped: {type(sampler).__name__} has no guidance scale to sweep"))
-            continue
-        if name == "snr_endpoints":
-            results += check_snr_endpoints(schedule, prediction=prediction, steps=getattr(sampler, "steps", None), spacing=getattr(sampler, "spacing", None))
-        elif name == "xt_normality":
-            data = open_data(opts.get("data", "digits:all"), cfg)
-            images = data.load(range(len(data)))
-            results += check_xt_normality(images, schedule, preprocessing(opts.get("preprocess", "signed")), seed=cfg.seed)
-        elif name == "terminal_eps_variance":
-            data = open_data(opts.get("data", "digits:all"), cfg)
-            x0 = preprocessing(opts.get("preprocess", "signed"))(data.load(range(min(len(data), 4096))))
-            results.append(check_terminal_eps_variance(sampler.model, schedule, x0, prediction, seed=cfg.seed))
-        elif name == "saturation":
-            shape = _image_shape(cfg, sampler)
-            labels = _cond_fn(cfg) or (lambda seeds: torch.tensor([s % 10 for s in seeds], device=cfg.device))
-            results += saturation_by_guidance(
-                lambda w: _build_sampler(cfg, {"guidance_scale": w, "steps": min(getattr(sampler, "steps", 25), 25)}),
-                opts.get("scales", [1.0, 3.0, 8.0]),
-                range(cfg.seed, cfg.seed + int(opts.get("n", 64))),
-                shape,
-                cond_fn=labels,
-                device=cfg.device,
-            )
-    return results
-
-
-def _image_shape(cfg: RunConfig, sampler: Any) -> tuple[int, ...]:
-    shape = cfg.image_shape or getattr(sampler, "image_shape", None)
-    if shape is None:
-        raise ConfigError(explain("image shape unknown", expected="[run] image_shape = [C, H, W] or a sampler with .image_shape", got="neither", fix="add image_shape to [run]"))
-    return tuple(shape)
-
-
-@dataclass
-class _SampleMetrics:
-    extractors: dict[str, Any]
-    metrics: list[Any]
-    labels: dict[str, str]  # metric name -> extractor:layer label for the rows
-
-
-def _build_sample_metrics(cfg: RunConfig) -> _SampleMetrics:
-    extractors: dict[str, Any] = {}
-    metrics: list[Any] = []
-    labels: dict[str, str] = {}
-
-    def extractor(name: str, weights: str | None) -> Any:
-        if name not in extractors:
-            kwargs: dict[str, Any] = {"device": str(resolve_device(cfg.device))}
-            if weights is not None:
-                kwargs["weights"] = str(cfg.resolve_path(weights))
-            extractors[name] = get_extractor(name, **kwargs)
-        return extractors[name]
-
-    for spec in cfg.metrics:
-        o = spec.options
-        if spec.name == "bpd":
-            continue
-        if spec.name == "clip_score":
-            from diffeval.features import ClipExtractor
-
-            clip = ClipExtractor(model=o.get("model", "ViT-B-32"), pretrained=None if o.get("pretrained") is None else str(o["pretrained"]), device=str(resolve_device(cfg.device)))
-            extractors["clip"] = clip
-            metrics.append(CLIPScore(clip.encode_text))
-            labels["clip_score"] = f"clip:{clip.model_name}"
-            continue
-        ex = extractor(o.get("extractor", "inception-v3"), o.get("weights"))
-        kind = {"fid": "fid", "kid": "kid", "inception_score": "is"}[spec.name]
-        layer = o.get("layer", ex.default_layers[kind])
-        labels[spec.name] = f"{ex.name}:{layer}"
-        if spec.name == "inception_score":
-            metrics.append(InceptionScore(ex.name, layer, splits=int(o.get("splits", 10))))
-            continue
-        if "reference" not in o:
-            raise ConfigError(explain(f"metric {spec.name!r} needs a reference", expected="reference = 'digits:test', an image folder, an .npz batch or (fid) .npz statistics", got="nothing", fix="add reference = ..."))
-        ref_input = o["reference"]
-        allow = bool(o.get("allow_unmatched", False))
-        if spec.name == "fid" and str(ref_input).endswith(".npz") and isinstance(stats := open_input(cfg.resolve_path(ref_input)), FeatureMoments):
-            # checked now, before any sampling, so a mismatch costs nothing
-            if stats.meta.get("extractor", ex.name) != ex.name or stats.dim != ex.layers.get(layer, stats.dim):
-                raise InputError(explain(f"reference statistics {ref_input} do not match the extractor", expected=f"{ex.name}:{layer} (d = {ex.layers.get(layer)})", got=f"{stats.meta.get('extractor', '?')}:{stats.meta.get('layer', '?')} (d = {stats.dim})", fix="recompute them with diffeval ref --features " + ex.name))
-            if stats.n != cfg.n and not allow:
-                from diffeval.metrics.fid import unmatched_message
-
-                raise InputError(unmatched_message(cfg.n, stats.n, stats.dim or 0))
-            metrics.append(FID(stats, ex.name, layer, allow_unmatched=allow))
-            continue
-        source = open_data(str(ref_input), cfg)
-        n_ref = None if (allow and len(source) < cfg.n) or spec.name == "kid" else cfg.n
-        if n_ref is not None and len(source) < n_ref:
-            from diffeval.metrics.fid import unmatched_message
-
-            raise InputError(unmatched_message(cfg.n, len(source), ex.layers.get(layer, 0)))
-        ref = build_reference(source, ex, moment_layers=[layer] if spec.name == "fid" else [], feature_layers=[layer] if spec.name == "kid" else [], n=n_ref, seed=int(o.get("reference_seed", 0)))
-        if spec.name == "fid":
-            metrics.append(FID(ref.moments[layer], ex.name, layer, allow_unmatched=allow))
-        else:
-            metrics.append(KID(ref.features[layer], ex.name, layer, subsets=int(o.get("subsets", 100)), subset_size=int(o.get("subset_size", 1000))))
-    return _SampleMetrics(extractors, metrics, labels)
-
-
-def _metric_rows(result: EvaluationResult, labels: dict[str, str], sampler_label: str, extra: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for name, out in result.metrics.items():
-        if name == "fid":
-            rows.append(make_row("fid", "metric", out["fid"], n_gen=out["n_gen"], n_ref=out["n_ref"], extractor=labels[name], sampler=sampler_label, status="" if out["matched"] else "unmatched-counts", details={k: out[k] for k in ("matched", "min_eigenvalue", "clipped_mass", "trace_method")}, **extra))
-        elif name == "inception_score":
-            rows.append(make_row("inception_score", "metric", out["inception_score"], stderr=out["inception_score_std"], n_gen=out["n_gen"], extractor=labels[name], sampler=sampler_label, details={"splits": out["splits"], "stderr_is": "std over splits (ddof 0)"}, **extra))
-        elif name == "kid":
-            rows.append(make_row("kid", "metric", out["kid"], stderr=out["kid_std"], n_gen=out["n_gen"], n_ref=out["n_ref"], extractor=labels[name], sampler=sampler_label, details={k: out[k] for k in ("subsets", "subset_size", "subset_size_reduced")} | {"stderr_is": "std over subsets (ddof 0)"}, **extra))
-        elif name == "clip_score":
-            rows.append(make_row("clip_score", "metric", out["clip_score"], stderr=out["clip_score_stderr"], n_gen=out["n_gen"], extractor=labels[name], sampler=sampler_label, details={"convention": "torchmetrics: max(mean(100 cos), 0)"}, **extra))
-            rows.append(make_row("clip_score_hessel", "metric", out["clip_score_hessel"], stderr=out["clip_score_hessel_stderr"], n_gen=out["n_gen"], extractor=labels[name], sampler=sampler_label, details={"convention": "Hessel et al.: mean(2.5 max(cos, 0))"}, **extra))
-    lat = result.latency
-    rows += [
-        make_row("nfe", "latency", lat.nfe, unit="evals/sample", sampler=sampler_label, **extra),
-        make_row("step_latency_ms", "latency", lat.step_ms_median, unit="ms", sampler=sampler_label, details={"iqr_ms": lat.step_ms_iqr, "batch_size": lat.batch_size, "statistic": "median"}, **extra),
-        make_row("throughput", "latency", lat.images_per_s, unit="images/s", sampler=sampler_label, details={"sampling_wall_s": lat.sampling_wall_s}, **extra),
+def latency_rows(latency: Any, sampler: str, extra: dict[str, Any]) -> list[dict[str, Any]]:
+    """NFE, per-step latency (median, IQR) and throughput of an evaluation, with their directions."""
+    return [
+        make_row("nfe", "latency", latency.nfe, unit="evals/sample", sampler=sampler, direction="lower", **extra),
+        make_row("step_latency_ms", "latency", latency.step_ms_median, unit="ms", sampler=sampler, details={"iqr_ms": latency.step_ms_iqr, "batch_size": latency.batch_size, "statistic": "median"}, direction="lower", **extra),
+        make_row("throughput", "latency", latency.images_per_s, unit="images/s", sampler=sampler, details={"sampling_wall_s": latency.sampling_wall_s}, direction="higher", **extra),
     ]
-    return rows
 
 
-def _bpd_rows(cfg: RunConfig, sampler: Any) -> list[dict[str, Any]]:
+def _sample_rows(result: EvaluationResult, metrics: list[Metric], sampler_label: str, extra: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = [metric_row(m, result.metrics[m.label], sampler=sampler_label, **extra) for m in metrics]
+    return rows + latency_rows(result.latency, sampler_label, extra)
+
+
+def data_metric_rows(metrics: list[Metric], cfg: RunConfig, sampler_label: str, progress: bool = False) -> list[dict[str, Any]]:
+    """Data metrics (bits/dim): each measured on its own data source."""
     rows = []
-    for spec in (s for s in cfg.metrics if s.name == "bpd"):
-        o = dict(spec.options)
-        data = open_data(o.pop("data", "digits:test"), cfg)
-        n = int(o.pop("n", len(data)))
-        estimator = o.pop("estimator", "vlb")
-        if getattr(sampler, "model", None) is None or getattr(sampler, "schedule", None) is None or getattr(sampler, "prediction", None) is None:
-            raise ConfigError(explain("bits/dim needs the sampler's model, schedule and prediction", expected="an adapter exposing .model, .schedule, .prediction", got=type(sampler).__name__, fix="use an adapter that exposes them, or remove the bpd metric"))
-        metric = BitsPerDim(sampler.model, sampler.schedule, sampler.prediction, estimator, seed=cfg.seed, **o)
-        out = measure(data, extractors=[], metrics=[metric], batch_size=cfg.batch_size, indices=range(min(n, len(data))))["bpd"]
-        rows.append(make_row("bpd", "metric", out["bpd"], stderr=out["bpd_stderr"], unit="bits/dim", n_ref=out["n"], sampler=f"{type(sampler).__name__} ({sampler.prediction}, {sampler.schedule.name})", details={k: out[k] for k in ("prior_bpd", "diffusion_bpd", "decoder_bpd", "estimator", "convention", "options", "offset_bits")} | {"data": data.name}))
+    for metric in metrics:
+        out = measure(metric.source, metrics=[metric], batch_size=cfg.batch_size, indices=metric.indices, progress=progress)[metric.label]  # type: ignore[attr-defined]
+        rows.append(metric_row(metric, out, sampler=sampler_label))
     return rows
 
 
-def _check_writable(out: Path) -> None:
+def bpd_of_config(cfg: RunConfig, overrides: dict[str, Any], *, device: str | None = None, batch_size: int | None = None) -> Any:
+    """Bits/dim of data under ``cfg``'s sampler's declared model: the config's ``bpd`` metric options, with ``overrides``.
+
+    Changing the estimator keeps only the data, count and seed of the config's options.
+    """
+    from dataclasses import replace
+
+    from diffeval.metrics.bpd import BitsPerDim
+    from diffeval.options import validate_options
+
+    cfg = replace(cfg, device=device or cfg.device, batch_size=batch_size or cfg.batch_size)
+    base = next((dict(m.options) for m in cfg.metrics if m.name == "bpd"), {})
+    if "estimator" in overrides and overrides["estimator"] != base.get("estimator"):
+        base = {k: base[k] for k in ("data", "n", "seed") if k in base}
+    if "all_terms" in overrides:
+        base.pop("strata", None)
+    options = {k: v for k, v in {**base, **overrides}.items() if v is not None}
+    if "data" not in options:
+        raise ConfigError(explain("bits/dim needs data", expected="--data SPEC, or a [[metrics]] bpd entry with data in the config", got=f"neither in {cfg.source}", fix="pass --data (an image folder, an .npz batch or a data set)"))
+    options = validate_options(options, BitsPerDim.options, "bpd")
+    subject = build_subject(cfg)
+    ctx = BuildContext(n=cfg.n, seed=cfg.seed, device=str(resolve_device(cfg.device)), batch_size=cfg.batch_size, open_source=lambda spec: open_source(spec, cfg.base_dir), info=subject.info, base_dir=cfg.base_dir)
+    metric = BitsPerDim.from_config(options, ctx)
+    return measure(metric.source, metrics=[metric], batch_size=cfg.batch_size, indices=metric.indices)[metric.label]
+
+
+def check_writable(out: Path) -> None:
+    """Create ``out`` and prove a file can be written there, before any work."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".diffeval-write-test"
@@ -264,19 +143,45 @@ def _check_writable(out: Path) -> None:
         raise ConfigError(explain(f"output folder {out} is not writable", expected="a folder diffeval can create files in", got=f"{type(error).__name__}: {error}", fix="pass --out with a writable folder")) from None
 
 
+def _checks(cfg: RunConfig, subject: Subject) -> tuple[list[CheckResult], list[Figure]]:
+    ctx = CheckContext(
+        info=subject.info,
+        seed=cfg.seed,
+        device=str(resolve_device(cfg.device)),
+        open_data=lambda spec: open_images(spec, cfg.base_dir, "a check"),
+        make_sampler=subject.make,
+        image_shape=cfg.image_shape or subject.info.image_shape,
+        cond_fn=cond_fn(cfg) if cfg.sampler is not None else None,
+    )
+    results: list[CheckResult] = []
+    figures: list[Figure] = []
+    for spec in cfg.checks:
+        outcome = run_check(CHECKS.get(spec.name)(**spec.options), ctx)
+        results += outcome.results
+        figures += outcome.figures
+    return results, figures
+
+
+def _image_shape(cfg: RunConfig, subject: Subject) -> tuple[int, ...]:
+    shape = cfg.image_shape or subject.info.image_shape
+    if shape is None:
+        raise ConfigError(explain("image shape unknown", expected="[run] image_shape = [C, H, W] or a sampler that declares image_shape", got="neither", fix="add image_shape to [run]"))
+    return tuple(shape)
+
+
 def run_config(cfg: RunConfig, out: str | Path, progress: bool = False, extra_rows: Callable[[Any], list[dict[str, Any]]] | None = None) -> RunOutcome:
-    """Run every check, bits/dim and sample metric of ``cfg`` (per sweep value); write the report into ``out``."""
+    """Run every check, data metric and sample metric of ``cfg`` (per sweep value); write the report into ``out``."""
     out = Path(out)
-    _check_writable(out)
+    check_writable(out)
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     stage = "building the sampler"
     samples: torch.Tensor | None = None
     checks: list[CheckResult] = []
-    sweep_values = cfg.sweep.values if cfg.sweep else [None]
-    config_dict = {"name": cfg.name, "source": cfg.source, "n": cfg.n, "seed": cfg.seed, "batch_size": cfg.batch_size, "device": str(device), "sampler": {"factory": cfg.sampler.factory, "kwargs": cfg.sampler.kwargs}, "metrics": [{"name": m.name, **m.options} for m in cfg.metrics], "checks": cfg.checks, "cond": cfg.cond, "sweep": None if cfg.sweep is None else {"knob": cfg.sweep.knob, "values": cfg.sweep.values}}
-    seeds_label = f"{cfg.seed}..{cfg.seed + cfg.n - 1}"
+    figures: list[Figure] = []
+    config_dict = cfg.to_dict() | {"device": str(device)}
+    seeds_label = f"{cfg.seed}..{cfg.seed + cfg.n - 1}" if cfg.n else ""
     current = {"batch": -1, "seeds": ""}
 
     def on_batch(index: int, seeds: list[int]) -> None:
@@ -284,58 +189,52 @@ def run_config(cfg: RunConfig, out: str | Path, progress: bool = False, extra_ro
 
     w = world()
     config_dict["world_size"] = w.size
+    code = cfg.sampler.factory if cfg.sampler is not None else None
     try:
-        sampler = _build_sampler(cfg, {})
+        subject = build_subject(cfg)
+        sampler_label = subject.info.label()
+        stage = "reference statistics"
+        metrics, extractors = build_metrics(cfg, subject.info, progress and w.rank == 0)
+        sample_metrics = [m for m in metrics if m.inputs == "samples"]
+        data_metrics = [m for m in metrics if m.inputs == "data"]
+        shape = _image_shape(cfg, subject) if cfg.sampler is not None else None
         if w.rank == 0:  # cheap, data-side work: once
             stage = "checks"
-            checks = _checks(cfg, sampler)
-            rows += [c.to_row() for c in checks]
-            stage = "bits/dim"
-            rows += _bpd_rows(cfg, sampler)
-        stage = "reference statistics"
-        built = _build_sample_metrics(cfg)
-        cond_fn = _cond_fn(cfg)
-        for value in sweep_values:
-            knob = {} if value is None else {cfg.sweep.knob: value}  # type: ignore[union-attr]
-            stage = "sampling" + (f" at {cfg.sweep.knob} = {value}" if value is not None else "")  # type: ignore[union-attr]
-            run_sampler = sampler if value is None else _build_sampler(cfg, knob)
-            for metric in built.metrics:
-                metric.reset()
-            result = evaluate_sharded(run_sampler, seeds=range(cfg.seed, cfg.seed + cfg.n), image_shape=_image_shape(cfg, run_sampler), extractors=built.extractors, metrics=built.metrics, batch_size=cfg.batch_size, device=device, cond_fn=cond_fn, progress=progress and w.rank == 0, on_batch=on_batch)
-            if result is None:  # not rank 0: rank 0 merges and reports
-                continue
-            label = ", ".join(f"{k}={v}" for k, v in run_sampler.config().items())
-            extra = {"knob": cfg.sweep.knob, "knob_value": float(value)} if value is not None else {}  # type: ignore[union-attr]
-            rows += _metric_rows(result, built.labels, label, extra)
-            if samples is None:
-                samples = result.samples
+            checks, figures = _checks(cfg, subject)
+            rows += [check_row(c) for c in checks]
+            stage = "data metrics"
+            rows += data_metric_rows(data_metrics, cfg, sampler_label, progress)
+        if cfg.sampler is not None:
+            conditions = cond_fn(cfg)
+            sweep_values = cfg.sweep.values if cfg.sweep else [None]
+            for value in sweep_values:
+                knob = {} if value is None else {cfg.sweep.knob: value}  # type: ignore[union-attr]
+                stage = "sampling" + (f" at {cfg.sweep.knob} = {value}" if value is not None else "")  # type: ignore[union-attr]
+                run_sampler = subject.sampler if value is None else subject.make(knob)  # type: ignore[misc]
+                for metric in sample_metrics:
+                    metric.reset()
+                result = evaluate_sharded(run_sampler, seeds=range(cfg.seed, cfg.seed + cfg.n), image_shape=shape, extractors=extractors, metrics=sample_metrics, batch_size=cfg.batch_size, device=device, cond_fn=conditions, progress=progress and w.rank == 0, on_batch=on_batch)
+                if result is None:  # not rank 0: rank 0 merges and reports
+                    continue
+                extra = {"knob": cfg.sweep.knob, "knob_value": float(value)} if value is not None else {}  # type: ignore[union-attr]
+                rows += _sample_rows(result, sample_metrics, result.sampler.label() if result.sampler else sampler_label, extra)
+                if samples is None:
+                    samples = result.samples
         if extra_rows is not None and w.rank == 0:
             stage = "extra rows"
-            rows += extra_rows(sampler)
+            rows += extra_rows(subject)
     except (Exception, KeyboardInterrupt) as error:
         interrupted = isinstance(error, KeyboardInterrupt)
         if isinstance(error, RankFailed) and w.rank != 0:
             raise RunFailed(str(error), {}) from None
         where = f"{stage}" + (f", batch {current['batch']} (seeds {current['seeds']})" if stage.startswith("sampling") and current["batch"] >= 0 else "")
         rows.append(make_row("run_interrupted" if interrupted else "run_error", "check", float("nan"), status="fail", details={"stage": where, "error": f"{type(error).__name__}: {error}"}))
-        report = Report(rows, provenance(config_dict, str(device), wall_s=time.perf_counter() - t0, seeds=seeds_label, code=cfg.sampler.factory))
-        paths = report.write(out)
-        message = f"run {'interrupted' if interrupted else 'failed'} during {where}: {type(error).__name__}: {error}. The {len(rows) - 1} rows computed before are in {paths['json']}"
+        report = Report(rows, provenance(config_dict, str(device), wall_s=time.perf_counter() - t0, seeds=seeds_label, code=code))
+        paths = report.write(out) if w.rank == 0 else {}
+        message = f"run {'interrupted' if interrupted else 'failed'} during {where}: {type(error).__name__}: {error}." + (f" The {len(rows) - 1} rows computed before are in {paths['json']}" if paths else "")
         raise RunFailed(message, paths, interrupted) from (None if interrupted else error)
-    report = Report(rows, provenance(config_dict, str(device), wall_s=time.perf_counter() - t0, seeds=seeds_label, code=cfg.sampler.factory))
+    report = Report(rows, provenance(config_dict, str(device), wall_s=time.perf_counter() - t0, seeds=seeds_label, code=code))
     if w.rank != 0:
         return RunOutcome(report, {}, None, [])
-    paths = report.write(out, samples=samples, schedule=getattr(sampler, "schedule", None), xt=_xt_for_plot(cfg, sampler))
+    paths = report.write(out, samples=samples, figures=figures)
     return RunOutcome(report, paths, samples, checks)
-
-
-def _xt_for_plot(cfg: RunConfig, sampler: Any) -> torch.Tensor | None:
-    if "xt_normality" not in cfg.checks or getattr(sampler, "schedule", None) is None:
-        return None
-    from diffeval.checks.xt_normality import forward_samples
-
-    opts = cfg.checks["xt_normality"]
-    data = open_data(opts.get("data", "digits:all"), cfg)
-    x0 = preprocessing(opts.get("preprocess", "signed"))(data.load(range(min(len(data), 4096)))).double()
-    return forward_samples(x0, sampler.schedule, cfg.seed).x_T
-

@@ -1,24 +1,32 @@
-"""Image sources: folders, ADM-style ``.npz`` batches and tensors, read as uint8 NCHW batches.
+"""Image sources: folders, ADM-style ``.npz`` batches, tensors and registered data sets, read as uint8 NCHW batches.
 
 A source has a length and loads any subset by index, so a reference with more
 images than the generated set can be subsampled (seeded) to a matched count.
-:func:`open_input` also recognizes ``.npz`` statistics (``mu``, ``sigma``, ``n``).
+
+:func:`open_source` is the one place a *spec* becomes images: an image folder, an
+``.npz`` image batch (``arr_0``), ``.npz`` statistics (``mu``, ``sigma``, ``n``), or a
+data set registered in :data:`DATASETS` as ``name`` or ``name:split`` (plugins register
+theirs; the bundled demo registers ``digits``). Relative paths are resolved against a
+base folder (a config's folder).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from diffeval.errors import InputError, explain
-from diffeval.features import to_uint8
+from diffeval.quantize import to_uint8
+from diffeval.registry import Registry
 from diffeval.stats import FeatureMoments
 
-__all__ = ["ImageSource", "TensorSource", "NpzImageSource", "FolderSource", "open_input", "iter_batches", "IMAGE_SUFFIXES", "seeded_subset"]
+__all__ = ["ImageSource", "TensorSource", "NpzImageSource", "FolderSource", "DATASETS", "open_input", "open_source", "open_images", "read_prompts", "iter_batches", "IMAGE_SUFFIXES", "seeded_subset"]
+
+DATASETS: Registry[Any] = Registry("data set")  # name -> opener(split: str | None) -> ImageSource
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -133,6 +141,31 @@ def open_input(path: str | Path) -> ImageSource | FeatureMoments:
     raise InputError(explain(f"{path} holds neither images nor statistics", expected="key arr_0 (images) or mu and sigma (statistics)", got=f"keys {sorted(keys)}", fix="save images as arr_0 or statistics as mu/sigma/n"))
 
 
+def open_source(spec: str | Path, base_dir: str | Path | None = None) -> ImageSource | FeatureMoments:
+    """A spec → images or statistics: an existing path (folder, .npz images, .npz statistics), else a registered data set ``name[:split]``."""
+    text = str(spec)
+    path = Path(text)
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    if path.exists():
+        return open_input(path)
+    name, _, split = text.partition(":")
+    if name in DATASETS:
+        return DATASETS.get(name)(split or None)
+    if ":" in text or not path.suffix:
+        sets = ", ".join(DATASETS.names()) or "(none registered)"
+        raise InputError(explain(f"input {text!r} is neither an existing path nor a registered data set", expected=f"an image folder, an .npz file, or one of the data sets {sets} (as name or name:split)", got=f"no file or folder at {path}", fix="check the path (relative paths are resolved against the config's folder)"))
+    return open_input(path)
+
+
+def open_images(spec: str | Path, base_dir: str | Path | None = None, who: str = "this input") -> ImageSource:
+    """:func:`open_source`, refusing statistics (for data and reference images)."""
+    source = open_source(spec, base_dir)
+    if isinstance(source, FeatureMoments):
+        raise InputError(explain(f"{spec} holds statistics, not images", expected=f"images for {who} (a folder, an .npz image batch or a data set)", got="mu/sigma statistics", fix="point to the images themselves"))
+    return source
+
+
 def seeded_subset(n_total: int, n: int, seed: int) -> list[int]:
     """``n`` distinct indices of ``range(n_total)``, drawn with a seeded generator, in ascending order."""
     if n > n_total:
@@ -147,3 +180,17 @@ def iter_batches(source: ImageSource, batch_size: int, indices: Sequence[int] | 
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         yield chunk, source.load(chunk)
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """One prompt per line (blank lines are errors: they would silently shift the pairing)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(explain(f"cannot read prompts file {path}", expected="a UTF-8 text file, one prompt per line", got=f"{type(error).__name__}: {error}", fix="check the path")) from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    blank = [i + 1 for i, line in enumerate(lines) if not line.strip()]
+    if blank:
+        raise InputError(explain(f"prompts file {path} has blank lines", expected="one non-empty prompt per line", got=f"blank line(s) {blank[:5]}", fix="remove the blank lines so prompt i pairs with image i"))
+    return lines

@@ -23,7 +23,51 @@ import torch
 
 from diffeval.errors import InputError, explain
 
-__all__ = ["FeatureMoments"]
+__all__ = ["FeatureMoments", "check_gaussian", "SYMMETRY_TOL", "PSD_TOL"]
+
+SYMMETRY_TOL = 1e-6  # max |S - S^T| relative to max |S|
+PSD_TOL = 1e-6  # smallest eigenvalue allowed: -PSD_TOL * max diagonal (round-off of a float32-stored covariance)
+
+
+def _first_bad(mask: torch.Tensor) -> tuple[int, ...]:
+    return tuple(int(i) for i in torch.nonzero(mask)[0])
+
+
+def check_gaussian(mu: Any, sigma: Any, who: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate a mean and a covariance (finite, matching shapes, symmetric, positive semi-definite); returns them in float64.
+
+    Each defect is an :class:`InputError` naming the statistics (``who``), where the
+    defect is, and the fix — a NaN, a non-symmetric or an indefinite covariance would
+    otherwise give a meaningless Fréchet distance (a NaN pair gave 16.0; an indefinite
+    diag(1, -1, 1) gave 0.0 against the identity).
+    """
+    mu_t = torch.as_tensor(np.asarray(mu, dtype=np.float64) if not torch.is_tensor(mu) else mu).to(torch.float64)
+    sigma_t = torch.as_tensor(np.asarray(sigma, dtype=np.float64) if not torch.is_tensor(sigma) else sigma).to(torch.float64).to(mu_t.device)
+    d = mu_t.numel()
+    if mu_t.ndim != 1 or sigma_t.shape != (d, d):
+        raise InputError(explain(f"{who}: mu/sigma shapes do not match", expected="mu (d,), sigma (d, d)", got=f"{tuple(mu_t.shape)}, {tuple(sigma_t.shape)}", fix="pass the mean vector and covariance matrix of one feature layer"))
+    for name, t in (("mu", mu_t), ("sigma", sigma_t)):
+        bad = ~torch.isfinite(t)
+        if bool(bad.any()):
+            raise InputError(explain(f"{who}: {name} contains NaN or inf", expected="finite statistics", got=f"{int(bad.sum())} non-finite value(s), the first at index {_first_bad(bad)}", fix="recompute the statistics from finite features (a NaN feature row poisons the whole covariance)"))
+    scale = float(sigma_t.abs().max()) if d else 0.0
+    asym = float((sigma_t - sigma_t.T).abs().max()) if d else 0.0
+    if asym > SYMMETRY_TOL * max(scale, 1e-300):
+        i, j = _first_bad((sigma_t - sigma_t.T).abs() == asym)
+        raise InputError(explain(f"{who}: sigma is not symmetric", expected=f"a covariance matrix (|S - S^T| <= {SYMMETRY_TOL:g} max|S|)", got=f"S[{i},{j}] = {float(sigma_t[i, j]):.6g} but S[{j},{i}] = {float(sigma_t[j, i]):.6g}", fix="pass a covariance (e.g. numpy.cov of the features), not a transposed or edited matrix"))
+    sigma_t = 0.5 * (sigma_t + sigma_t.T)
+    diag = sigma_t.diagonal()
+    if d and (bool((diag < 0).any()) or not _psd(sigma_t, PSD_TOL * max(float(diag.max()), 0.0))):
+        low = float(torch.linalg.eigvalsh(sigma_t).min())
+        raise InputError(explain(f"{who}: sigma is not positive semi-definite", expected=f"eigenvalues >= -{PSD_TOL:g} x max variance", got=f"smallest eigenvalue {low:.6g} (max variance {float(diag.max()):.6g})", fix="a covariance cannot have negative variance along any direction: recompute it from the features"))
+    return mu_t, sigma_t
+
+
+def _psd(sigma: torch.Tensor, slack: float) -> bool:
+    if float(sigma.abs().max()) == 0.0:
+        return True
+    shifted = sigma + max(slack, 1e-300) * torch.eye(sigma.shape[0], dtype=sigma.dtype, device=sigma.device)
+    return int(torch.linalg.cholesky_ex(shifted).info) == 0
 
 
 class FeatureMoments:
@@ -132,13 +176,9 @@ class FeatureMoments:
         )
 
     @classmethod
-    def from_mean_cov(cls, mu: Any, sigma: Any, n: int, meta: dict[str, Any] | None = None) -> FeatureMoments:
-        """Rebuild the sums from a mean, an unbiased covariance and a count."""
-        mu_t = torch.as_tensor(np.asarray(mu, dtype=np.float64))
-        sigma_t = torch.as_tensor(np.asarray(sigma, dtype=np.float64))
-        d = mu_t.numel()
-        if mu_t.ndim != 1 or sigma_t.shape != (d, d):
-            raise InputError(explain("mu/sigma shapes do not match", expected="mu (d,), sigma (d, d)", got=f"{tuple(mu_t.shape)}, {tuple(sigma_t.shape)}", fix="pass the mean vector and covariance matrix of one feature layer"))
+    def from_mean_cov(cls, mu: Any, sigma: Any, n: int, meta: dict[str, Any] | None = None, who: str = "statistics") -> FeatureMoments:
+        """Rebuild the sums from a mean, an unbiased covariance and a count (validated by :func:`check_gaussian`)."""
+        mu_t, sigma_t = check_gaussian(mu, sigma, who)
         if n < 2:
             raise InputError(explain("statistics need a sample count", expected="n >= 2", got=f"{n}", fix="pass the number of images behind mu and sigma"))
         moments = cls(meta)
@@ -165,4 +205,4 @@ class FeatureMoments:
                     )
                 )
             meta = {k[5:]: str(data[k]) for k in data.files if k.startswith("meta_")}
-            return cls.from_mean_cov(data["mu"], data["sigma"], int(data["n"]), meta)
+            return cls.from_mean_cov(data["mu"], data["sigma"], int(data["n"]), meta, who=f"statistics file {path}")

@@ -1,55 +1,78 @@
-"""Conformance checks any sampler adapter should pass — run them on your own adapter too.
+"""Conformance suites any adapter or metric should pass — run them on your own too.
 
->>> from diffeval.demo.bundle import demo_sampler
->>> [r.status for r in check_sampler(demo_sampler(steps=3), image_shape=(1, 8, 8))]
-['pass', 'pass', 'pass', 'pass', 'pass', 'pass']
+:func:`check_sampler` (samplers)::
 
-Checks: ``shape_and_range`` (float NCHW, same N, finite, within [-1, 1]),
-``seed_determinism`` (same seeds, same images), ``batch_size_independence``
-(seeds drawn together vs in two batches agree to ``atol``), ``nfe_counted``
-(``last_run.nfe`` > 0, or equal to ``expected_nfe``), ``schedule_exposed``
-(``schedule`` is a diffeval Schedule or None, ``prediction`` in eps/x0/v/None),
-``config_reported`` (``config()`` returns a dict of plain values).
+    >>> import torch
+    >>> from diffeval import schedules
+    >>> from diffeval.samplers import GeneralizedSampler
+    >>> sampler = GeneralizedSampler(lambda x, t: 0.1 * x, schedules.cosine(), steps=3)
+    >>> [r.status for r in check_sampler(sampler, image_shape=(1, 8, 8))]
+    ['pass', 'pass', 'pass', 'pass', 'pass', 'pass']
+
+Checks: ``declaration`` (``describe()`` returns a sound :class:`~diffeval.samplers.SamplerInfo`:
+schedule, prediction, model, steps, spacing, visited steps, image shape, plain knobs),
+``shape_and_range`` (float NCHW, same N, finite, within [-1, 1]), ``seed_determinism``
+(same seeds, same images), ``batch_size_independence`` (seeds drawn together vs in two
+batches agree to ``atol``), ``nfe_counted`` (the timer it is passed counts > 0
+evaluations, or ``expected_nfe``; one per declared step at least when steps are
+declared), ``timer_used`` (the sampler reports into the caller's timer and is not
+modified by the call).
+
+:func:`check_metric` (metrics): ``declaration`` (name, direction, options, label),
+``streaming_equals_one_shot``, ``merged_shards_equal_single_pass``,
+``batch_size_independence``, ``options_round_trip`` (through a TOML config),
+``float64_state`` and ``non_finite_refused``.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from diffeval.checks.base import CheckResult
-from diffeval.samplers.base import SeedRNG
-from diffeval.schedules import Schedule
+from diffeval.errors import DiffevalError
+from diffeval.metrics.base import DIRECTIONS, Batch, Metric, MetricResult
+from diffeval.samplers.base import StepTimer, describe
+from diffeval.seeds import SeedRNG
 
-__all__ = ["check_sampler", "assert_conforms"]
+__all__ = ["check_sampler", "assert_conforms", "check_metric", "assert_metric_conforms"]
 
 
-def _draw(sampler: Any, seeds: Sequence[int], image_shape: Sequence[int], device: str, cond_fn: Callable[[list[int]], Any] | None) -> torch.Tensor:
+def _draw(sampler: Any, seeds: Sequence[int], image_shape: Sequence[int], device: str, cond_fn: Callable[[list[int]], Any] | None, timer: StepTimer | None = None) -> torch.Tensor:
     rng = SeedRNG(list(seeds), device)
     noise = rng.randn(tuple(image_shape))
     with torch.no_grad():
-        return sampler(noise, cond_fn(list(seeds)) if cond_fn else None, rng=rng)
+        return sampler(noise, cond_fn(list(seeds)) if cond_fn else None, rng=rng, timer=timer if timer is not None else StepTimer())
+
+
+def _attempt(results: list[CheckResult], name: str, threshold: str, fn: Callable[[], tuple[bool, float, str]]) -> None:
+    try:
+        ok, value, message = fn()
+    except Exception as error:  # a conformance suite reports, it does not crash
+        ok, value, message = False, float("nan"), f"raised {type(error).__name__}: {error}"
+    results.append(CheckResult(name, "pass" if ok else "fail", value, threshold, message))
 
 
 def check_sampler(sampler: Any, *, image_shape: Sequence[int], seeds: Sequence[int] = (0, 1, 2, 3), device: str = "cpu", cond_fn: Callable[[list[int]], Any] | None = None, expected_nfe: int | None = None, atol: float = 1e-4) -> list[CheckResult]:
-    """Run the conformance checks; every problem is a failed :class:`CheckResult`, never an exception."""
+    """Run the sampler conformance checks; every problem is a failed :class:`CheckResult`, never an exception."""
     seeds = list(seeds)
     results: list[CheckResult] = []
+    first: dict[str, Any] = {}
 
-    def attempt(name: str, threshold: str, fn: Callable[[], tuple[bool, float, str]]) -> None:
-        try:
-            ok, value, message = fn()
-        except Exception as error:  # a conformance suite reports, it does not crash
-            ok, value, message = False, float("nan"), f"raised {type(error).__name__}: {error}"
-        results.append(CheckResult(name, "pass" if ok else "fail", value, threshold, message))
-
-    first: dict[str, torch.Tensor] = {}
+    def declaration() -> tuple[bool, float, str]:
+        info = describe(sampler)
+        first["info"] = info
+        problems = info.problems()
+        return not problems, float(len(problems)), "; ".join(problems) or f"{info.label()}: schedule {getattr(info.schedule, 'name', None)!r}, prediction {info.prediction!r}, steps {info.steps}"
 
     def shape_and_range() -> tuple[bool, float, str]:
-        out = _draw(sampler, seeds, image_shape, device, cond_fn)
-        first["out"] = out
+        timer = StepTimer()
+        out = _draw(sampler, seeds, image_shape, device, cond_fn, timer)
+        first["out"], first["timer"] = out, timer
         ok = tuple(out.shape) == (len(seeds), *image_shape) and out.is_floating_point() and bool(torch.isfinite(out).all()) and float(out.abs().max()) <= 1 + 1e-3
         return ok, float(out.abs().max()), f"output {tuple(out.shape)} {out.dtype}, max |x| {float(out.abs().max()):.4g}"
 
@@ -65,29 +88,37 @@ def check_sampler(sampler: Any, *, image_shape: Sequence[int], seeds: Sequence[i
         return diff <= atol, diff, f"batches of {half} and {len(seeds) - half} vs one batch of {len(seeds)}: max diff {diff:.3g}"
 
     def nfe() -> tuple[bool, float, str]:
-        run = getattr(sampler, "last_run", None)
-        value = float(getattr(run, "nfe", 0) or 0)
-        ok = value > 0 if expected_nfe is None else value == expected_nfe
-        return ok, value, f"last_run.nfe = {value:g}" + ("" if expected_nfe is None else f" (expected {expected_nfe})")
+        timer = first.get("timer") or StepTimer()
+        if "timer" not in first:
+            _draw(sampler, seeds, image_shape, device, cond_fn, timer)
+        value = float(timer.stats.nfe)
+        info = first.get("info")
+        steps = getattr(info, "steps", None)
+        ok = (value > 0 if expected_nfe is None else value == expected_nfe) and (steps is None or value >= steps)
+        return ok, value, f"the caller's timer counted {value:g} evaluations" + ("" if expected_nfe is None else f" (expected {expected_nfe})") + ("" if steps is None else f", declared steps {steps}")
 
-    def schedule() -> tuple[bool, float, str]:
-        sched, pred = getattr(sampler, "schedule", "missing"), getattr(sampler, "prediction", "missing")
-        ok = (sched is None or isinstance(sched, Schedule)) and pred in (None, "eps", "x0", "v")
-        return ok, float(sched.T) if isinstance(sched, Schedule) else float("nan"), f"schedule {sched!r}, prediction {pred!r}"
+    def timer_used() -> tuple[bool, float, str]:
+        before = {k: id(v) for k, v in vars(sampler).items() if k != "last_run"} if hasattr(sampler, "__dict__") else {}
+        timer = StepTimer()
+        _draw(sampler, seeds[:1], image_shape, device, cond_fn, timer)
+        after = {k: id(v) for k, v in vars(sampler).items() if k != "last_run"} if hasattr(sampler, "__dict__") else {}
+        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+        ok = timer.stats.nfe > 0 and not changed
+        return ok, float(len(changed)), ("reports into the caller's timer; attributes unchanged" if ok else f"timer nfe {timer.stats.nfe}; attributes changed by the call: {changed}")
 
-    def config() -> tuple[bool, float, str]:
-        cfg = sampler.config()
-        ok = isinstance(cfg, dict) and all(isinstance(v, (int, float, str, bool, type(None))) for v in cfg.values())
-        return ok, float(len(cfg)), f"config() = {cfg}"
-
-    attempt("shape_and_range", "float (N, C, H, W) within [-1, 1]", shape_and_range)
+    _attempt(results, "declaration", "describe() -> sound SamplerInfo", declaration)
+    _attempt(results, "shape_and_range", "float (N, C, H, W) within [-1, 1]", shape_and_range)
     if "out" in first:
-        attempt("seed_determinism", "identical", determinism)
-        attempt("batch_size_independence", f"max diff <= {atol:g}", batch_independence)
-    attempt("nfe_counted", "> 0" if expected_nfe is None else f"== {expected_nfe}", nfe)
-    attempt("schedule_exposed", "Schedule or None; eps/x0/v/None", schedule)
-    attempt("config_reported", "dict of plain values", config)
-    return results
+        _attempt(results, "seed_determinism", "identical", determinism)
+        _attempt(results, "batch_size_independence", f"max diff <= {atol:g}", batch_independence)
+    _attempt(results, "nfe_counted", "> 0" if expected_nfe is None else f"== {expected_nfe}", nfe)
+    _attempt(results, "timer_used", "reports into the caller's timer, sampler unchanged", timer_used)
+    return _ordered(results)
+
+
+def _ordered(results: list[CheckResult]) -> list[CheckResult]:
+    order = ["declaration", "shape_and_range", "seed_determinism", "batch_size_independence", "nfe_counted", "timer_used"]
+    return sorted(results, key=lambda r: order.index(r.name))
 
 
 def assert_conforms(sampler: Any, **kwargs: Any) -> None:
@@ -95,3 +126,135 @@ def assert_conforms(sampler: Any, **kwargs: Any) -> None:
     failed = [r for r in check_sampler(sampler, **kwargs) if r.failed]
     if failed:
         raise AssertionError("sampler does not conform:\n" + "\n".join(str(r) for r in failed))
+
+
+# -- metrics ------------------------------------------------------------------------------------------
+def _close(a: MetricResult, b: MetricResult, rtol: float) -> tuple[bool, float]:
+    diff = abs(a.value - b.value) / max(abs(b.value), 1e-300) if a.value != b.value else 0.0
+    same_se = (a.stderr is None and b.stderr is None) or (a.stderr is not None and b.stderr is not None and (math.isclose(a.stderr, b.stderr, rel_tol=max(rtol, 1e-9), abs_tol=1e-12) or (math.isnan(a.stderr) and math.isnan(b.stderr))))
+    return diff <= rtol and same_se and a.n_gen == b.n_gen and a.n_ref == b.n_ref, diff
+
+
+def _fed(make: Callable[[], Metric], batches: Sequence[Batch]) -> Metric:
+    metric = make()
+    for batch in batches:
+        metric.update(batch)
+    return metric
+
+
+def _poisoned(batch: Batch) -> Batch:
+    bad = copy.copy(batch)
+    bad.features = {ex: {k: _nan_first(v) for k, v in layers.items()} for ex, layers in batch.features.items()}
+    if batch.images is not None and batch.images.is_floating_point():
+        bad.images = _nan_first(batch.images)
+    return bad
+
+
+def _nan_first(t: torch.Tensor) -> torch.Tensor:
+    if not t.is_floating_point():
+        return t
+    out = t.clone()
+    out.view(-1)[0] = float("nan")
+    return out
+
+
+def _state_dtypes(value: Any) -> list[torch.dtype]:
+    if torch.is_tensor(value):
+        return [value.dtype] if value.is_floating_point() else []
+    if isinstance(value, (list, tuple)):
+        return [d for v in value for d in _state_dtypes(v)]
+    if hasattr(value, "__dict__") and not isinstance(value, type):
+        return [d for v in vars(value).values() for d in _state_dtypes(v)]
+    return []
+
+
+def check_metric(make: Callable[[], Metric], batches: Sequence[Batch], *, rtol: float = 1e-9) -> list[CheckResult]:
+    """Run the metric conformance checks on ``make()`` fed ``batches`` (at least two); problems are failed results."""
+    from diffeval.options import to_toml, validate_options
+
+    batches = list(batches)
+    results: list[CheckResult] = []
+    ref: dict[str, MetricResult] = {}
+
+    def declaration() -> tuple[bool, float, str]:
+        metric = make()
+        problems = []
+        if metric.direction not in DIRECTIONS:
+            problems.append(f"direction {metric.direction!r} is not one of {DIRECTIONS}")
+        if not isinstance(metric.label, str) or not metric.label:
+            problems.append("no label")
+        if metric.inputs not in ("samples", "data"):
+            problems.append(f"inputs {metric.inputs!r}")
+        unknown = set(metric.config_options()) - {o.name for o in metric.options}
+        if unknown:
+            problems.append(f"config_options() has undeclared keys {sorted(unknown)}")
+        return not problems, float(len(problems)), "; ".join(problems) or f"{metric.label}: {metric.direction} is better"
+
+    def streaming() -> tuple[bool, float, str]:
+        ref["stream"] = _fed(make, batches).compute()
+        one = _fed(make, [Batch.concat(batches)]).compute()
+        ok, diff = _close(ref["stream"], one, rtol)
+        return ok, diff, f"{len(batches)} batches vs one: value {ref['stream'].value:.12g} vs {one.value:.12g}"
+
+    def merged() -> tuple[bool, float, str]:
+        cut = max(1, len(batches) // 2)
+        a, b = _fed(make, batches[:cut]), _fed(make, batches[cut:])
+        a.merge_state(b.state())
+        ok, diff = _close(a.compute(), ref["stream"], rtol)
+        return ok, diff, f"shards of {cut} and {len(batches) - cut} batches merged through state(): relative difference {diff:.3g}"
+
+    def batch_sizes() -> tuple[bool, float, str]:
+        whole = Batch.concat(batches)
+        n = len(whole)
+        sizes = [1, 2] + [3] * ((n - 3) // 3)
+        sizes.append(n - sum(sizes))
+        ok, diff = _close(_fed(make, whole.split([s for s in sizes if s > 0])).compute(), ref["stream"], rtol)
+        return ok, diff, f"batches of 1, 2, 3, ... vs the original split: relative difference {diff:.3g}"
+
+    def round_trip() -> tuple[bool, float, str]:
+        import sys
+
+        metric = make()
+        options = metric.config_options()
+        text = to_toml({"name": metric.name, **options}, "[[metrics]]")
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover
+            import tomli as tomllib
+        table = dict(tomllib.loads(text)["metrics"][0])
+        table.pop("name")
+        back = validate_options(table, type(metric).options, f"metric {metric.name!r}")
+        expected = validate_options({k: v for k, v in options.items() if v is not None}, type(metric).options, f"metric {metric.name!r}")
+        return back == expected, 0.0, "options survive TOML -> config validation" if back == expected else f"{expected} came back as {back}"
+
+    def float64_state() -> tuple[bool, float, str]:
+        metric = _fed(make, batches[:1])
+        dtypes = [d for key in metric.state_keys for d in _state_dtypes(getattr(metric, key))]
+        ok = bool(dtypes) and all(d == torch.float64 for d in dtypes)
+        return ok, float(len(dtypes)), f"state dtypes {sorted({str(d) for d in dtypes})}"
+
+    def non_finite() -> tuple[bool, float, str]:
+        metric = make()
+        try:
+            metric.update(_poisoned(batches[0]))
+            metric.compute()
+        except DiffevalError as error:
+            return True, 0.0, f"refused: {str(error)[:120]}"
+        return False, 1.0, "a NaN input was accepted"
+
+    _attempt(results, "declaration", "direction, label, declared options", declaration)
+    _attempt(results, "streaming_equals_one_shot", f"rel diff <= {rtol:g}", streaming)
+    if "stream" in ref:
+        _attempt(results, "merged_shards_equal_single_pass", f"rel diff <= {rtol:g}", merged)
+        _attempt(results, "batch_size_independence", f"rel diff <= {rtol:g}", batch_sizes)
+    _attempt(results, "options_round_trip", "TOML round trip", round_trip)
+    _attempt(results, "float64_state", "float64", float64_state)
+    _attempt(results, "non_finite_refused", "an error", non_finite)
+    return results
+
+
+def assert_metric_conforms(make: Callable[[], Metric], batches: Sequence[Batch], **kwargs: Any) -> None:
+    """:func:`check_metric`, raising ``AssertionError`` listing every failed check."""
+    failed = [r for r in check_metric(make, batches, **kwargs) if r.failed]
+    if failed:
+        raise AssertionError("metric does not conform:\n" + "\n".join(str(r) for r in failed))

@@ -30,12 +30,12 @@ def worker(rank, world_size, init_file, out_file, mode):
             def broken(x, t, *cond):
                 raise RuntimeError("simulated CUDA error on this rank")
 
-            sampler.model = broken
+            sampler = sampler.replace(model=broken)
         extractor, metrics = metrics_for_demo()
         try:
             result = evaluate_sharded(sampler, seeds=range(32), image_shape=(1, 8, 8), extractors=[extractor], metrics=metrics, batch_size=8)
             if rank == 0:
-                json.dump({"metrics": result.metrics, "n": result.n, "nfe": result.latency.nfe}, open(out_file, "w"), default=str)
+                json.dump({"metrics": {label.split("@")[0]: {"value": r.value, "stderr": r.stderr} for label, r in result.metrics.items()}, "n": result.n, "nfe": result.latency.nfe}, open(out_file, "w"), default=str)
         except RankFailed as error:
             if rank == 0:
                 json.dump({"error": str(error)}, open(out_file, "w"))

@@ -6,9 +6,7 @@ from diffeval.samplers import CallableSampler
 
 
 def noise_sampler(scale: float = 1.0):
-    sampler = CallableSampler(lambda noise, cond: (noise * scale).clamp(-1, 1), name="noise", nfe=1)
-    sampler.image_shape = (1, 8, 8)
-    return sampler
+    return CallableSampler(lambda noise, cond: (noise * scale).clamp(-1, 1), name="noise", nfe=1, image_shape=(1, 8, 8))
 
 
 def dying_sampler(die_at_call: int = 2):
@@ -20,9 +18,7 @@ def dying_sampler(die_at_call: int = 2):
             raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
         return noise.clamp(-1, 1)
 
-    sampler = CallableSampler(fn, name="dying", nfe=1)
-    sampler.image_shape = (1, 8, 8)
-    return sampler
+    return CallableSampler(fn, name="dying", nfe=1, image_shape=(1, 8, 8))
 
 
 def interrupted_sampler():
@@ -34,9 +30,7 @@ def interrupted_sampler():
             raise KeyboardInterrupt
         return noise.clamp(-1, 1)
 
-    sampler = CallableSampler(fn, name="interrupted", nfe=1)
-    sampler.image_shape = (1, 8, 8)
-    return sampler
+    return CallableSampler(fn, name="interrupted", nfe=1, image_shape=(1, 8, 8))
 
 
 def raising_factory():
@@ -45,3 +39,22 @@ def raising_factory():
 
 def torch_version():  # keeps torch imported for the helper module
     return torch.__version__
+
+
+def constant_sampler(level: float = 0.0):
+    """Every image is the constant ``level`` (for metrics whose value is known in closed form)."""
+    return CallableSampler(lambda noise, cond: torch.full_like(noise, level), name="constant", nfe=1, image_shape=(1, 8, 8))
+
+
+def analytic_sampler(steps: int = 10):
+    """The generalized sampler over the exact eps* of N(0, 0.25) data on a 50-step linear schedule (closed-form bits/dim)."""
+    from diffeval import schedules
+    from diffeval.samplers import GeneralizedSampler
+
+    sch = schedules.linear(T=50)
+
+    def eps_star(z, t):
+        ab = sch.alpha_bar[t.long().cpu()].view(-1, 1, 1, 1).to(z.dtype)
+        return (1 - ab).sqrt() * z / (ab * 0.25 + (1 - ab))
+
+    return GeneralizedSampler(eps_star, sch, steps=steps, image_shape=(1, 8, 8))

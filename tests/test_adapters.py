@@ -74,8 +74,8 @@ def test_metrics_checks_and_latency_through_adapters():
     sampler = DiffusersSchedulerSampler(SCHEDULERS["ddim"](), tiny_unet(), num_inference_steps=4)
     metrics = [FID(reference_moments(extractor, n=32), "demo-digits", "features"), InceptionScore("demo-digits", "logits", splits=2)]
     result = evaluate(sampler, seeds=range(32), image_shape=SHAPE, extractors=[extractor], metrics=metrics, batch_size=16)
-    assert np.isfinite(result.metrics["fid"]["fid"]) and result.metrics["fid"]["fid"] > 0
-    assert 1.0 <= result.metrics["inception_score"]["inception_score"] <= 10.0
+    assert np.isfinite(result["fid"].value) and result["fid"].value > 0
+    assert 1.0 <= result["inception_score"].value <= 10.0
     assert result.latency.nfe == 4
     lat = measure_latency(sampler, image_shape=SHAPE, batch_size=2, warmup=1, repeats=2)
     assert lat.nfe == 4 and lat.step_ms_median > 0

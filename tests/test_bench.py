@@ -32,8 +32,7 @@ def test_warmup_is_excluded_and_every_round_draws_fresh_noise():
         seen.append(float(x.sum()))
         return model(x, t, *cond)
 
-    sampler.model = spy
-    measure_latency(sampler, image_shape=(1, 8, 8), batch_size=2, warmup=2, repeats=3)
+    measure_latency(sampler.replace(model=spy), image_shape=(1, 8, 8), batch_size=2, warmup=2, repeats=3)
     first_step_inputs = seen[::2]  # two steps per call
     assert len(first_step_inputs) == 5 and len(set(first_step_inputs)) == 5
 
@@ -41,10 +40,10 @@ def test_warmup_is_excluded_and_every_round_draws_fresh_noise():
 def test_timing_modes():
     noise = seeded_noise(range(2), (1, 8, 8))
     for mode, expect_steps in (("step", 3), ("run", 0), ("off", 0)):
-        s = demo_sampler(steps=3, timing=mode)
-        s(noise)
-        assert len(s.last_run.step_s) == expect_steps and s.last_run.nfe == 3
-        assert (s.last_run.wall_s > 0) == (mode != "off")
+        timer = StepTimer(mode)
+        demo_sampler(steps=3)(noise, timer=timer)
+        assert len(timer.stats.step_s) == expect_steps and timer.stats.nfe == 3
+        assert (timer.stats.wall_s > 0) == (mode != "off")
     with pytest.raises(SamplerError, match="timing mode"):
         StepTimer("sometimes")
 
@@ -64,16 +63,17 @@ def test_bad_input():
 
 
 def test_bench_cli_writes_latency_rows(tmp_path, capsys):
-    assert main(["bench", "--demo", "--steps", "2", "--batch-size", "1", "2", "--repeats", "1", "--warmup", "0", "--out", str(tmp_path)]) == 0
+    assert main(["bench", "demo", "--steps", "2", "--batch-size", "1", "2", "--repeats", "1", "--warmup", "0", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "images/s" in out
     rows = json.loads((tmp_path / "report.json").read_text())["rows"]
     names = {r["name"] for r in rows}
     assert {"step_latency_ms[steps=2,fp32,b1]", "throughput[steps=2,fp32,b2]", "nfe[steps=2,fp32,b1]"} <= names
     assert {r["kind"] for r in rows} == {"latency"}
+    assert {r["direction"] for r in rows} == {"lower", "higher"}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
 def test_bench_cli_cuda_without_gpu(capsys):
-    assert main(["bench", "--demo", "--device", "cuda", "--steps", "2"]) == 2
+    assert main(["bench", "demo", "--device", "cuda", "--steps", "2"]) == 2
     assert "--device cpu" in capsys.readouterr().err

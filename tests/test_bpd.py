@@ -8,7 +8,7 @@ import torch
 
 from diffeval import schedules
 from diffeval.cli import main
-from diffeval.errors import InputError
+from diffeval.errors import ConfigError, InputError, SamplerError
 from diffeval.metrics import Batch
 from diffeval.metrics.bpd import BitsPerDim, discretized_gaussian_log_likelihood, gaussian_decoder_nll, prior_kl, vdm_nll, vdm_weight, vlb_nll
 from diffeval.samplers import SeedRNG
@@ -155,12 +155,12 @@ def test_bpd_metric_batch_size_independent_and_mergeable(demo_parts):
 
     one = run([(0, 48)])
     split = run([(0, 5), (5, 30), (30, 48)])
-    assert split.compute()["bpd"] == pytest.approx(one.compute()["bpd"], rel=1e-6)
+    assert split.compute().value == pytest.approx(one.compute().value, rel=1e-6)
     a, b = run([(0, 20)]), run([(20, 48)])
-    assert a.merge(b).compute()["bpd"] == pytest.approx(one.compute()["bpd"], rel=1e-6)
+    assert a.merge(b).compute().value == pytest.approx(one.compute().value, rel=1e-6)
     out = one.compute()
-    assert out["prior_bpd"] + out["diffusion_bpd"] + out["decoder_bpd"] == pytest.approx(out["bpd"], rel=1e-9)
-    assert 2.0 < out["bpd"] < 8.0 and out["bpd_stderr"] > 0
+    assert out["prior_bpd"] + out["diffusion_bpd"] + out["decoder_bpd"] == pytest.approx(out.value, rel=1e-9)
+    assert 2.0 < out.value < 8.0 and out.stderr > 0 and out.n_ref == 48
 
 
 def test_bpd_bad_input(demo_parts):
@@ -175,11 +175,11 @@ def test_bpd_bad_input(demo_parts):
     def nan_at_high_noise(z, t):
         return torch.where(t.view(-1, 1, 1, 1) > 500, torch.full_like(z, math.nan), torch.zeros_like(z))
 
-    with pytest.raises(InputError, match=r"NaN/inf at training step t=\d+ \(log-SNR"):
+    with pytest.raises(SamplerError, match=r"NaN/inf at training step t=\d+ \(log-SNR"):
         vlb_nll(nan_at_high_noise, sch, x, rng=SeedRNG(range(48)), strata=10)
     with pytest.raises(InputError, match="no differentiable"):
         vdm_nll(model, sch, x, rng=SeedRNG(range(48)))
-    with pytest.raises(InputError, match="unknown option"):
+    with pytest.raises(ConfigError, match=r"\['n_t'\] do not apply to the vlb estimator"):
         BitsPerDim(model, sch, strata=5, n_t=2)
     with pytest.raises(InputError, match="not differentiable"):
         broken = schedules.from_log_snr(schedules.vdm().log_snr, name="kinked", model_times=schedules.vdm().model_times, log_snr_fn=lambda u: -13.3 + 18.3 * u.detach(), model_time_fn=lambda u: u)

@@ -13,7 +13,8 @@ from diffeval.checks.xt_normality import forward_samples
 from diffeval.cli import main
 from diffeval.demo.bundle import demo_sampler, load_denoiser
 from diffeval.demo.data import load_digits
-from diffeval.errors import InputError, ScheduleError
+from diffeval.errors import InputError, SamplerError, ScheduleError
+from diffeval.report import check_row
 
 
 def _by_name(results):
@@ -173,7 +174,7 @@ def test_user_supplied_xt_batch():
 def test_check_result_validation_and_row():
     with pytest.raises(InputError, match="invalid check status"):
         CheckResult("x", "maybe", 1.0, "t", "m")
-    row = CheckResult("x", "warn", 2.0, "<= 1", "fix it").to_row()
+    row = check_row(CheckResult("x", "warn", 2.0, "<= 1", "fix it"))
     assert row["kind"] == "check" and row["status"] == "warn" and json.loads(row["details"])["message"] == "fix it"
 
 
@@ -194,7 +195,7 @@ def test_loss_profile_beats_trivial_predictors(digits):
     assert all(row["eps_mse"] < row["trivial_eps_mse"] for row in rows)
     assert rows[-1]["x0_mse"] < 0.05 * rows[-1]["trivial_x0_mse"]  # high-SNR bucket: x0 well predicted
     assert all(row["vdm_weighted"] > 0 for row in rows)
-    with pytest.raises(InputError, match="NaN/inf at training step"):
+    with pytest.raises(SamplerError, match="NaN/inf at training step"):
         loss_profile(lambda z, t: z * float("nan"), schedules.cosine(), x0, buckets=2, per_bucket=4)
 
 

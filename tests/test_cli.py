@@ -56,4 +56,4 @@ def test_readme_python_example_runs():
     block = re.search(r"## In Python\s+```python\n(.*?)```", readme, re.S).group(1)
     namespace: dict = {}
     exec(compile(block, "README.md", "exec"), namespace)
-    assert 0 < namespace["result"].metrics["fid"]["fid"] < 40
+    assert 0 < namespace["result"]["fid"].value < 40

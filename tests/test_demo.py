@@ -92,7 +92,7 @@ def test_demo_end_to_end(tmp_path):
     assert fid < 0.2 * untrained and fid < 0.2 * noise, (fid, untrained, noise)
     assert int(frame.loc["fid", "n_gen"]) == int(frame.loc["fid", "n_ref"]) == N_HELD_OUT
     assert float(frame.loc["nfe", "value"]) == 20
-    for key in ("csv", "json", "md", "samples", "html", "log_snr_png", "xt_hist_png"):
+    for key in ("csv", "json", "md", "samples", "html", "log_snr_png", "xt_histogram_png", "xt_qq_png"):
         assert paths[key].exists() and paths[key].stat().st_size > 0
     names = [row["name"] for row in json.loads(paths["json"].read_text())["rows"]]
     assert {"fid", "inception_score", "kid", "bpd", "terminal_snr", "xT_mean"} <= set(names)

@@ -27,11 +27,11 @@ def test_two_gloo_ranks_equal_single_process(tmp_path):
     got = _spawn(tmp_path, "ok")
     assert "crash" not in got, got.get("crash")
     extractor, metrics = metrics_for_demo()
-    single = evaluate(demo_sampler(steps=4, eta=1.0), seeds=range(32), image_shape=(1, 8, 8), extractors=[extractor], metrics=metrics, batch_size=8).metrics
+    single = evaluate(demo_sampler(steps=4, eta=1.0), seeds=range(32), image_shape=(1, 8, 8), extractors=[extractor], metrics=metrics, batch_size=8)
     assert got["n"] == 32 and got["nfe"] == 4
-    assert got["metrics"]["fid"]["fid"] == pytest.approx(single["fid"]["fid"], rel=1e-9)
-    assert got["metrics"]["inception_score"]["inception_score"] == pytest.approx(single["inception_score"]["inception_score"], rel=1e-12)
-    assert got["metrics"]["kid"]["kid"] == pytest.approx(single["kid"]["kid"], rel=1e-12)
+    assert got["metrics"]["fid"]["value"] == pytest.approx(single["fid"].value, rel=1e-9)
+    assert got["metrics"]["inception_score"]["value"] == pytest.approx(single["inception_score"].value, rel=1e-12)
+    assert got["metrics"]["kid"]["value"] == pytest.approx(single["kid"].value, rel=1e-12)
 
 
 def test_a_failing_rank_is_named(tmp_path):

@@ -159,7 +159,10 @@ def test_inception_cli_with_explicit_random_weights(tmp_path, capsys):
     np.savez(tmp_path / "b.npz", arr_0=g.randint(0, 128, (12, 16, 16, 3)).astype(np.uint8))
     assert main(["fid", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--weights", str(weights), "--json", "--no-progress", "--batch-size", "6"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["fid"] > 0 and out["features"] == "inception-v3:2048" and out["n_gen"] == 12
+    assert out["fid"] > 0 and out["n_gen"] == 12
+    from diffeval.weights import sha256_file
+
+    assert out["features"] == f"inception-v3[sha256:{sha256_file(weights)[:12]}]:2048"  # the weight file is named in the output
 
 
 # -- CLIP ---------------------------------------------------------------------------------------

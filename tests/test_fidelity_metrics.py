@@ -85,8 +85,8 @@ def test_is_and_kid_streaming_equal_one_shot_and_merge():
     for i, (lo, hi) in enumerate(((0, 17), (17, 40), (40, 60))):
         (a_is if i < 2 else b_is).update(_batch(logits[lo:hi]))
         (a_kid if i < 2 else b_kid).update(_batch(feats[lo:hi]))
-    assert a_is.merge(b_is).compute()["inception_score"] == pytest.approx(one_is.compute()["inception_score"], rel=1e-12)
-    assert a_kid.merge(b_kid).compute()["kid"] == pytest.approx(one_kid.compute()["kid"], rel=1e-12)
+    assert a_is.merge(b_is).compute().value == pytest.approx(one_is.compute().value, rel=1e-12)
+    assert a_kid.merge(b_kid).compute().value == pytest.approx(one_kid.compute().value, rel=1e-12)
     out = KID(ref, "x", "f", subset_size=1000)
     out.update(_batch(feats))
     assert out.compute()["subset_size"] == 50 and out.compute()["subset_size_reduced"] is True
@@ -127,25 +127,27 @@ def test_parity_with_torch_fidelity(inception_file, image_sets):
         feature_extractor_weights_path=str(inception_file), kid_subset_size=20, kid_subsets=50, verbose=False, cache=False, batch_size=16,
     )
     extractor = InceptionV3Extractor(weights=str(inception_file), batch_size=16)
+    assert extractor.key.startswith("inception-v3[sha256:")  # a user weight file is named by its hash in every row
     reference = build_reference(TensorSource(ref), extractor, moment_layers=["2048"], feature_layers=["2048"], batch_size=16)
-    metrics = [FID(reference.moments["2048"], "inception-v3", "2048"), InceptionScore("inception-v3", "logits_unbiased"), KID(reference.features["2048"], "inception-v3", "2048", subsets=50, subset_size=20)]
-    ours = measure(TensorSource(gen), extractors=[extractor], metrics=metrics, batch_size=16)
-    fid_theirs, fid_ours = theirs["frechet_inception_distance"], ours["fid"]["fid"]
+    metrics = [FID(reference.moments["2048"], extractor.key, "2048"), InceptionScore(extractor.key, "logits_unbiased"), KID(reference.features["2048"], extractor.key, "2048", subsets=50, subset_size=20)]
+    out = measure(TensorSource(gen), extractors=[extractor], metrics=metrics, batch_size=16)
+    ours = {m.name: out[m.label] for m in metrics}
+    fid_theirs, fid_ours = theirs["frechet_inception_distance"], ours["fid"].value
     assert fid_ours > 0
     assert abs(fid_ours - fid_theirs) / fid_theirs <= 1e-6, (fid_ours, fid_theirs)
-    assert abs(ours["inception_score"]["inception_score"] - theirs["inception_score_mean"]) / theirs["inception_score_mean"] <= 1e-3
+    assert abs(ours["inception_score"].value - theirs["inception_score_mean"]) / theirs["inception_score_mean"] <= 1e-3
     # torch-fidelity evaluates the KID kernel in float32 (numpy on float32 features); diffeval in float64.
     # End to end the two agree to float32 precision; on the same float64 features, to 1e-6 (the acceptance bar).
-    assert abs(ours["kid"]["kid"] - theirs["kernel_inception_distance_mean"]) / abs(theirs["kernel_inception_distance_mean"]) <= 1e-5, (ours["kid"], theirs)
+    assert abs(ours["kid"].value - theirs["kernel_inception_distance_mean"]) / abs(theirs["kernel_inception_distance_mean"]) <= 1e-5, (ours["kid"], theirs)
     from torch_fidelity.metric_kid import kid_features_to_metric
 
     gen_features = extractor(gen)["2048"].double()
     theirs64 = kid_features_to_metric(gen_features, reference.features["2048"].double(), kid_subsets=50, kid_subset_size=20, verbose=False)
-    assert abs(ours["kid"]["kid"] - theirs64["kernel_inception_distance_mean"]) / abs(theirs64["kernel_inception_distance_mean"]) <= 1e-6
-    assert ours["kid"]["kid_std"] == pytest.approx(theirs64["kernel_inception_distance_std"], rel=1e-6)
+    assert abs(ours["kid"].value - theirs64["kernel_inception_distance_mean"]) / abs(theirs64["kernel_inception_distance_mean"]) <= 1e-6
+    assert ours["kid"].stderr == pytest.approx(theirs64["kernel_inception_distance_std"], rel=1e-6)
     # batch-size independence of the features (and so of every metric)
-    again = measure(TensorSource(gen), extractors=[InceptionV3Extractor(weights=str(inception_file), batch_size=7)], metrics=[FID(reference.moments["2048"], "inception-v3", "2048")], batch_size=5)
-    assert again["fid"]["fid"] == pytest.approx(fid_ours, rel=1e-6)
+    again = measure(TensorSource(gen), extractors=[InceptionV3Extractor(weights=str(inception_file), batch_size=7)], metrics=[FID(reference.moments["2048"], extractor.key, "2048")], batch_size=5)
+    assert next(iter(again.values())).value == pytest.approx(fid_ours, rel=1e-6)
 
 
 def test_inception_grayscale_is_repeated_and_bad_input_refused(inception_file):

@@ -135,14 +135,14 @@ def test_sweep_rows_and_plot(tmp_path):
     frame = out.report.to_frame()
     fids = frame[frame["name"] == "fid"].set_index("knob_value")["value"]
     assert list(fids.index) == [2.0, 8.0] and fids[8.0] < fids[2.0]
-    assert out.paths["sweep_fid_png"].stat().st_size > 5000
+    assert out.paths["sweep_fid_demo-digits_features_png"].stat().st_size > 5000
 
 
 # -- gate ----------------------------------------------------------------------------------------
 def _report(path, fid=12.0, fid_se=None, clip=30.0, n=1000, extractor="inception-v3:2048", check="pass", extra=()):
     rows = [
-        make_row("fid", "metric", fid, stderr=fid_se, n_gen=n, n_ref=n, extractor=extractor),
-        make_row("clip_score", "metric", clip, stderr=0.2, n_gen=n, extractor="clip:ViT-B-32"),
+        make_row("fid", "metric", fid, stderr=fid_se, n_gen=n, n_ref=n, extractor=extractor, direction="lower"),
+        make_row("clip_score", "metric", clip, stderr=0.2, n_gen=n, extractor="clip:ViT-B-32", direction="higher"),
         make_row("terminal_snr", "check", 1e-5, status=check),
         *extra,
     ]
@@ -184,7 +184,7 @@ def test_gate_errors_exit_2(tmp_path, capsys):
     assert main(["gate", "--baseline", str(base), "--candidate", str(base), "--rules", str(wrong_way)]) == 2
     assert 'write fid = "+2%"' in capsys.readouterr().err
     failed_run = tmp_path / "failed"
-    Report([make_row("fid", "metric", 1.0, n_gen=1000, n_ref=1000, extractor="inception-v3:2048"), make_row("run_error", "check", float("nan"), status="fail", details={"stage": "sampling"})], {}).write(failed_run)
+    Report([make_row("fid", "metric", 1.0, n_gen=1000, n_ref=1000, extractor="inception-v3:2048", direction="lower"), make_row("run_error", "check", float("nan"), status="fail", details={"stage": "sampling"})], {}).write(failed_run)
     assert main(["gate", "--baseline", str(base), "--candidate", str(failed_run / "report.json")]) == 2
     with pytest.raises(SystemExit) as info:
         main(["gate", "--baseline", str(base), "--candidat", str(base)])
@@ -204,12 +204,26 @@ def test_gate_defaults_junit_and_step_summary(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
 
 
-def test_gate_refuses_different_world_sizes(tmp_path, capsys):
-    rows = [make_row("fid", "metric", 12.0, n_gen=1000, n_ref=1000, extractor="inception-v3:2048")]
+def test_gate_compares_quality_but_not_latency_across_world_sizes(tmp_path, capsys):
+    rows = [make_row("fid", "metric", 12.0, n_gen=1000, n_ref=1000, extractor="inception-v3:2048", direction="lower"), make_row("throughput", "latency", 50.0, direction="higher")]
     Report(rows, {"world_size": 1}).write(tmp_path / "one")
     Report(rows, {"world_size": 2}).write(tmp_path / "two")
-    assert main(["gate", "--baseline", str(tmp_path / "one" / "report.json"), "--candidate", str(tmp_path / "two" / "report.json")]) == 2
+    one, two = str(tmp_path / "one" / "report.json"), str(tmp_path / "two" / "report.json")
+    assert main(["gate", "--baseline", one, "--candidate", two]) == 0  # the default gate holds metric rows only
+    capsys.readouterr()
+    rules = _write(tmp_path, "lat.toml", '[relative]\nthroughput = "-5%"\n')
+    assert main(["gate", "--baseline", one, "--candidate", two, "--rules", str(rules)]) == 2
     assert "different world sizes" in capsys.readouterr().err
+
+
+def test_gate_fails_closed_on_an_undirected_metric(tmp_path, capsys):
+    """A metric row the gate cannot direct is exit 2 naming it (it used to be skipped: a 10x worse cmmd passed)."""
+    base = tmp_path / "b"
+    cand = tmp_path / "c"
+    Report([make_row("cmmd", "metric", 0.1, n_gen=100, extractor="clip:x")], {}).write(base)
+    Report([make_row("cmmd", "metric", 1.0, n_gen=100, extractor="clip:x")], {}).write(cand)
+    assert main(["gate", "--baseline", str(base / "report.json"), "--candidate", str(cand / "report.json")]) == 2
+    assert "cannot direct metric row(s) ['cmmd']" in capsys.readouterr().err
 
 
 def test_reference_statistics_checked_before_sampling(tmp_path, capsys):

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from diffeval import schedules
-from diffeval.errors import SamplerError
-from diffeval.samplers import CallableSampler, GeneralizedSampler, SeedRNG, seeded_noise, to_x0_eps
+from diffeval.denoiser import to_x0_eps
+from diffeval.errors import ConfigError, SamplerError
+from diffeval.samplers import CallableSampler, GeneralizedSampler, SeedRNG, StepTimer, seeded_noise
 
 S2 = 0.25  # data variance of the 1-D Gaussian toy
 
@@ -161,7 +162,6 @@ def test_zero_terminal_snr_needs_v_prediction():
         ({"eta": 1.5}, "eta out of range"),
         ({"steps": 0}, "steps out of range"),
         ({"steps": 1001}, "steps out of range"),
-        ({"prediction": "score"}, "unknown prediction"),
         ({"spacing": "uniform"}, "spacing"),
         ({"churn": -1.0}, "churn"),
     ],
@@ -170,6 +170,42 @@ def test_bad_knobs(kwargs, match):
     with pytest.raises(SamplerError, match=match) as info:
         GeneralizedSampler(TinyNet(), schedules.linear(), **kwargs)
     assert "Fix:" in str(info.value)
+
+
+def test_unknown_prediction_is_one_error_type_everywhere():
+    """The prediction type is validated in one place (diffeval.denoiser) with one exception type."""
+    from diffeval.checks import check_snr_endpoints, check_terminal_eps_variance
+    from diffeval.metrics.bpd import BitsPerDim, vlb_nll
+
+    sch = schedules.linear(T=10)
+    x = torch.zeros(2, 1, 2, 2, dtype=torch.float64)
+    calls = [
+        lambda: GeneralizedSampler(TinyNet(), sch, prediction="score"),
+        lambda: CallableSampler(lambda n, c: n, prediction="score"),
+        lambda: BitsPerDim(TinyNet(), sch, "score"),
+        lambda: vlb_nll(TinyNet(), sch, x, "score", rng=SeedRNG([0, 1])),
+        lambda: check_snr_endpoints(sch, prediction="score"),
+        lambda: check_terminal_eps_variance(TinyNet(), sch, x, "score"),
+    ]
+    for call in calls:
+        with pytest.raises(ConfigError, match="unknown prediction type") as info:
+            call()
+        assert "Fix:" in str(info.value)
+
+
+def test_the_caller_owns_the_timer_and_the_sampler_is_not_modified():
+    sampler = GeneralizedSampler(TinyNet(), schedules.linear(), steps=4, timing="off")
+    before = dict(vars(sampler))
+    timer = StepTimer("step")
+    sampler(seeded_noise(range(2), (1, 4, 4)), timer=timer)
+    assert timer.stats.nfe == 4 and len(timer.stats.step_s) == 4  # the caller's mode, not the sampler's default
+    assert {k: id(v) for k, v in vars(sampler).items() if k != "last_run"} == {k: id(v) for k, v in before.items() if k != "last_run"}
+    info = sampler.describe()
+    assert info.steps == 4 and info.prediction == "eps" and info.indices == tuple(int(i) for i in sampler.indices) and info.guidance and not info.problems()
+    faster = sampler.replace(steps=2)
+    assert faster.steps == 2 and sampler.steps == 4 and faster.model is sampler.model
+    with pytest.raises(SamplerError, match="unknown knob"):
+        sampler.replace(stepz=3)
 
 
 def test_model_wrong_shape_or_nan():

@@ -1,19 +1,34 @@
-"""Checks: named verdicts with a value, a threshold and the fix."""
+"""Checks: named verdicts with a value, a threshold and the fix (the contract is :mod:`diffeval.checks.base`).
 
-from diffeval.checks.base import STATUSES, CheckResult, worst
-from diffeval.checks.snr_endpoints import check_snr_endpoints, terminal_kl_bits
-from diffeval.checks.training import check_terminal_eps_variance, loss_profile, saturation_by_guidance
-from diffeval.checks.xt_normality import check_xt_batch, check_xt_normality, preprocessing
+Importing this package registers the built-in checks in :data:`CHECKS`.
+"""
+
+from diffeval.checks.base import CHECKS, NEEDS, STATUSES, Check, CheckContext, CheckOutcome, CheckResult, Figure, register_check, run_check, worst
+from diffeval.checks.snr_endpoints import SnrEndpoints, check_snr_endpoints, terminal_kl_bits
+from diffeval.checks.training import Saturation, TerminalEpsVariance, check_terminal_eps_variance, loss_profile, saturation_by_guidance
+from diffeval.checks.xt_normality import XtNormality, check_xt_batch, check_xt_normality, preprocessing
 
 __all__ = [
+    "CHECKS",
+    "NEEDS",
     "STATUSES",
+    "Check",
+    "CheckContext",
+    "CheckOutcome",
     "CheckResult",
+    "Figure",
+    "Saturation",
+    "SnrEndpoints",
+    "TerminalEpsVariance",
+    "XtNormality",
     "check_snr_endpoints",
     "check_terminal_eps_variance",
     "check_xt_batch",
     "check_xt_normality",
     "loss_profile",
     "preprocessing",
+    "register_check",
+    "run_check",
     "saturation_by_guidance",
     "terminal_kl_bits",
     "worst",

@@ -32,10 +32,11 @@ import numpy as np
 import torch
 
 from diffeval import schedules as _schedules
-from diffeval.checks.base import CheckResult
+from diffeval.checks.base import Check, CheckContext, CheckOutcome, CheckResult, Figure, register_check
+from diffeval.denoiser import check_prediction
 from diffeval.errors import ConfigError, InputError, ScheduleError, explain
 
-__all__ = ["check_snr_endpoints", "terminal_kl_bits", "B2_PASS_BITS", "B2_WARN_BITS", "B3_MIN_LOG_SNR", "B3_MAX_LOG_SNR"]
+__all__ = ["check_snr_endpoints", "terminal_kl_bits", "SnrEndpoints", "BANDS", "B2_PASS_BITS", "B2_WARN_BITS", "B3_MIN_LOG_SNR", "B3_MAX_LOG_SNR"]
 
 B2_PASS_BITS = 1e-3
 B2_WARN_BITS = 1e-2
@@ -155,8 +156,7 @@ def _spacing(lam: np.ndarray, steps: int, spacing: str) -> CheckResult:
 
 def check_snr_endpoints(schedule: Any, prediction: str | None = None, steps: int | None = None, spacing: str | None = None) -> list[CheckResult]:
     """B1–B3, zero-terminal-SNR × prediction, and (when ``steps``/``spacing`` are given) the sampler spacing."""
-    if prediction is not None and prediction not in ("eps", "x0", "v"):
-        raise InputError(explain("unknown prediction type", expected="eps, x0 or v", got=repr(prediction), fix="say what the model outputs"))
+    check_prediction(prediction, allow_none=True)
     lam, name = _log_snr_from(schedule)
     if lam.size < 2:
         raise InputError(explain("a schedule needs at least 2 steps to be checked", expected="T >= 2", got=f"T = {lam.size}", fix="pass the full training schedule"))
@@ -171,3 +171,34 @@ def check_snr_endpoints(schedule: Any, prediction: str | None = None, steps: int
     if steps is not None:
         results.append(_spacing(lam, int(steps), str(spacing)))
     return results
+
+
+def _bands() -> Any:
+    from diffeval.plots import LogSnrBands
+
+    # log-SNR_T at which the worst-case prior KL 0.5 log2(1 + SNR_T) reaches the pass / warn bits (THEORY.md §2)
+    return LogSnrBands(math.log(2 ** (2 * B2_PASS_BITS) - 1), math.log(2 ** (2 * B2_WARN_BITS) - 1), B3_MIN_LOG_SNR, B3_MAX_LOG_SNR)
+
+
+BANDS = _bands()
+
+
+@register_check
+class SnrEndpoints(Check):
+    """B1–B3, zero terminal SNR × prediction type, and the sampler's spacing, on the subject's declared schedule; plots the log-SNR curve."""
+
+    name = "snr_endpoints"
+    needs = ("schedule",)
+
+    def run(self, ctx: CheckContext) -> CheckOutcome:
+        info = ctx.info
+        spaced = info.steps is not None and info.spacing is not None
+        results = check_snr_endpoints(info.schedule, prediction=info.prediction, steps=info.steps if spaced else None, spacing=info.spacing if spaced else None)
+        first = int(_schedules.sampling_indices(info.schedule.T, info.steps, info.spacing)[0]) + 1 if spaced else None
+
+        def draw(path: Any) -> Any:
+            from diffeval.plots import plot_log_snr
+
+            return plot_log_snr(info.schedule, path, BANDS, first)
+
+        return CheckOutcome(results, [Figure("log_snr", draw)])

@@ -21,21 +21,23 @@ from typing import Any
 
 import torch
 
-from diffeval.checks.base import CheckResult
+from diffeval.checks.base import Check, CheckContext, CheckOutcome, CheckResult, register_check
+from diffeval.checks.xt_normality import PREPROCESSINGS, load_model_inputs
+from diffeval.denoiser import Denoiser, check_prediction
 from diffeval.errors import InputError, explain
-from diffeval.samplers.base import SeedRNG
-from diffeval.samplers.generic import PREDICTIONS, to_x0_eps
+from diffeval.options import Option
+from diffeval.samplers.base import StepTimer
 from diffeval.schedules import Schedule
+from diffeval.seeds import SeedRNG
 
-__all__ = ["loss_profile", "check_terminal_eps_variance", "saturation_by_guidance", "SATURATION_WARN", "SATURATION_FAIL"]
+__all__ = ["loss_profile", "check_terminal_eps_variance", "saturation_by_guidance", "SATURATION_WARN", "SATURATION_FAIL", "TerminalEpsVariance", "Saturation", "LABEL_RULES"]
 
 SATURATION_WARN = 0.05
 SATURATION_FAIL = 0.25
 
 
 def _check_inputs(x0: torch.Tensor, prediction: str) -> None:
-    if prediction not in PREDICTIONS:
-        raise InputError(explain("unknown prediction type", expected=" / ".join(PREDICTIONS), got=repr(prediction), fix="say what the model outputs"))
+    check_prediction(prediction)
     if not torch.is_tensor(x0) or x0.ndim != 4 or x0.shape[0] == 0:
         raise InputError(explain("data must be a non-empty NCHW tensor in model space", expected="(N, C, H, W)", got=f"{tuple(x0.shape) if torch.is_tensor(x0) else type(x0).__name__}", fix="pass preprocessed training images"))
     if not bool(torch.isfinite(x0).all()):
@@ -43,25 +45,11 @@ def _check_inputs(x0: torch.Tensor, prediction: str) -> None:
 
 
 def _predict(model: Callable[..., torch.Tensor], prediction: str, x0: torch.Tensor, index: torch.Tensor, schedule: Schedule, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(eps, eps_hat, x0_hat) for x0 noised at training indices ``index`` (one per sample)."""
-    alpha = schedule.alpha[index].view(-1, 1, 1, 1)
-    sigma = schedule.sigma[index].view(-1, 1, 1, 1)
+    """(eps, eps_hat, x0_hat, z) for x0 noised at training indices ``index`` (one per sample)."""
+    denoiser = Denoiser(model, schedule, prediction)
     eps = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
-    z = alpha * x0.double() + sigma * eps
-    device = next((p.device for p in getattr(model, "parameters", lambda: iter(()))()), torch.device("cpu"))
-    with torch.no_grad():
-        out = model(z.float().to(device), schedule.model_times[index].float().to(device)).double().cpu()
-    if out.shape != z.shape:
-        raise InputError(explain("model output has the wrong shape", expected=f"{tuple(z.shape)}", got=f"{tuple(out.shape)}", fix="the model must return one prediction per pixel"))
-    bad = ~torch.isfinite(out).flatten(1).all(1)
-    if bool(bad.any()):
-        i = int(torch.nonzero(bad)[0, 0])
-        t = int(index[i])
-        raise InputError(explain(f"model returned NaN/inf at training step t={t + 1} (log-SNR {float(schedule.log_snr[t]):.4g})", expected="finite predictions", got=f"{int(bad.sum())} bad samples", fix="check the weights and the model's time input convention"))
-    x0_hat = torch.empty_like(z)
-    eps_hat = torch.empty_like(z)
-    for j in range(z.shape[0]):
-        x0_hat[j], eps_hat[j] = to_x0_eps(prediction, out[j], z[j], float(alpha[j]), float(sigma[j]))
+    z = denoiser.noised(x0, index, eps)
+    x0_hat, eps_hat = denoiser.predict(z, index)
     return eps, eps_hat, x0_hat, z
 
 
@@ -124,21 +112,69 @@ def check_terminal_eps_variance(model: Callable[..., torch.Tensor], schedule: Sc
 def saturation_by_guidance(make_sampler: Callable[[float], Any], scales: Sequence[float], seeds: Sequence[int], image_shape: Sequence[int], cond_fn: Callable[[list[int]], Any] | None = None, device: str = "cpu") -> list[CheckResult]:
     """Fraction of x0_hat outside [-1, 1] during sampling, one check per guidance scale.
 
-    ``make_sampler(scale)`` builds a sampler that records ``last_run.x0_outside``
-    (the built-in :class:`~diffeval.samplers.GeneralizedSampler` does).
+    ``make_sampler(scale)`` builds a sampler that records ``x0_outside`` in the timer it
+    is passed (the built-in :class:`~diffeval.samplers.GeneralizedSampler` does).
     """
     results = []
     seeds = list(seeds)
     for scale in scales:
         sampler = make_sampler(float(scale))
         rng = SeedRNG(seeds, device)
-        sampler(rng.randn(tuple(image_shape)), cond_fn(seeds) if cond_fn else None, rng=rng)
-        fraction = getattr(sampler.last_run, "x0_outside", float("nan"))
+        timer = StepTimer("off")
+        sampler(rng.randn(tuple(image_shape)), cond_fn(seeds) if cond_fn else None, rng=rng, timer=timer)
+        fraction = timer.stats.x0_outside
         if fraction is None or math.isnan(fraction):
-            raise InputError(explain("sampler does not report x0 saturation", expected="last_run.x0_outside", got="nothing", fix="use GeneralizedSampler or record x0_outside in your adapter"))
+            raise InputError(explain("sampler does not report x0 saturation", expected="timer.stats.x0_outside set by the sampler", got="nothing", fix="use GeneralizedSampler or record x0_outside in your adapter's timer stats"))
         status = "pass" if fraction <= SATURATION_WARN else "warn" if fraction <= SATURATION_FAIL else "fail"
         msg = f"{100 * fraction:.2f}% of predicted x0 values leave [-1.1, 1.1] at guidance {scale:g}."
         if status != "pass":
             msg += " Over-guidance pushes predictions off the data range (washed-out, saturated images). Fix: lower the guidance scale, or use dynamic thresholding / CFG rescale."
         results.append(CheckResult(f"x0_saturation[guidance={scale:g}]", status, fraction, f"<= {SATURATION_WARN:.0%} (fail > {SATURATION_FAIL:.0%})", msg))
     return results
+
+
+@register_check
+class TerminalEpsVariance(Check):
+    """Variance of the model's predicted noise at t = T on real data (~1 for a healthy model)."""
+
+    name = "terminal_eps_variance"
+    needs = ("schedule", "model", "prediction")
+    options = (
+        Option("data", str, doc="training-like images: a folder, an .npz image batch or a registered data set ('name:split')"),
+        Option("preprocess", str, "signed", "uint8 -> model input: signed x/127.5-1, unit x/255, raw 0-255", choices=tuple(PREPROCESSINGS)),
+        Option("n", int, 512, "samples drawn (with replacement) from the data", minimum=2),
+    )
+
+    def run(self, ctx: CheckContext) -> CheckOutcome:
+        o = self.settings
+        x0 = load_model_inputs(ctx, o["data"], o["preprocess"], 4096)
+        return CheckOutcome([check_terminal_eps_variance(ctx.info.model, ctx.info.schedule, x0, ctx.info.prediction, n=o["n"], seed=ctx.seed)])
+
+
+LABEL_RULES = ("run", "seed_mod_10")
+
+
+@register_check
+class Saturation(Check):
+    """x0_hat saturation during guided sampling, one verdict per guidance scale (the over-guidance symptom)."""
+
+    name = "saturation"
+    needs = ("sampler", "guidance")
+    options = (
+        Option("scales", list, [1.0, 3.0, 8.0], "guidance scales to sample at", item=float),
+        Option("n", int, 64, "samples per scale", minimum=1),
+        Option("steps", int, 25, "sampling steps (at most the run's own)", minimum=1),
+        Option("cond", str, "run", "condition of the guided samples: the run's [cond], or class labels seed mod 10", choices=LABEL_RULES),
+    )
+
+    def run(self, ctx: CheckContext) -> CheckOutcome:
+        o = self.settings
+        if o["cond"] == "seed_mod_10":
+            cond_fn = lambda seeds: torch.tensor([s % 10 for s in seeds], device=ctx.device)  # noqa: E731
+        elif ctx.cond_fn is None:
+            return CheckOutcome([CheckResult(self.name, "skip", float("nan"), "needs a condition", "skipped: guidance acts only on conditional samples and the run has no [cond]; set [cond] or cond = 'seed_mod_10' in this check")])
+        else:
+            cond_fn = ctx.cond_fn
+        steps = min(ctx.info.steps or o["steps"], o["steps"])
+        results = saturation_by_guidance(lambda w: ctx.make_sampler({"guidance_scale": w, "steps": steps}), o["scales"], range(ctx.seed, ctx.seed + o["n"]), ctx.image_shape, cond_fn=cond_fn, device=ctx.device)  # type: ignore[misc,arg-type]
+        return CheckOutcome(results)

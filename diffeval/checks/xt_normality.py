@@ -38,11 +38,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffeval.checks.base import CheckResult
+from diffeval.checks.base import Check, CheckContext, CheckOutcome, CheckResult, Figure, register_check
 from diffeval.errors import InputError, explain
+from diffeval.options import Option
+from diffeval.quantize import dequantize
 from diffeval.schedules import Schedule
 
-__all__ = ["check_xt_normality", "check_xt_batch", "forward_samples", "MIN_SCALARS", "PREPROCESSINGS", "preprocessing"]
+__all__ = ["check_xt_normality", "check_xt_batch", "forward_samples", "MIN_SCALARS", "PREPROCESSINGS", "preprocessing", "XtNormality", "load_model_inputs"]
 
 MIN_SCALARS = 20_000
 ALPHA_TEST = 1e-3
@@ -53,7 +55,7 @@ MOMENT_TOL = 0.05
 
 
 def _signed(u8: torch.Tensor) -> torch.Tensor:
-    return u8.float() / 127.5 - 1.0
+    return dequantize(u8)
 
 
 def _unit(u8: torch.Tensor) -> torch.Tensor:
@@ -217,3 +219,42 @@ def check_xt_batch(x_T: torch.Tensor, alpha_bar_T: float = 0.0) -> list[CheckRes
     if not 0.0 <= alpha_bar_T < 1.0:
         raise InputError(explain("alpha_bar_T out of range", expected="0 <= alpha_bar_T < 1", got=repr(alpha_bar_T), fix="pass schedule.alpha_bar[-1]"))
     return [*_moments(x, alpha_bar_T), *_reference_tests(x), *_radius_and_correlation(x, alpha_bar_T)]
+
+
+def load_model_inputs(ctx: CheckContext, spec: str, preprocess: str, limit: int) -> torch.Tensor:
+    """The first ``limit`` images of ``spec`` mapped to model space by the named preprocessing."""
+    source = ctx.open_data(spec)  # type: ignore[misc]
+    return preprocessing(preprocess)(source.load(range(min(len(source), limit))))
+
+
+@register_check
+class XtNormality(Check):
+    """The forward process run on real data through the stated preprocessing: does it end at N(0, I)? Plots x_T's histogram and QQ plot."""
+
+    name = "xt_normality"
+    needs = ("schedule",)
+    options = (
+        Option("data", str, doc="training-like images: a folder, an .npz image batch or a registered data set ('name:split')"),
+        Option("preprocess", str, "signed", "uint8 -> model input: signed x/127.5-1, unit x/255, raw 0-255", choices=tuple(PREPROCESSINGS)),
+        Option("n", int, 4096, "use at most this many images", minimum=1),
+    )
+
+    def run(self, ctx: CheckContext) -> CheckOutcome:
+        o = self.settings
+        x0 = load_model_inputs(ctx, o["data"], o["preprocess"], o["n"])
+        schedule = ctx.info.schedule
+        results = check_xt_normality(x0, schedule, seed=ctx.seed)
+        x_T = forward_samples(x0.double(), schedule, ctx.seed).x_T  # noqa: N806
+        title = f"x_T of {o['data']} ({o['preprocess']}) under {schedule.name}"
+
+        def hist(path: Any) -> Any:
+            from diffeval.plots import plot_xt_histogram
+
+            return plot_xt_histogram(x_T, path, title=title)
+
+        def qq(path: Any) -> Any:
+            from diffeval.plots import plot_qq
+
+            return plot_qq(x_T, path)
+
+        return CheckOutcome(results, [Figure("xt_histogram", hist), Figure("xt_qq", qq)])

@@ -2,7 +2,8 @@
 
 Weights ship inside the package (``diffeval/demo/weights``), were produced by
 ``python -m diffeval.demo.train``, and are verified by SHA-256 and loaded with
-``torch.load(weights_only=True)`` before use.
+``torch.load(weights_only=True)`` before use. :mod:`diffeval.demo.plugin` registers
+the sampler factory (``demo``) and the extractor (``demo-digits``) defined here.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import torch
 from diffeval import schedules
 from diffeval.demo.networks import DigitsClassifier, DigitsDenoiser
 from diffeval.errors import InputError, explain
-from diffeval.features import to_uint8
-from diffeval.samplers import GeneralizedSampler
+from diffeval.features import weights_tag
+from diffeval.quantize import dequantize, to_uint8
+from diffeval.samplers.generic import GeneralizedSampler
 from diffeval.weights import load_state_dict
 
 __all__ = [
@@ -70,9 +72,7 @@ def load_classifier(path: str | Path | None = None, sha256: str | None = None, d
 def demo_sampler(steps: int = 50, eta: float = 0.0, device: str | torch.device = "cpu", model: torch.nn.Module | None = None, **knobs: object) -> GeneralizedSampler:
     """The generalized sampler over the bundled denoiser (or ``model``, e.g. an untrained one)."""
     net = load_denoiser(device=device) if model is None else model.to(device).eval()
-    sampler = GeneralizedSampler(net, schedules.get(DEMO_SCHEDULE), prediction=DEMO_PREDICTION, steps=steps, eta=eta, **knobs)  # type: ignore[arg-type]
-    sampler.image_shape = IMAGE_SHAPE  # type: ignore[attr-defined]
-    return sampler
+    return GeneralizedSampler(net, schedules.get(DEMO_SCHEDULE), prediction=DEMO_PREDICTION, steps=steps, eta=eta, image_shape=IMAGE_SHAPE, **knobs)  # type: ignore[arg-type]
 
 
 class DigitsFeatureExtractor:
@@ -80,12 +80,15 @@ class DigitsFeatureExtractor:
 
     name = "demo-digits"
     layers = {"features": DigitsClassifier.FEATURE_DIM, "logits": 10}
-    default_layers = {"fid": "features", "kid": "features", "is": "logits"}
+    default_layers = {"fid": "features", "kid": "features", "inception_score": "logits"}
     channels = 1
 
-    def __init__(self, device: str | torch.device = "cpu", classifier: DigitsClassifier | None = None) -> None:
+    def __init__(self, device: str | torch.device = "cpu", classifier: DigitsClassifier | None = None, weights: str | None = None) -> None:
         self.device = torch.device(device)
-        self.net = (classifier if classifier is not None else load_classifier()).to(self.device).eval()
+        if classifier is None:
+            classifier = load_classifier() if weights is None else load_classifier(weights, sha256=None)
+        self.net = classifier.to(self.device).eval()
+        self.key = self.name + weights_tag(weights, weights is None)
 
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         u8 = to_uint8(images)
@@ -93,7 +96,7 @@ class DigitsFeatureExtractor:
             raise InputError(
                 explain("demo-digits extractor got images of the wrong size", expected=f"(N, {', '.join(map(str, IMAGE_SHAPE))})", got=f"{tuple(u8.shape)}", fix="use 1x8x8 digit images")
             )
-        x = u8.to(self.device).float() / 127.5 - 1.0
+        x = dequantize(u8.to(self.device))
         with torch.no_grad():
             features, logits = self.net.features_and_logits(x)
         return {"features": features, "logits": logits}

@@ -15,9 +15,11 @@ import numpy as np
 import torch
 
 from diffeval.errors import ConfigError, explain
+from diffeval.quantize import dequantize
+from diffeval.sources import TensorSource
 from diffeval.weights import verify_sha256
 
-__all__ = ["Digits", "load_digits", "DIGITS_SHA256", "N_HELD_OUT", "SPLITS"]
+__all__ = ["Digits", "load_digits", "digits_source", "DIGITS_SHA256", "N_HELD_OUT", "SPLITS"]
 
 DIGITS_SHA256 = "8643566e0abb0749bdc0a5b2422d5561c20291546427c01449b417a5a9e3b17a"
 N_HELD_OUT = 360
@@ -31,7 +33,7 @@ class Digits:
 
     def as_float(self) -> torch.Tensor:
         """Images in [-1, 1]: ``u8 / 127.5 - 1``."""
-        return self.images.float() / 127.5 - 1.0
+        return dequantize(self.images)
 
 
 def load_digits(split: str = "all") -> Digits:
@@ -51,3 +53,9 @@ def load_digits(split: str = "all") -> Digits:
     else:
         order = np.arange(len(images))
     return Digits(images=torch.from_numpy(images[order].copy()), labels=torch.from_numpy(labels[order].copy()))
+
+
+def digits_source(split: str | None = None) -> TensorSource:
+    """The digits as an image source (``digits`` = all, ``digits:train``, ``digits:test``): the ``digits`` data set."""
+    split = split or "all"
+    return TensorSource(load_digits(split).images, name=f"digits:{split}")

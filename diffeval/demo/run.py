@@ -9,6 +9,8 @@ model would reach). Writes the report, an HTML page and a PNG grid of samples.
 
 from __future__ import annotations
 
+import argparse
+import sys
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -16,26 +18,23 @@ from typing import Any
 
 import torch
 
-from diffeval.config import RunConfig, load_config
-from diffeval.demo.bundle import DEMO_PREDICTION, DEMO_SCHEDULE, IMAGE_SHAPE, DigitsFeatureExtractor, demo_sampler, load_denoiser
-from diffeval.demo.data import load_digits
+from diffeval.config import CheckSpec, RunConfig, load_config
+from diffeval.demo.bundle import IMAGE_SHAPE, DigitsFeatureExtractor, demo_sampler
+from diffeval.demo.data import digits_source, load_digits
 from diffeval.demo.networks import DigitsDenoiser
-from diffeval.errors import ConfigError, explain
+from diffeval.errors import ConfigError, ExitCode, explain
 from diffeval.evaluate import EvaluationResult, evaluate, measure, resolve_device
-from diffeval.metrics import FID
-from diffeval.metrics.bpd import BitsPerDim
+from diffeval.metrics.fid import FID
 from diffeval.references import build_reference
 from diffeval.report import Report, make_row
-from diffeval.runner import run_config
-from diffeval.samplers import CallableSampler
-from diffeval.samplers.base import Sampler
+from diffeval.runner import RunFailed, run_config
+from diffeval.samplers.callable import CallableSampler
 from diffeval.sources import TensorSource
 from diffeval.stats import FeatureMoments
 
-__all__ = ["DemoConfig", "BUGS", "demo_config", "demo_config_path", "run_demo", "reference_moments", "demo_bpd"]
+__all__ = ["DemoConfig", "BUGS", "demo_config", "demo_config_path", "run_demo", "reference_moments", "add_arguments", "command"]
 
 LAYER = "features"
-EXTRACTOR = "demo-digits"
 BUGS = ("raw-pixels",)
 
 
@@ -62,34 +61,18 @@ def demo_config(cfg: DemoConfig) -> RunConfig:
     if cfg.bug is not None and cfg.bug not in BUGS:
         raise ConfigError(explain("unknown demo bug", expected=" / ".join(BUGS), got=repr(cfg.bug), fix="use --bug raw-pixels"))
     base = load_config(demo_config_path())
-    checks = {k: dict(v) for k, v in base.checks.items()}
-    if cfg.bug == "raw-pixels":
-        for name in ("xt_normality", "terminal_eps_variance"):
-            checks[name]["preprocess"] = "raw"
-    sampler = replace(base.sampler, kwargs={**base.sampler.kwargs, "steps": cfg.steps, "eta": cfg.eta})
+    checks = [CheckSpec(c.name, {**c.options, "preprocess": "raw"} if cfg.bug == "raw-pixels" and c.name in ("xt_normality", "terminal_eps_variance") else dict(c.options)) for c in base.checks]
+    sampler = replace(base.sampler, kwargs={**base.sampler.kwargs, "steps": cfg.steps, "eta": cfg.eta})  # type: ignore[arg-type]
     return replace(base, n=cfg.n, seed=cfg.seed, batch_size=cfg.batch_size, device=cfg.device, sampler=sampler, checks=checks)
 
 
 def reference_moments(extractor: DigitsFeatureExtractor, layer: str = LAYER, n: int | None = None) -> FeatureMoments:
     """Feature moments of the held-out digits (all 360, or a seeded subset of ``n``)."""
-    source = TensorSource(load_digits("test").images, name="digits:test")
-    return build_reference(source, extractor, moment_layers=[layer], n=n).moments[layer]
+    return build_reference(digits_source("test"), extractor, moment_layers=[layer], n=n).moments[layer]
 
 
-def demo_bpd(n: int = 360, estimator: str = "vlb", seed: int = 0, device: str = "cpu", batch_size: int = 120, **options: Any) -> dict[str, Any]:
-    """Bits/dim of the first ``n`` held-out digits under the bundled model (discrete-time VLB by default)."""
-    from diffeval import schedules
-
-    test = load_digits("test")
-    if not 2 <= n <= len(test.images):
-        raise ConfigError(explain("invalid number of digits for bits/dim", expected=f"2 <= n <= {len(test.images)}", got=str(n), fix=f"use --n {len(test.images)}"))
-    dev = resolve_device(device)
-    metric = BitsPerDim(load_denoiser(device=dev), schedules.get(DEMO_SCHEDULE), DEMO_PREDICTION, estimator, seed=seed, **options)
-    return measure(TensorSource(test.images[:n], name="digits:test"), extractors=[], metrics=[metric], batch_size=batch_size)["bpd"]
-
-
-def _fid_of(sampler: Sampler, extractor: DigitsFeatureExtractor, reference: FeatureMoments, cfg: DemoConfig) -> EvaluationResult:
-    return evaluate(sampler, seeds=range(cfg.seed, cfg.seed + cfg.n), image_shape=IMAGE_SHAPE, extractors=[extractor], metrics=[FID(reference, EXTRACTOR, LAYER)], batch_size=cfg.batch_size, device=cfg.device)
+def _fid_of(sampler: Any, extractor: DigitsFeatureExtractor, reference: FeatureMoments, cfg: DemoConfig) -> EvaluationResult:
+    return evaluate(sampler, seeds=range(cfg.seed, cfg.seed + cfg.n), image_shape=IMAGE_SHAPE, extractors=[extractor], metrics=[FID(reference, extractor.key, LAYER)], batch_size=cfg.batch_size, device=cfg.device)
 
 
 def _baseline_rows(cfg: DemoConfig) -> list[dict[str, Any]]:
@@ -97,20 +80,53 @@ def _baseline_rows(cfg: DemoConfig) -> list[dict[str, Any]]:
     extractor = DigitsFeatureExtractor(device=resolve_device(cfg.device))
     reference = reference_moments(extractor, n=cfg.n)
     torch.manual_seed(cfg.seed)
-    untrained = _fid_of(demo_sampler(steps=cfg.steps, eta=cfg.eta, device=cfg.device, model=DigitsDenoiser()), extractor, reference, cfg).metrics["fid"]
-    noise = _fid_of(CallableSampler(lambda x, cond: x.clamp(-1, 1), name="pure-noise"), extractor, reference, cfg).metrics["fid"]
+    untrained = _fid_of(demo_sampler(steps=cfg.steps, eta=cfg.eta, device=cfg.device, model=DigitsDenoiser()), extractor, reference, cfg)["fid"]
+    noise = _fid_of(CallableSampler(lambda x, cond: x.clamp(-1, 1), name="pure-noise"), extractor, reference, cfg)["fid"]
     train = load_digits("train").images[: cfg.n]
-    floor = measure(TensorSource(train), extractors=[extractor], metrics=[FID(reference, EXTRACTOR, LAYER, allow_unmatched=len(train) != reference.n)])["fid"]
-    label = f"{EXTRACTOR}:{LAYER}"
+    floor = measure(TensorSource(train), extractors=[extractor], metrics=[FID(reference, extractor.key, LAYER, allow_unmatched=len(train) != reference.n)])
+    floor_result = next(iter(floor.values()))
+    space = f"{extractor.key}:{LAYER}"
     return [
-        make_row("fid[untrained model]", "baseline", untrained["fid"], n_gen=untrained["n_gen"], n_ref=untrained["n_ref"], extractor=label, sampler="untrained DigitsDenoiser"),
-        make_row("fid[pure noise]", "baseline", noise["fid"], n_gen=noise["n_gen"], n_ref=noise["n_ref"], extractor=label, sampler="N(0,I) clamped to [-1,1]"),
-        make_row("fid[real training digits]", "baseline", floor["fid"], n_gen=floor["n_gen"], n_ref=floor["n_ref"], extractor=label, sampler="real digits (train split)"),
+        make_row("fid[untrained model]", "baseline", untrained.value, n_gen=untrained.n_gen, n_ref=untrained.n_ref, extractor=space, sampler="untrained DigitsDenoiser"),
+        make_row("fid[pure noise]", "baseline", noise.value, n_gen=noise.n_gen, n_ref=noise.n_ref, extractor=space, sampler="N(0,I) clamped to [-1,1]"),
+        make_row("fid[real training digits]", "baseline", floor_result.value, n_gen=floor_result.n_gen, n_ref=floor_result.n_ref, extractor=space, sampler="real digits (train split)"),
     ]
 
 
 def run_demo(cfg: DemoConfig) -> tuple[Report, dict[str, Path]]:
     """Run the demo and write ``report.{csv,json,md,html}`` and ``samples.png`` under ``cfg.out``."""
     run_cfg = demo_config(cfg)
-    outcome = run_config(run_cfg, cfg.out, progress=cfg.progress, extra_rows=lambda sampler: _baseline_rows(cfg))
+    outcome = run_config(run_cfg, cfg.out, progress=cfg.progress, extra_rows=lambda subject: _baseline_rows(cfg))
     return outcome.report, outcome.paths
+
+
+def add_arguments(parser: argparse.ArgumentParser, positive_int: Any, non_negative_int: Any) -> None:
+    """The ``diffeval demo`` options."""
+    parser.add_argument("--out", type=Path, default=Path("diffeval-demo"), help="output folder (default: ./diffeval-demo)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--n", type=positive_int, default=360, help="number of samples (default: 360 = held-out digits)")
+    parser.add_argument("--steps", type=positive_int, default=50, help="sampling steps (default: 50)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="first seed; sample i uses seed + i (default: 0)")
+    parser.add_argument("--batch-size", type=positive_int, default=120, help="samples per batch (default: 120)")
+    parser.add_argument("--eta", type=float, default=0.0, help="0 = DDIM, 1 = DDPM ancestral (default: 0)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--bug", choices=BUGS, default=None, help="inject a classic bug: raw-pixels feeds the digits as 0-255 to the diagnostics (default: none)")
+
+
+def command(args: argparse.Namespace) -> int:
+    """``diffeval demo``: exit 0, 1 when a check fails, 2 on error, 130 when interrupted."""
+    cfg = DemoConfig(out=args.out, device=args.device, n=args.n, steps=args.steps, seed=args.seed, batch_size=args.batch_size, eta=args.eta, progress=not args.no_progress, bug=args.bug)
+    try:
+        report, paths = run_demo(cfg)
+    except RunFailed as failure:
+        print(f"diffeval demo: error: {failure}", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED if failure.interrupted else ExitCode.ERROR)
+    print(report.to_text())
+    print()
+    for kind, path in paths.items():
+        print(f"{kind:14s} {path}")
+    failed = [row["name"] for row in report.rows if row["kind"] == "check" and row["status"] == "fail"]
+    if failed:
+        print(f"\nFAILED checks: {', '.join(failed)} (see report.md for each fix)", file=sys.stderr)
+        return int(ExitCode.FAILED)
+    return int(ExitCode.OK)

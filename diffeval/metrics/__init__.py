@@ -1,24 +1,34 @@
-"""Metrics: streaming shells (update / compute / merge / reset) over pure functions."""
+"""Metrics: one registered class per metric (the contract is :mod:`diffeval.metrics.base`), over pure functions.
 
-from diffeval.metrics.base import Batch, Metric
+Importing this package registers the built-in metrics in :data:`METRICS`.
+"""
+
+from diffeval.metrics.base import METRICS, Batch, BuildContext, Metric, MetricExample, MetricResult, register_metric
+from diffeval.metrics.bpd import BitsPerDim
 from diffeval.metrics.clip_score import CLIPScore, clip_score_hessel, clip_score_torchmetrics
 from diffeval.metrics.fid import FID, FrechetResult, frechet_distance, trace_sqrt_product
 from diffeval.metrics.inception_score import InceptionScore, inception_score
 from diffeval.metrics.kid import KID, kernel_inception_distance, mmd2_unbiased
 
 __all__ = [
+    "METRICS",
     "Batch",
+    "BitsPerDim",
+    "BuildContext",
     "CLIPScore",
     "FID",
     "FrechetResult",
     "InceptionScore",
     "KID",
     "Metric",
+    "MetricExample",
+    "MetricResult",
     "clip_score_hessel",
     "clip_score_torchmetrics",
     "frechet_distance",
     "inception_score",
     "kernel_inception_distance",
     "mmd2_unbiased",
+    "register_metric",
     "trace_sqrt_product",
 ]

@@ -34,11 +34,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffeval.errors import InputError, explain
-from diffeval.metrics.base import Batch, mean_and_stderr
-from diffeval.samplers.base import SeedRNG
-from diffeval.samplers.generic import PREDICTIONS
+from diffeval.denoiser import Denoiser, check_prediction
+from diffeval.errors import ConfigError, InputError, explain
+from diffeval.metrics.base import LABEL_OPTION, Batch, BuildContext, Metric, MetricExample, MetricResult, mean_and_stderr, register_metric
+from diffeval.options import Option
+from diffeval.quantize import dequantize, grid_offset, levels
 from diffeval.schedules import Schedule
+from diffeval.seeds import SeedRNG
 
 __all__ = [
     "normal_cdf",
@@ -100,8 +102,7 @@ def check_8bit(x0: torch.Tensor, require_grid: bool = True) -> None:
     lo, hi = float(x0.min()), float(x0.max())
     if lo < -1 - 1e-6 or hi > 1 + 1e-6:
         raise InputError(explain("data is outside [-1, 1]", expected="8-bit data scaled as u8 / 127.5 - 1", got=f"range [{lo:.4g}, {hi:.4g}]", fix="scale uint8 images with x / 127.5 - 1 (or pass uint8)"))
-    k = (x0.double() + 1) * 127.5
-    off = float((k - k.round()).abs().max())
+    off = grid_offset(x0)
     if off > 1e-4:
         raise InputError(
             explain("data is not on the 8-bit grid", expected="values k/127.5 - 1 for integer k", got=f"values up to {off:.3g} bins off the grid", fix="quantize to uint8 first, or use the continuous (gaussian) decoder and the +7 offset")
@@ -122,40 +123,6 @@ class BpdEstimate:
         return self.nll_nats / (self.dims * LN2)
 
 
-def _check_prediction(prediction: str) -> None:
-    if prediction not in PREDICTIONS:
-        raise InputError(explain("unknown prediction type", expected=" / ".join(PREDICTIONS), got=repr(prediction), fix="say what the model outputs"))
-
-
-def _model_device(model: Any) -> torch.device:
-    params = getattr(model, "parameters", None)
-    if callable(params):
-        for p in params():
-            return p.device
-    return torch.device("cpu")
-
-
-def _x0_eps_hat(model: Callable[..., torch.Tensor], prediction: str, z: torch.Tensor, model_time: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, where: Callable[[int], str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """x0_hat and eps_hat (float64) from one model call at per-sample times; NaN names the t."""
-    device = _model_device(model)
-    with torch.no_grad():
-        out = model(z.float().to(device), model_time.float().to(device))
-    if not torch.is_tensor(out) or out.shape != z.shape:
-        raise InputError(explain("model output has the wrong shape", expected=f"{tuple(z.shape)}", got=f"{tuple(out.shape) if torch.is_tensor(out) else type(out).__name__}", fix="return one prediction per pixel"))
-    out = out.double().cpu()
-    bad = ~torch.isfinite(out).flatten(1).all(1)
-    if bool(bad.any()):
-        raise InputError(explain(f"model returned NaN/inf at {where(int(torch.nonzero(bad)[0, 0]))}", expected="finite predictions", got=f"{int(bad.sum())} bad samples", fix="check the weights, the dtype and the model's time input"))
-    a, s = alpha.view(-1, *[1] * (z.ndim - 1)), sigma.view(-1, *[1] * (z.ndim - 1))
-    if prediction == "eps":
-        if bool((a == 0).any()):
-            raise InputError(explain("eps-prediction at zero SNR", expected="alpha > 0 wherever the model is evaluated", got="alpha = 0 (zero terminal SNR)", fix="use a v-prediction model with zero-terminal-SNR schedules"))
-        return (z - s * out) / a, out
-    if prediction == "x0":
-        return out, (z - a * out) / s.clamp_min(1e-300)
-    return a * z - s * out, s * z + a * out
-
-
 def vlb_nll(
     model: Callable[..., torch.Tensor],
     schedule: Schedule,
@@ -169,7 +136,7 @@ def vlb_nll(
     clip_x0: bool = True,
 ) -> BpdEstimate:
     """Discrete-time VLB per sample; ``strata=None`` sums all T-1 terms (and returns them)."""
-    _check_prediction(prediction)
+    denoiser = Denoiser(model, schedule, prediction)
     if decoder not in ("discretized", "gaussian"):
         raise InputError(explain("unknown VLB decoder", expected="discretized (8-bit data) or gaussian (continuous data)", got=repr(decoder), fix="use 'discretized'"))
     check_8bit(x0, require_grid=decoder == "discretized")
@@ -184,9 +151,8 @@ def vlb_nll(
     snr = torch.exp(schedule.log_snr)
 
     def denoise(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a, s = alpha_bar[index].sqrt(), (1 - alpha_bar[index]).sqrt()
-        z = a.view(-1, *[1] * (x0.ndim - 1)) * x0 + s.view(-1, *[1] * (x0.ndim - 1)) * rng.randn(x0.shape[1:], torch.float64)
-        x0_hat, _ = _x0_eps_hat(model, prediction, z, schedule.model_times[index], a, s, lambda i: f"training step t={int(index[i]) + 1} (log-SNR {float(schedule.log_snr[index[i]]):.4g})")
+        z = denoiser.noised(x0, index, rng.randn(x0.shape[1:], torch.float64))
+        x0_hat, _ = denoiser.predict(z, index)
         return (x0_hat.clamp(-1, 1) if clip_x0 else x0_hat), z
 
     prior = prior_kl(x0, float(alpha_bar[-1])).flatten(1).sum(1)
@@ -271,7 +237,7 @@ def vdm_nll(
     ``antithetic`` — VDM's ``u_i = (u0 + i/B) mod 1`` across the batch (lower variance of the
     mean, batch-dependent, per-sample standard error is conservative).
     """
-    _check_prediction(prediction)
+    denoiser = Denoiser(model, schedule, prediction)
     if decoder not in ("categorical", "gaussian"):
         raise InputError(explain("unknown VDM decoder", expected="categorical (8-bit data) or gaussian (continuous data)", got=repr(decoder), fix="use 'categorical'"))
     if t_sampling not in ("stratified", "antithetic"):
@@ -288,8 +254,8 @@ def vdm_nll(
     # L_recon at lambda(0): z_0 = alpha_0 x + sigma_0 eps, decoded from z_0 / alpha_0 with sd exp(-lambda_0 / 2)
     z0_scaled = x0 + math.exp(-lam_0 / 2) * rng.randn(x0.shape[1:], torch.float64)
     if decoder == "categorical":
-        grid = torch.arange(256, dtype=torch.float64) / 127.5 - 1
-        target = ((x0 + 1) * 127.5).round().long().flatten(1)
+        grid = dequantize(torch.arange(256), torch.float64)
+        target = levels(x0).flatten(1)
         recon = torch.zeros(n, dtype=torch.float64)
         for i in range(n):  # (D, 256) logits per sample keeps memory at O(D * 256)
             logits = -0.5 * ((z0_scaled[i].flatten()[:, None] - grid[None, :]) * math.exp(lam_0 / 2)) ** 2
@@ -309,40 +275,80 @@ def vdm_nll(
         alpha, sigma = torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
         eps = rng.randn(x0.shape[1:], torch.float64)
         z = alpha.view(-1, *[1] * (x0.ndim - 1)) * x0 + sigma.view(-1, *[1] * (x0.ndim - 1)) * eps
-        _, eps_hat = _x0_eps_hat(model, prediction, z, schedule.model_time_fn(u[:, j]), alpha, sigma, lambda i, j=j, lam=lam: f"u={float(u[i, j]):.4g} (log-SNR {float(lam[i]):.4g})")  # type: ignore[misc]
+        _, eps_hat = denoiser.predict_at(z, lam, schedule.model_time_fn(u[:, j]), lambda i, j=j, lam=lam: f"u={float(u[i, j]):.4g} (log-SNR {float(lam[i]):.4g})")  # type: ignore[misc,union-attr]
         diffusion += 0.5 * weight * ((eps - eps_hat) ** 2).flatten(1).sum(1) / n_t
     return BpdEstimate(nll_nats=prior + diffusion + recon, components={"prior": prior, "diffusion": diffusion, "decoder": recon}, dims=dims)
 
 
-class BitsPerDim:
+_ESTIMATOR_OPTIONS = {"vlb": {"strata", "decoder", "cdf", "clip_x0"}, "vdm": {"n_t", "t_sampling", "decoder"}}
+
+
+@register_metric
+class BitsPerDim(Metric):
     """Streaming bits/dim of real data under a model: sums of per-sample bpd (and squares) and components.
 
-    Fed with uint8 data batches (``batch.images``; ``batch.seeds`` key each sample's own
-    random stream, so the result does not depend on the batch size).
+    Fed with data batches (``batch.images``, uint8 or float on the 8-bit grid;
+    ``batch.seeds`` key each sample's own random stream, so the result does not depend
+    on the batch size). From a config it evaluates the run's sampler's declared model,
+    schedule and prediction on ``data``.
     """
 
     name = "bpd"
-    higher_is_better = False
+    direction = "lower"
+    unit = "bits/dim"
+    inputs = "data"
+    options = (
+        Option("data", str, doc="the data: an image folder, an .npz image batch or a registered data set ('name:split')"),
+        Option("n", int, None, "use the first n images (default: all)", minimum=2, nullable=True),
+        Option("estimator", str, "vlb", "vlb: discrete-time bound; vdm: continuous-time (needs a differentiable schedule)", choices=ESTIMATORS),
+        Option("strata", int, None, "vlb: t strata of the sum over steps (default 50; see all_terms)", minimum=1, nullable=True),
+        Option("all_terms", bool, None, "vlb: sum all T-1 terms exactly (slow)", nullable=True),
+        Option("cdf", str, None, "vlb: decoder CDF, exact (erf) or improved-diffusion's tanh", choices=("exact", "tanh"), nullable=True),
+        Option("clip_x0", bool, None, "vlb: clip x0_hat to [-1, 1] (default true)", nullable=True),
+        Option("n_t", int, None, "vdm: t draws per sample (default 1)", minimum=1, nullable=True),
+        Option("t_sampling", str, None, "vdm: stratified (per sample, default) or antithetic (across the batch)", choices=("stratified", "antithetic"), nullable=True),
+        Option("decoder", str, None, "discretized/categorical (8-bit data, default) or gaussian (continuous data, +7 bits/dim)", choices=("discretized", "categorical", "gaussian"), nullable=True),
+        Option("seed", int, None, "seed offset of the per-sample random streams (default: the run's seed)", minimum=0, nullable=True),
+        LABEL_OPTION,
+    )
     state_keys = ("n", "sums")
-    extractor = None
 
-    def __init__(self, model: Callable[..., torch.Tensor], schedule: Schedule, prediction: str = "eps", estimator: str = "vlb", seed: int = 0, **options: Any) -> None:
+    def __init__(self, model: Callable[..., torch.Tensor], schedule: Schedule, prediction: str = "eps", estimator: str = "vlb", seed: int = 0, *, label: str | None = None, data: str = "", **options: Any) -> None:
         if estimator not in ESTIMATORS:
-            raise InputError(explain("unknown bits/dim estimator", expected=" / ".join(ESTIMATORS), got=repr(estimator), fix="use 'vlb' for discrete-time models, 'vdm' for continuous-time ones"))
-        allowed = {"vlb": {"strata", "decoder", "cdf", "clip_x0"}, "vdm": {"n_t", "t_sampling", "decoder"}}[estimator]
+            raise ConfigError(explain("unknown bits/dim estimator", expected=" / ".join(ESTIMATORS), got=repr(estimator), fix="use 'vlb' for discrete-time models, 'vdm' for continuous-time ones"))
+        options = {k: v for k, v in options.items() if v is not None}
+        if options.pop("all_terms", False):
+            if "strata" in options:
+                raise ConfigError(explain("strata and all_terms both given", expected="one of them", got=f"strata = {options['strata']}, all_terms = true", fix="drop one"))
+            options["strata"] = None
+        allowed = _ESTIMATOR_OPTIONS[estimator]
         unknown = sorted(set(options) - allowed)
         if unknown:
-            raise InputError(explain(f"unknown option(s) {unknown} for the {estimator} estimator", expected=f"options among {sorted(allowed)}", got=", ".join(unknown), fix="remove or correct them"))
-        _check_prediction(prediction)
-        self.model, self.schedule, self.prediction, self.estimator, self.seed, self.options = model, schedule, prediction, estimator, seed, options
+            raise ConfigError(explain(f"option(s) {unknown} do not apply to the {estimator} estimator", expected=f"options among {sorted(allowed)}", got=", ".join(unknown), fix="remove them, or pick the estimator they belong to"))
+        decoder = options.get("decoder")
+        valid_decoders = {"vlb": ("discretized", "gaussian"), "vdm": ("categorical", "gaussian")}[estimator]
+        if decoder is not None and decoder not in valid_decoders:
+            raise ConfigError(explain(f"decoder {decoder!r} does not apply to the {estimator} estimator", expected=" or ".join(valid_decoders), got=repr(decoder), fix=f"use decoder = {valid_decoders[0]!r}"))
+        check_prediction(prediction)
+        self.model, self.schedule, self.prediction, self.estimator, self.seed, self.settings = model, schedule, prediction, estimator, seed, options
+        self.data_spec = data
+        self.space = data
+        self.custom_label = label
+        self.source: Any = None  # from a config: the data source and the indices to evaluate
+        self.indices: list[int] = []
+        self.n_requested: int | None = None
         self.reset()
 
     @property
-    def continuous_decoder(self) -> bool:
-        return self.options.get("decoder") == "gaussian"
+    def label(self) -> str:
+        return self.custom_label or (f"bpd[{self.estimator}]@{self.space}" if self.space else f"bpd[{self.estimator}]")
 
     @property
-    def convention(self) -> str:
+    def continuous_decoder(self) -> bool:
+        return self.settings.get("decoder") == "gaussian"
+
+    @property
+    def convention_text(self) -> str:
         if self.continuous_decoder:
             return "continuous Gaussian decoder; +7 bits/dim added for 8-bit data on [-1, 1] (256 bins of width 2^-7)"
         return "discrete decoder: discretized Gaussian over 256 bins (vlb)" if self.estimator == "vlb" else "discrete decoder: 256-way categorical (vdm)"
@@ -354,13 +360,13 @@ class BitsPerDim:
     def estimate(self, x0: torch.Tensor, seeds: Sequence[int]) -> BpdEstimate:
         rng = SeedRNG([self.seed * 1_000_003 + int(s) for s in seeds])
         fn = vlb_nll if self.estimator == "vlb" else vdm_nll
-        return fn(self.model, self.schedule, x0, self.prediction, rng=rng, **self.options)  # type: ignore[operator]
+        return fn(self.model, self.schedule, x0, self.prediction, rng=rng, **self.settings)  # type: ignore[operator]
 
     def update(self, batch: Batch) -> None:
         if batch.images is None:
-            raise InputError(explain("bits/dim needs the data images", expected="batch.images (uint8)", got="None", fix="feed data through diffeval.evaluate.measure"))
+            raise InputError(explain("bits/dim needs the data images", expected="batch.images (uint8, or float on the 8-bit grid)", got="None", fix="feed data through diffeval.evaluate.measure"))
         seeds = batch.seeds if batch.seeds else list(range(self.n, self.n + batch.images.shape[0]))
-        x0 = batch.images.double() / 127.5 - 1 if batch.images.dtype == torch.uint8 else batch.images
+        x0 = dequantize(batch.images, torch.float64) if batch.images.dtype == torch.uint8 else batch.images
         est = self.estimate(x0, seeds)
         scale = est.dims * LN2
         bpd = est.bpd
@@ -372,21 +378,54 @@ class BitsPerDim:
         self.sums += other.sums
         return self
 
-    def compute(self) -> dict[str, Any]:
+    def compute(self) -> MetricResult:
         if self.n < 2:
             raise InputError(explain("bits/dim needs at least 2 samples for a standard error", expected="n >= 2", got=f"{self.n}", fix="evaluate more data"))
         s = self.sums.tolist()
         mean, stderr = mean_and_stderr(s[0], s[1], self.n)
         offset = OFFSET_BITS_SIGNED if self.continuous_decoder else 0.0
-        return {
-            "bpd": mean + offset,
-            "bpd_stderr": stderr,
-            "prior_bpd": s[2] / self.n,
-            "diffusion_bpd": s[3] / self.n,
-            "decoder_bpd": s[4] / self.n,
-            "offset_bits": offset,
-            "n": self.n,
-            "estimator": self.estimator,
-            "convention": self.convention,
-            "options": dict(self.options),
-        }
+        details = {"prior_bpd": s[2] / self.n, "diffusion_bpd": s[3] / self.n, "decoder_bpd": s[4] / self.n, "offset_bits": offset, "estimator": self.estimator, "options": dict(self.settings), "data": self.data_spec, "model": f"{self.prediction}-prediction, schedule {self.schedule.name}"}
+        return MetricResult(mean + offset, stderr, n_ref=self.n, convention=self.convention_text, details=details)
+
+    def config_options(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"data": self.data_spec or "<data in memory>", "n": self.n_requested, "estimator": self.estimator, "seed": self.seed, "label": self.custom_label}
+        for key, value in self.settings.items():
+            if key == "strata" and value is None:
+                out["all_terms"] = True
+            else:
+                out[key] = value
+        return out
+
+    @classmethod
+    def from_config(cls, options: dict[str, Any], ctx: BuildContext) -> BitsPerDim:
+        info = ctx.info
+        missing = [k for k in ("model", "schedule", "prediction") if getattr(info, k, None) is None]
+        if missing:
+            raise ConfigError(explain("bits/dim needs the sampler's model, schedule and prediction", expected="a sampler that declares model, schedule and prediction (describe())", got=f"{getattr(info, 'name', 'the sampler')} declares no {', '.join(missing)}", fix="use an adapter that declares them (GeneralizedSampler, the diffusers adapters), or remove the bpd metric"))
+        source = ctx.open_source(options["data"])  # type: ignore[misc]
+        from diffeval.stats import FeatureMoments
+
+        if isinstance(source, FeatureMoments):
+            raise InputError(explain(f"bits/dim data {options['data']} holds statistics", expected="data images", got="mu/sigma statistics", fix="point data to the images"))
+        n = options["n"] if options["n"] is not None else len(source)
+        if n > len(source):
+            raise InputError(explain(f"bits/dim data {options['data']} has fewer images than n", expected=f">= {n} images", got=f"{len(source)}", fix=f"set n <= {len(source)}"))
+        knobs = {k: options[k] for k in ("strata", "all_terms", "cdf", "clip_x0", "n_t", "t_sampling", "decoder")}
+        seed = options["seed"] if options["seed"] is not None else ctx.seed
+        metric = cls(info.model, info.schedule, info.prediction, options["estimator"], seed, label=options["label"], data=options["data"], **knobs)
+        metric.source, metric.indices, metric.n_requested = source, list(range(n)), options["n"]
+        return metric
+
+    @classmethod
+    def example(cls) -> MetricExample:
+        from diffeval import schedules
+
+        sch = schedules.linear(T=20)
+
+        def eps_model(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # the exact eps* for data N(0, 0.25)
+            ab = sch.alpha_bar[t.long().cpu()].view(-1, *[1] * (z.ndim - 1)).to(z.dtype)
+            return (1 - ab).sqrt() * z / (ab * 0.25 + (1 - ab))
+
+        u8 = torch.randint(0, 256, (24, 1, 2, 2), generator=torch.Generator().manual_seed(4), dtype=torch.uint8)
+        batch = Batch(features={}, seeds=list(range(24)), images=dequantize(u8, torch.float64))
+        return MetricExample(lambda: cls(eps_model, sch, "eps", "vlb", strata=4), batch.split([5, 11, 8]))

@@ -26,10 +26,11 @@ from typing import Any
 import torch
 
 from diffeval.errors import InputError, explain
-from diffeval.metrics.base import Batch
-from diffeval.stats import FeatureMoments
+from diffeval.metrics.base import Batch, BuildContext, Metric, MetricExample, MetricResult, choose_layer, feature_options, register_metric
+from diffeval.options import Option
+from diffeval.stats import FeatureMoments, check_gaussian
 
-__all__ = ["FrechetResult", "frechet_distance", "trace_sqrt_product", "FID", "unmatched_message"]
+__all__ = ["FrechetResult", "frechet_distance", "trace_sqrt_product", "FID", "unmatched_message", "reference_statistics"]
 
 
 @dataclass(frozen=True)
@@ -72,18 +73,20 @@ def trace_sqrt_product(sigma1: torch.Tensor, sigma2: torch.Tensor) -> tuple[floa
 
 
 def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> FrechetResult:
-    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64."""
-    mu1, mu2 = torch.as_tensor(mu1, dtype=torch.float64), torch.as_tensor(mu2, dtype=torch.float64)
-    sigma1 = torch.as_tensor(sigma1, dtype=torch.float64).to(mu1.device)
-    sigma2 = torch.as_tensor(sigma2, dtype=torch.float64).to(mu1.device)
-    mu2 = mu2.to(mu1.device)
-    d = mu1.numel()
-    if mu1.shape != (d,) or mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64.
+
+    Both Gaussians are validated first (:func:`diffeval.stats.check_gaussian`: finite,
+    symmetric, positive semi-definite), so bad statistics are an error, never a number.
+    """
+    mu1, sigma1 = check_gaussian(mu1, sigma1, "first statistics")
+    mu2, sigma2 = check_gaussian(mu2, sigma2, "second statistics")
+    mu2, sigma2 = mu2.to(mu1.device), sigma2.to(mu1.device)
+    if mu1.numel() != mu2.numel():
         raise InputError(
             explain(
-                "Fréchet distance inputs have mismatched shapes",
-                expected=f"mu (d,), sigma (d, d) for both sets with d = {d}",
-                got=f"{tuple(mu1.shape)}, {tuple(sigma1.shape)}, {tuple(mu2.shape)}, {tuple(sigma2.shape)}",
+                "Fréchet distance inputs have different dimensions",
+                expected=f"the same feature dimension d for both sets (first d = {mu1.numel()})",
+                got=f"d = {mu2.numel()}",
                 fix="compare statistics of the same extractor layer",
             )
         )
@@ -108,7 +111,29 @@ def unmatched_message(n_gen: int, n_ref: int, dim: int) -> str:
     )
 
 
-class FID:
+def reference_statistics(spec: str, ctx: BuildContext, extractor: Any, layer: str, *, allow_unmatched: bool, reference_seed: int, who: str) -> FeatureMoments:
+    """Statistics of a reference given in a config: an ``.npz`` statistics file (checked against the extractor and the count) or images cut to the run's count."""
+    from diffeval.references import build_reference
+
+    source = ctx.open_source(spec)  # type: ignore[misc]
+    dim = extractor.layers[layer]
+    if isinstance(source, FeatureMoments):
+        recorded = source.meta.get("extractor", extractor.key)
+        if recorded != extractor.key or source.dim != dim or source.meta.get("layer", layer) != layer:
+            raise InputError(explain(f"reference statistics {spec} do not match the {who} feature space", expected=f"{extractor.key}:{layer} (d = {dim})", got=f"{recorded}:{source.meta.get('layer', '?')} (d = {source.dim})", fix=f"recompute them with: diffeval ref IMAGES --features {extractor.name} --out {spec}"))
+        if source.n != ctx.n and not allow_unmatched:
+            raise InputError(unmatched_message(ctx.n, source.n, dim))
+        return source
+    n_ref: int | None = ctx.n
+    if len(source) < ctx.n:
+        if not allow_unmatched:
+            raise InputError(unmatched_message(ctx.n, len(source), dim))
+        n_ref = None
+    return build_reference(source, extractor, moment_layers=[layer], n=n_ref, seed=reference_seed, batch_size=ctx.batch_size, progress=ctx.progress).moments[layer]
+
+
+@register_metric
+class FID(Metric):
     """Streaming Fréchet distance of generated features against reference statistics.
 
     ``update(batch)`` keeps only float64 moments of the ``extractor``/``layer``
@@ -117,38 +142,65 @@ class FID:
     """
 
     name = "fid"
-    higher_is_better = False
+    direction = "lower"
+    options = (
+        Option("reference", str, doc="reference: an image folder, an .npz image batch, .npz statistics (mu, sigma, n) or a registered data set ('name:split')"),
+        *feature_options(),
+        Option("allow_unmatched", bool, False, "compute even when the generated and reference counts differ (the row says so)"),
+        Option("reference_seed", int, 0, "seed of the subset drawn from a larger reference image set", minimum=0),
+    )
     state_keys = ("generated",)
 
-    def __init__(self, reference: FeatureMoments, extractor: str, layer: str, allow_unmatched: bool = False) -> None:
+    def __init__(self, reference: FeatureMoments, extractor: str, layer: str, allow_unmatched: bool = False, *, label: str | None = None, reference_spec: str = "<statistics in memory>", extractor_name: str | None = None, reference_seed: int = 0, weights: str | None = None) -> None:
+        if not isinstance(reference, FeatureMoments):
+            raise InputError(explain("FID needs reference statistics", expected="a diffeval.stats.FeatureMoments", got=type(reference).__name__, fix="load them with FeatureMoments.load(path) or build them with diffeval.references.build_reference"))
         self.reference = reference
         self.extractor = extractor
         self.layer = layer
+        self.space = f"{extractor}:{layer}"
         self.allow_unmatched = bool(allow_unmatched)
-        self.generated = FeatureMoments({"extractor": extractor, "layer": layer})
+        self.custom_label = label
+        self.reference_spec = reference_spec
+        self.extractor_name = extractor_name or extractor
+        self.reference_seed = reference_seed
+        self.weights = weights
+        self.reset()
 
     def reset(self) -> None:
-        self.generated.reset()
+        self.generated = FeatureMoments({"extractor": self.extractor, "layer": self.layer})
 
     def update(self, batch: Batch) -> None:
-        self.generated.update(batch.layer(self.extractor, self.layer, "FID"))
+        self.generated.update(batch.layer(self.extractor, self.layer, "FID"))  # type: ignore[arg-type]
 
     def merge(self, other: FID) -> FID:
         self.generated.merge(other.generated)
         return self
 
-    def compute(self) -> dict[str, Any]:
+    def compute(self) -> MetricResult:
         n_gen, n_ref = self.generated.n, self.reference.n
         matched = n_gen == n_ref
         if not matched and not self.allow_unmatched:
             raise InputError(unmatched_message(n_gen, n_ref, self.generated.dim or 0))
         result = frechet_distance(self.generated.mean, self.generated.cov, self.reference.mean, self.reference.cov)
-        return {
-            "fid": result.value,
-            "n_gen": n_gen,
-            "n_ref": n_ref,
-            "matched": matched,
-            "min_eigenvalue": result.min_eigenvalue,
-            "clipped_mass": result.clipped_mass,
-            "trace_method": result.method,
-        }
+        details = {"matched": matched, "min_eigenvalue": result.min_eigenvalue, "clipped_mass": result.clipped_mass, "trace_method": result.method, "reference": self.reference_spec}
+        return MetricResult(result.value, None, n_gen=n_gen, n_ref=n_ref, convention="Fréchet distance of Gaussian fits (ddof 1), float64", status="" if matched else "unmatched-counts", details=details)
+
+    def config_options(self) -> dict[str, Any]:
+        return {"reference": self.reference_spec, "extractor": self.extractor_name, "layer": self.layer, "weights": self.weights, "label": self.custom_label, "allow_unmatched": self.allow_unmatched, "reference_seed": self.reference_seed}
+
+    @classmethod
+    def from_config(cls, options: dict[str, Any], ctx: BuildContext) -> FID:
+        ex = ctx.extractor(options["extractor"], weights=options["weights"])  # type: ignore[misc]
+        layer = choose_layer(ex, options["layer"], "fid")
+        stats = reference_statistics(options["reference"], ctx, ex, layer, allow_unmatched=options["allow_unmatched"], reference_seed=options["reference_seed"], who="FID")
+        return cls(stats, ex.key, layer, options["allow_unmatched"], label=options["label"], reference_spec=options["reference"], extractor_name=options["extractor"], reference_seed=options["reference_seed"], weights=options["weights"])
+
+    @classmethod
+    def example(cls) -> MetricExample:
+        g = torch.Generator().manual_seed(0)
+        reference = FeatureMoments()
+        reference.update(torch.randn(60, 6, generator=g, dtype=torch.float64))
+        features = torch.randn(60, 6, generator=g, dtype=torch.float64) * 1.3 + 0.2
+        batches = Batch(features={"x": {"f": features}}, seeds=list(range(60))).split([7, 23, 30])
+        return MetricExample(lambda: cls(reference, "x", "f"), batches)
+

@@ -2,7 +2,8 @@
 
 ``IS = exp(E_x KL(p(y|x) || p(y)))`` per split: logits (``logits_unbiased`` for
 Inception) are softmaxed in float64, rows are shuffled with
-``numpy.random.RandomState(seed).permutation`` (seed 2020), cut into ``splits``
+``numpy.random.RandomState(seed).permutation`` (seed 2020; ``shuffle=False`` keeps the
+order, as torch-fidelity's ``isc_splits`` without shuffling), cut into ``splits``
 contiguous chunks (``[i N // splits, (i+1) N // splits)``), and the mean and standard
 deviation (ddof 0) of the per-split scores are reported.
 
@@ -22,7 +23,8 @@ import numpy as np
 import torch
 
 from diffeval.errors import InputError, explain
-from diffeval.metrics.base import Batch
+from diffeval.metrics.base import Batch, BuildContext, Metric, MetricExample, MetricResult, choose_layer, feature_options, register_metric, require_finite
+from diffeval.options import Option
 
 __all__ = ["inception_score", "InceptionScore"]
 
@@ -47,38 +49,64 @@ def inception_score(logits: torch.Tensor, splits: int = 10, shuffle: bool = True
     return float(np.mean(scores)), float(np.std(scores))
 
 
-class InceptionScore:
-    """Streaming Inception Score: keeps the (N, C) logits (needed for the shuffle and splits)."""
+@register_metric
+class InceptionScore(Metric):
+    """Streaming Inception Score: keeps the (N, C) logits in float64 (needed for the shuffle and splits)."""
 
     name = "inception_score"
-    higher_is_better = True
+    direction = "higher"
+    options = (
+        *feature_options(),
+        Option("splits", int, 10, "number of splits", minimum=1),
+        Option("shuffle", bool, True, "shuffle rows with RandomState(seed) before splitting (torch-fidelity's default)"),
+        Option("seed", int, 2020, "seed of the shuffle", minimum=0),
+    )
     state_keys = ("chunks",)
 
-    def __init__(self, extractor: str, layer: str, splits: int = 10, seed: int = 2020) -> None:
-        if not isinstance(splits, int) or splits < 1:
+    def __init__(self, extractor: str, layer: str, splits: int = 10, seed: int = 2020, shuffle: bool = True, *, label: str | None = None, extractor_name: str | None = None, weights: str | None = None) -> None:
+        if not isinstance(splits, int) or isinstance(splits, bool) or splits < 1:
             raise InputError(explain("invalid number of IS splits", expected="an integer >= 1", got=repr(splits), fix="use splits=10"))
         self.extractor = extractor
         self.layer = layer
+        self.space = f"{extractor}:{layer}"
         self.splits = splits
         self.seed = seed
+        self.shuffle = bool(shuffle)
+        self.custom_label = label
+        self.extractor_name = extractor_name or extractor
+        self.weights = weights
         self.reset()
 
     def reset(self) -> None:
         self.chunks: list[torch.Tensor] = []
 
     def update(self, batch: Batch) -> None:
-        logits = batch.layer(self.extractor, self.layer, "Inception Score")
-        if not logits.is_cuda and not bool(torch.isfinite(logits).all()):  # CUDA: checked in compute (no per-batch sync)
-            raise InputError(explain("logits contain NaN or inf", expected="finite logits", got="non-finite values", fix="check the images fed to the extractor"))
-        self.chunks.append(logits.detach().float())
+        logits = batch.layer(self.extractor, self.layer, "Inception Score")  # type: ignore[arg-type]
+        require_finite(logits, "Inception Score")
+        self.chunks.append(logits.detach().to(torch.float64))
 
     def merge(self, other: InceptionScore) -> InceptionScore:
         self.chunks.extend(other.chunks)
         return self
 
-    def compute(self) -> dict[str, Any]:
-        logits = torch.cat([c.cpu() for c in self.chunks]) if self.chunks else torch.empty(0, 0)
+    def compute(self) -> MetricResult:
+        logits = torch.cat([c.cpu() for c in self.chunks]) if self.chunks else torch.empty(0, 0, dtype=torch.float64)
         if not bool(torch.isfinite(logits).all()):
             raise InputError(explain("logits contain NaN or inf", expected="finite logits", got="non-finite values", fix="check the images fed to the extractor"))
-        mean, std = inception_score(logits, self.splits, True, self.seed)
-        return {"inception_score": mean, "inception_score_std": std, "n_gen": int(logits.shape[0]), "splits": self.splits}
+        mean, std = inception_score(logits, self.splits, self.shuffle, self.seed)
+        order = f"shuffled (RandomState({self.seed}))" if self.shuffle else "unshuffled"
+        return MetricResult(mean, std, n_gen=int(logits.shape[0]), convention=f"torch-fidelity: softmax in float64, {order}, {self.splits} splits", details={"splits": self.splits, "shuffle": self.shuffle, "stderr_is": "std over splits (ddof 0)"})
+
+    def config_options(self) -> dict[str, Any]:
+        return {"extractor": self.extractor_name, "layer": self.layer, "weights": self.weights, "label": self.custom_label, "splits": self.splits, "shuffle": self.shuffle, "seed": self.seed}
+
+    @classmethod
+    def from_config(cls, options: dict[str, Any], ctx: BuildContext) -> InceptionScore:
+        ex = ctx.extractor(options["extractor"], weights=options["weights"])  # type: ignore[misc]
+        layer = choose_layer(ex, options["layer"], "inception_score")
+        return cls(ex.key, layer, options["splits"], options["seed"], options["shuffle"], label=options["label"], extractor_name=options["extractor"], weights=options["weights"])
+
+    @classmethod
+    def example(cls) -> MetricExample:
+        logits = torch.randn(60, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2
+        return MetricExample(lambda: cls("x", "logits", splits=3), Batch(features={"x": {"logits": logits}}, seeds=list(range(60))).split([17, 23, 20]))

@@ -1,4 +1,4 @@
-"""Samplers: the contract, per-seed noise, and adapters.
+"""Samplers: the contract, and adapters.
 
 Plain callables (:class:`CallableSampler`), the generalized DDPM/DDIM family
 (:class:`GeneralizedSampler`), diffusers pipelines and schedulers
@@ -6,24 +6,30 @@ Plain callables (:class:`CallableSampler`), the generalized DDPM/DDIM family
 (:mod:`diffeval.samplers.kdiffusion`) — the last two import their ecosystem only when used.
 """
 
-from diffeval.samplers.base import RunStats, Sampler, SeedRNG, StepTimer, check_sampler_output, seeded_noise
-from diffeval.samplers.callable import CallableSampler
+from diffeval.samplers.base import RunStats, Sampler, SamplerInfo, StepTimer, check_sampler_output, describe
+from diffeval.samplers.callable import CallableSampler, as_sampler
 from diffeval.samplers.diffusers import DiffusersPipelineSampler, DiffusersSchedulerSampler
-from diffeval.samplers.generic import PREDICTIONS, GeneralizedSampler, to_x0_eps
+from diffeval.samplers.factories import SAMPLER_FACTORIES, build_sampler, import_factory
+from diffeval.samplers.generic import GeneralizedSampler
 from diffeval.samplers.kdiffusion import KDiffusionSampler
+from diffeval.seeds import SeedRNG, seeded_noise
 
 __all__ = [
     "CallableSampler",
     "DiffusersPipelineSampler",
     "DiffusersSchedulerSampler",
-    "KDiffusionSampler",
     "GeneralizedSampler",
-    "PREDICTIONS",
+    "KDiffusionSampler",
     "RunStats",
+    "SAMPLER_FACTORIES",
     "Sampler",
+    "SamplerInfo",
     "SeedRNG",
     "StepTimer",
+    "as_sampler",
+    "build_sampler",
     "check_sampler_output",
+    "describe",
+    "import_factory",
     "seeded_noise",
-    "to_x0_eps",
 ]

@@ -1,19 +1,31 @@
-"""The sampler contract, per-seed noise and the step timer.
+"""The sampler contract, declared in full, and the step timer the harness passes in.
 
-Contract (one line): ``sampler(noise, cond=None, *, rng=None) -> images`` — unit N(0, I)
-noise in (N, C, H, W), float images in [-1, 1] out, same N. A sampler exposes
-``schedule`` (a :class:`diffeval.schedules.Schedule` or None), ``prediction``
-(``"eps"``, ``"x0"``, ``"v"`` or None), ``model`` (or None), ``last_run`` (a
-:class:`RunStats` of its latest call) and ``config()`` (its knobs, for reports).
+Contract::
 
-Noise comes from one random generator per sample (:class:`SeedRNG`), so a sample
-depends on its seed only, never on the batch it was drawn in.
+    sampler(noise, cond=None, *, rng=None, timer=None) -> images
+    sampler.describe() -> SamplerInfo
+
+- ``noise``: unit N(0, I) noise (N, C, H, W); ``images``: float (N, C, H, W) in [-1, 1].
+- ``rng``: a :class:`~diffeval.seeds.SeedRNG` over the batch's seeds, for every noise
+  injection (so a sample depends on its seed only).
+- ``timer``: a :class:`StepTimer` the *caller* owns; the sampler reports its steps and
+  network evaluations into it. The harness reads timings from its own timer and never
+  sets attributes on a sampler.
+- :meth:`describe` returns a :class:`SamplerInfo`: everything the harness reads about a
+  sampler (its name and knobs for reports, schedule, prediction type, model, steps,
+  spacing, visited training steps, image shape, guidance). A field a sampler cannot
+  know is None, and the checks that need it are reported as skipped.
+
+A plain function ``fn(noise, cond) -> images`` is wrapped by
+:func:`diffeval.samplers.callable.as_sampler`.
+Built-in samplers also keep ``last_run`` (the :class:`RunStats` of their latest call)
+for interactive use; the harness does not rely on it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -21,84 +33,75 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from diffeval.errors import SamplerError, explain
+from diffeval.seeds import SeedRNG, seeded_noise
 
-__all__ = ["Sampler", "SeedRNG", "seeded_noise", "StepTimer", "RunStats", "check_sampler_output", "TIMINGS"]
+__all__ = ["Sampler", "SamplerInfo", "SeedRNG", "seeded_noise", "StepTimer", "RunStats", "check_sampler_output", "TIMINGS", "describe"]
 
-
-@runtime_checkable
-class Sampler(Protocol):
-    """``sampler(noise, cond=None, *, rng=None) -> images`` in [-1, 1]."""
-
-    schedule: Any
-    prediction: str | None
-    model: Any
-    last_run: RunStats | None
-
-    def __call__(self, noise: torch.Tensor, cond: Any = None, *, rng: SeedRNG | None = None) -> torch.Tensor: ...
-
-    def config(self) -> dict[str, Any]: ...
+_PLAIN = (int, float, str, bool, type(None))
 
 
-_MAX_SEED = 2**63 - 1
+@dataclass(frozen=True)
+class SamplerInfo:
+    """What the harness reads about a sampler (one described object).
 
-
-class SeedRNG:
-    """One ``torch.Generator`` per sample, seeded with that sample's seed.
-
-    ``randn``/``randn_like`` draw each sample's slice from its own generator, so the
-    initial noise and every noise injection of a stochastic sampler depend on the
-    seed alone (EDM's stacked-generator idea). Same seeds give the same noise on the
-    same device type.
-
-    >>> rng = SeedRNG([0, 1], device="cpu")
-    >>> rng.randn((1, 2, 2)).shape
-    torch.Size([2, 1, 2, 2])
+    Attributes:
+        name: a short name for reports (``generalized``, ``diffusers:DDIMPipeline``, ...).
+        knobs: the sampler's settings as plain values (reported in every row, swept by configs).
+        schedule: the training schedule (:class:`~diffeval.schedules.Schedule`) or None.
+        prediction: ``eps``, ``x0``, ``v`` or None.
+        model: ``model(x_t, t, *cond) -> prediction`` in the schedule's model time, or None.
+        steps: sampling steps per call, or None.
+        spacing: timestep spacing (``trailing``, ``leading``, ``linspace``) or None.
+        indices: 0-based training steps visited, first (noisiest) first, or None.
+        image_shape: ``(C, H, W)`` of the noise it takes, or None.
+        guidance: True when ``guidance_scale`` is one of its knobs (classifier-free guidance).
     """
 
-    def __init__(self, seeds: Sequence[int], device: str | torch.device = "cpu") -> None:
-        seeds = list(seeds)
-        for s in seeds:
-            if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= _MAX_SEED:
-                raise SamplerError(
-                    explain("invalid seed", expected=f"integers in [0, {_MAX_SEED}]", got=repr(s), fix="pass non-negative integer seeds")
-                )
-        if not seeds:
-            raise SamplerError(explain("no seeds given", expected="at least one seed", got="[]", fix="pass seeds=range(n)"))
-        self.seeds = seeds
-        self.device = torch.device(device)
-        self.generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+    name: str
+    knobs: dict[str, Any] = field(default_factory=dict)
+    schedule: Any = None
+    prediction: str | None = None
+    model: Any = None
+    steps: int | None = None
+    spacing: str | None = None
+    indices: tuple[int, ...] | None = None
+    image_shape: tuple[int, ...] | None = None
+    guidance: bool = False
 
-    def __len__(self) -> int:
-        return len(self.seeds)
+    def label(self) -> str:
+        """``name`` and knobs in one line, for report rows."""
+        knobs = ", ".join(f"{k}={v}" for k, v in self.knobs.items())
+        return f"{self.name} ({knobs})" if knobs else self.name
 
-    def randn(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Noise of shape ``(len(seeds), *shape)``, drawn in float32 then cast to ``dtype``."""
-        draws = [torch.randn(tuple(shape), generator=g, device=self.device, dtype=torch.float32) for g in self.generators]
-        return torch.stack(draws).to(dtype)
+    def problems(self) -> list[str]:
+        """What is wrong with this declaration (empty when it is sound): used by :func:`diffeval.testing.check_sampler`."""
+        from diffeval.denoiser import PREDICTIONS
+        from diffeval.schedules import SPACINGS, Schedule
 
-    def rand(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Uniform [0, 1) draws of shape ``(len(seeds), *shape)``, one generator per sample."""
-        draws = [torch.rand(tuple(shape), generator=g, device=self.device, dtype=torch.float32) for g in self.generators]
-        return torch.stack(draws).to(dtype)
-
-    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] != len(self.generators):
-            raise SamplerError(
-                explain(
-                    "batch size does not match the number of seeds",
-                    expected=f"{len(self.generators)} samples",
-                    got=f"{x.shape[0]}",
-                    fix="draw noise and rng from the same seeds",
-                )
-            )
-        return self.randn(x.shape[1:], dtype=x.dtype).to(x.device)
-
-
-def seeded_noise(
-    seeds: Sequence[int], shape: Sequence[int], device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """Unit Gaussian noise ``(len(seeds), *shape)``, one generator per seed."""
-    return SeedRNG(seeds, device).randn(shape, dtype)
+        out = []
+        if not isinstance(self.name, str) or not self.name:
+            out.append(f"name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.knobs, dict) or not all(isinstance(k, str) and isinstance(v, _PLAIN) for k, v in self.knobs.items()):
+            out.append(f"knobs must map names to plain values (int, float, str, bool, None), got {self.knobs!r}")
+        if self.schedule is not None and not isinstance(self.schedule, Schedule):
+            out.append(f"schedule must be a diffeval Schedule or None, got {type(self.schedule).__name__}")
+        if self.prediction is not None and self.prediction not in PREDICTIONS:
+            out.append(f"prediction must be one of {PREDICTIONS} or None, got {self.prediction!r}")
+        if self.model is not None and not callable(self.model):
+            out.append(f"model must be callable or None, got {type(self.model).__name__}")
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            out.append(f"steps must be a positive integer or None, got {self.steps!r}")
+        if self.spacing is not None and self.spacing not in SPACINGS:
+            out.append(f"spacing must be one of {SPACINGS} or None, got {self.spacing!r}")
+        if self.indices is not None:
+            ok = all(isinstance(i, int) for i in self.indices)
+            if not ok or (isinstance(self.schedule, Schedule) and any(not 0 <= i < self.schedule.T for i in self.indices)):
+                out.append(f"indices must be training steps in [0, T) of the schedule, got {self.indices[:5]!r}...")
+        if self.image_shape is not None and (len(self.image_shape) != 3 or not all(isinstance(s, int) and s > 0 for s in self.image_shape)):
+            out.append(f"image_shape must be (C, H, W) positive integers or None, got {self.image_shape!r}")
+        if self.guidance and "guidance_scale" not in self.knobs:
+            out.append("guidance=True but no guidance_scale among the knobs")
+        return out
 
 
 @dataclass
@@ -112,36 +115,35 @@ class RunStats:
     x0_outside: float = float("nan")  # fraction of x0_hat values beyond [-1.1, 1.1] before clipping, at steps with SNR >= 1
 
 
+TIMINGS = ("step", "run", "off")
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-TIMINGS = ("step", "run", "off")
-
-
 class StepTimer:
-    """Records per-step wall time and NFE of a sampler run.
+    """Records the per-step wall time and NFE of one sampler call; the caller creates it and reads :attr:`stats`.
 
-    ``mode``: ``step`` (default) synchronizes CUDA before and after each step, so a
-    step's time is the GPU's time, not the kernel-launch time; ``run`` synchronizes only
-    at the start and end of a call (no per-step stalls: for throughput at scale;
-    ``step_s`` stays empty); ``off`` records nothing but NFE (to measure the hook's
-    own overhead).
+    ``mode``: ``step`` (default) synchronizes CUDA before and after each step, so a step's
+    time is the GPU's time, not the kernel-launch time; ``run`` synchronizes only at the
+    start and end of a call (no per-step stalls: for throughput at scale; ``step_s`` stays
+    empty); ``off`` records nothing but NFE (to measure the hook's own overhead).
     """
 
     def __init__(self, mode: str = "step") -> None:
         if mode not in TIMINGS:
             raise SamplerError(explain("unknown timing mode", expected=" / ".join(TIMINGS), got=repr(mode), fix="use 'step' for per-step latency, 'run' for throughput"))
         self.mode = mode
-        self._stats = RunStats()
+        self.stats = RunStats()
         self._device = torch.device("cpu")
         self._t0 = 0.0
         self._t_step = 0.0
 
     def start(self, device: torch.device, batch_size: int) -> None:
         self._device = torch.device(device)
-        self._stats = RunStats(batch_size=batch_size)
+        self.stats = RunStats(batch_size=batch_size)
         if self.mode != "off":
             _synchronize(self._device)
             self._t0 = time.perf_counter()
@@ -156,7 +158,7 @@ class StepTimer:
         """Mark the end of the step begun last."""
         if self.mode == "step":
             _synchronize(self._device)
-            self._stats.step_s.append(time.perf_counter() - self._t_step)
+            self.stats.step_s.append(time.perf_counter() - self._t_step)
 
     @contextmanager
     def step(self) -> Iterator[None]:
@@ -166,43 +168,47 @@ class StepTimer:
 
     def count_nfe(self, n: int = 1) -> None:
         """Add ``n`` network evaluations (per sample)."""
-        self._stats.nfe += n
+        self.stats.nfe += n
 
     def stop(self) -> RunStats:
         if self.mode != "off":
             _synchronize(self._device)
-            self._stats.wall_s = time.perf_counter() - self._t0
-        return self._stats
+            self.stats.wall_s = time.perf_counter() - self._t0
+        return self.stats
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """``sampler(noise, cond=None, *, rng=None, timer=None) -> images`` in [-1, 1], and ``describe()``."""
+
+    def __call__(self, noise: torch.Tensor, cond: Any = None, *, rng: SeedRNG | None = None, timer: StepTimer | None = None) -> torch.Tensor: ...
+
+    def describe(self) -> SamplerInfo: ...
+
+
+def describe(sampler: Any) -> SamplerInfo:
+    """``sampler.describe()``, checked to be a :class:`SamplerInfo` (a clear error otherwise)."""
+    fn = getattr(sampler, "describe", None)
+    if not callable(fn):
+        raise SamplerError(explain(f"{type(sampler).__name__} does not describe itself", expected="a describe() -> SamplerInfo method (the sampler contract)", got="no describe()", fix="wrap a plain function with diffeval.samplers.CallableSampler, or add describe()"))
+    info = fn()
+    if not isinstance(info, SamplerInfo):
+        raise SamplerError(explain(f"{type(sampler).__name__}.describe() returned the wrong type", expected="a diffeval.samplers.SamplerInfo", got=type(info).__name__, fix="return SamplerInfo(name=..., knobs=...)"))
+    return info
 
 
 def check_sampler_output(images: object, noise: torch.Tensor, who: str) -> torch.Tensor:
     """Validate a sampler's output: a float tensor with the noise's batch size, all finite."""
     if not torch.is_tensor(images):
-        raise SamplerError(
-            explain(f"{who} returned no tensor", expected="a torch.Tensor (N, C, H, W)", got=type(images).__name__, fix="return the images as a tensor")
-        )
+        raise SamplerError(explain(f"{who} returned no tensor", expected="a torch.Tensor (N, C, H, W)", got=type(images).__name__, fix="return the images as a tensor"))
     if images.ndim != 4 or images.shape[0] != noise.shape[0]:
-        raise SamplerError(
-            explain(
-                f"{who} returned images of the wrong shape",
-                expected=f"(N={noise.shape[0]}, C, H, W)",
-                got=f"{tuple(images.shape)}",
-                fix="return one NCHW image per noise sample",
-            )
-        )
+        raise SamplerError(explain(f"{who} returned images of the wrong shape", expected=f"(N={noise.shape[0]}, C, H, W)", got=f"{tuple(images.shape)}", fix="return one NCHW image per noise sample"))
     if not images.is_floating_point():
-        raise SamplerError(
-            explain(f"{who} returned non-float images", expected="float images in [-1, 1]", got=str(images.dtype), fix="return images as x / 127.5 - 1")
-        )
+        raise SamplerError(explain(f"{who} returned non-float images", expected="float images in [-1, 1]", got=str(images.dtype), fix="return images as x / 127.5 - 1"))
     finite = torch.isfinite(images)
     if not bool(finite.all()):
         bad = int((~finite).flatten(1).any(1).sum())
         raise SamplerError(
-            explain(
-                f"{who} returned non-finite images",
-                expected="finite values",
-                got=f"NaN/inf in {bad} of {images.shape[0]} samples",
-                fix="check the model for NaN (learning rate, fp16 overflow) and the schedule endpoints",
-            )
+            explain(f"{who} returned non-finite images", expected="finite values", got=f"NaN/inf in {bad} of {images.shape[0]} samples", fix="check the model for NaN (learning rate, fp16 overflow) and the schedule endpoints")
         )
     return images

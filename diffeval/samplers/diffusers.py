@@ -1,9 +1,10 @@
 """Adapters for Hugging Face diffusers: a whole pipeline, or a scheduler plus a denoiser.
 
 Both hold the foreign objects and expose diffeval's contract:
-``sampler(noise, cond=None, *, rng=None) -> images in [-1, 1]``, with ``schedule`` (the
-scheduler's ``alphas_cumprod`` as log-SNR, or None when the scheduler has none),
-``prediction`` (from ``prediction_type``), ``model`` and ``last_run``.
+``sampler(noise, cond=None, *, rng=None, timer=None) -> images in [-1, 1]`` and
+``describe()``, declaring the schedule (the scheduler's ``alphas_cumprod`` as log-SNR,
+or None when the scheduler has none), the prediction type (the scheduler config's
+``prediction_type``), the denoiser as ``model(x_t, t)`` and the spacing.
 
 diffusers is imported inside the adapters only; install it with
 ``pip install 'diffeval[diffusers]'``.
@@ -31,7 +32,8 @@ import torch
 
 from diffeval import schedules
 from diffeval.errors import ConfigError, SamplerError, explain
-from diffeval.samplers.base import RunStats, SeedRNG, StepTimer, check_sampler_output
+from diffeval.quantize import dequantize
+from diffeval.samplers.base import RunStats, SamplerInfo, SeedRNG, StepTimer, check_sampler_output
 
 __all__ = ["DiffusersPipelineSampler", "DiffusersSchedulerSampler", "schedule_of", "prediction_of", "images_to_signed", "require_diffusers"]
 
@@ -74,7 +76,7 @@ def images_to_signed(images: Any) -> torch.Tensor:
     if isinstance(images, (list, tuple)) and images and hasattr(images[0], "convert"):
         arrays = [np.asarray(im) for im in images]
         u8 = np.stack([a[..., None] if a.ndim == 2 else a for a in arrays])
-        return torch.from_numpy(u8.transpose(0, 3, 1, 2).copy()).float() / 127.5 - 1.0
+        return dequantize(torch.from_numpy(u8.transpose(0, 3, 1, 2).copy()))
     if isinstance(images, np.ndarray):
         array = images if images.ndim == 4 else images[..., None]
         return torch.from_numpy(array.transpose(0, 3, 1, 2).copy()).float() * 2 - 1
@@ -158,13 +160,25 @@ class DiffusersPipelineSampler:
         self.model = _UNetModel(self.denoiser) if self.denoiser is not None and not self.text_to_image else None
         spacing = getattr(pipeline.scheduler.config, "timestep_spacing", None)
         self.spacing = spacing if spacing in schedules.SPACINGS else None
-        self.timer = StepTimer(timing)
+        self.timing = StepTimer(timing).mode
         self.last_run: RunStats | None = None
 
-    def config(self) -> dict[str, Any]:
-        return {"sampler": f"diffusers:{type(self.pipeline).__name__}", "scheduler": type(self.pipeline.scheduler).__name__, "steps": self.num_inference_steps, "guidance_scale": self.guidance_scale, **{k: v for k, v in self.pipeline_kwargs.items() if isinstance(v, (int, float, str, bool))}}
+    def knobs(self) -> dict[str, Any]:
+        return {"scheduler": type(self.pipeline.scheduler).__name__, "steps": self.num_inference_steps, "guidance_scale": self.guidance_scale, **{k: v for k, v in self.pipeline_kwargs.items() if isinstance(v, (int, float, str, bool))}}
 
-    def __call__(self, noise: torch.Tensor, cond: Any = None, *, rng: SeedRNG | None = None) -> torch.Tensor:
+    def describe(self) -> SamplerInfo:
+        return SamplerInfo(
+            name=f"diffusers:{type(self.pipeline).__name__}",
+            knobs=self.knobs(),
+            schedule=self.schedule,
+            prediction=self.prediction,
+            model=self.model,
+            steps=self.num_inference_steps,
+            spacing=self.spacing,
+            guidance=self.guidance_scale is not None,
+        )
+
+    def __call__(self, noise: torch.Tensor, cond: Any = None, *, rng: SeedRNG | None = None, timer: StepTimer | None = None) -> torch.Tensor:
         kwargs: dict[str, Any] = {"num_inference_steps": self.num_inference_steps, "output_type": "np", **self.pipeline_kwargs}
         if self.text_to_image:
             if not isinstance(cond, (list, tuple)) or len(cond) != noise.shape[0] or not all(isinstance(p, str) for p in cond):
@@ -183,8 +197,9 @@ class DiffusersPipelineSampler:
             raise SamplerError(explain(f"{type(self.pipeline).__name__} draws its own noise", expected="rng (per-sample generators) so the noise follows the seeds", got="rng=None", fix="call through diffeval.evaluate, or pass rng=SeedRNG(seeds)"))
         if generators is not None:
             kwargs["generator"] = generators if len(generators) > 1 else generators[0]
-        self.timer.start(noise.device, noise.shape[0])
-        hooks = _ModelTimer(self.denoiser, self.timer) if isinstance(self.denoiser, torch.nn.Module) else None
+        timer = timer if timer is not None else StepTimer(self.timing)
+        timer.start(noise.device, noise.shape[0])
+        hooks = _ModelTimer(self.denoiser, timer) if isinstance(self.denoiser, torch.nn.Module) else None
         with torch.no_grad():
             if hooks is not None:
                 hooks.batch = noise.shape[0]
@@ -192,10 +207,10 @@ class DiffusersPipelineSampler:
                     out = self.pipeline(**kwargs)
             else:
                 out = self.pipeline(**kwargs)
-        stats = self.timer.stop()
+        stats = timer.stop()
         if hooks is not None:
             stats.nfe = round(hooks.evals)
-            if self.timer.mode == "step":
+            if timer.mode == "step":
                 stats.step_s = hooks.step_times()
         self.last_run = stats
         images = out.images if hasattr(out, "images") else out[0]
@@ -237,15 +252,19 @@ class DiffusersSchedulerSampler:
         self.clip = clip
         self.schedule = schedule_of(scheduler)
         self.prediction = prediction_of(scheduler)
-        self.spacing = getattr(scheduler.config, "timestep_spacing", None)
-        self.timer = StepTimer(timing)
+        spacing = getattr(scheduler.config, "timestep_spacing", None)
+        self.spacing = spacing if spacing in schedules.SPACINGS else None
+        self.timing = StepTimer(timing).mode
         self.last_run: RunStats | None = None
         self._takes_generator = "generator" in inspect.signature(scheduler.step).parameters
 
-    def config(self) -> dict[str, Any]:
-        return {"sampler": f"diffusers:{type(self.scheduler).__name__}", "steps": self.steps, "prediction": self.prediction, "spacing": self.spacing}
+    def knobs(self) -> dict[str, Any]:
+        return {"steps": self.steps, "prediction": self.prediction, "spacing": self.spacing, "clip": self.clip}
 
-    def __call__(self, noise: torch.Tensor, cond: Any = None, *, rng: SeedRNG | None = None) -> torch.Tensor:
+    def describe(self) -> SamplerInfo:
+        return SamplerInfo(name=f"diffusers:{type(self.scheduler).__name__}", knobs=self.knobs(), schedule=self.schedule, prediction=self.prediction, model=self.model, steps=self.steps, spacing=self.spacing)
+
+    def __call__(self, noise: torch.Tensor, cond: Any = None, *, rng: SeedRNG | None = None, timer: StepTimer | None = None) -> torch.Tensor:
         extra: Sequence[Any] = ()
         if cond is not None:
             if self.cond_fn is None:
@@ -254,18 +273,19 @@ class DiffusersSchedulerSampler:
         self.scheduler.set_timesteps(self.steps, device=noise.device)
         generators = [torch.Generator(device=noise.device).manual_seed(s + 1_000_003) for s in rng.seeds] if rng is not None else None
         x = noise * float(getattr(self.scheduler, "init_noise_sigma", 1.0))
-        self.timer.start(noise.device, noise.shape[0])
+        timer = timer if timer is not None else StepTimer(self.timing)
+        timer.start(noise.device, noise.shape[0])
         with torch.no_grad():
             for i, t in enumerate(self.scheduler.timesteps):
-                with self.timer.step():
+                with timer.step():
                     scale = getattr(self.scheduler, "scale_model_input", None)  # flow-matching schedulers have none
                     model_input = scale(x, t) if scale is not None else x
                     t_vec = torch.full((x.shape[0],), float(t), device=x.device)
                     out = self.model(model_input, t_vec, *extra)
-                    self.timer.count_nfe()
+                    timer.count_nfe()
                     if not torch.is_tensor(out) or out.shape != x.shape:
                         raise SamplerError(explain(f"model output at step {i} has the wrong shape", expected=f"{tuple(x.shape)}", got=f"{tuple(out.shape) if torch.is_tensor(out) else type(out).__name__}", fix="return one prediction per pixel"))
                     kwargs = {"generator": (generators if len(generators) > 1 else generators[0])} if self._takes_generator and generators is not None else {}
                     x = self.scheduler.step(out, t, x, **kwargs).prev_sample
-        self.last_run = self.timer.stop()
+        self.last_run = timer.stop()
         return check_sampler_output(x.clamp(-1, 1) if self.clip else x, noise, f"scheduler {type(self.scheduler).__name__}")

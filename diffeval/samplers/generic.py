@@ -26,45 +26,19 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from diffeval.denoiser import Denoiser, check_prediction, to_x0_eps
 from diffeval.errors import SamplerError, explain
-from diffeval.samplers.base import RunStats, SeedRNG, StepTimer, check_sampler_output
+from diffeval.samplers.base import RunStats, SamplerInfo, SeedRNG, StepTimer, check_sampler_output
 from diffeval.schedules import SPACINGS, Schedule, sampling_indices
 
-__all__ = ["GeneralizedSampler", "PREDICTIONS", "to_x0_eps"]
+__all__ = ["GeneralizedSampler", "SATURATION_MARGIN"]
 
-PREDICTIONS = ("eps", "x0", "v")
 SATURATION_MARGIN = 0.1  # x0_hat counts as saturated beyond [-1.1, 1.1]: data on the bounds overshoots them slightly
-
-
-def to_x0_eps(
-    prediction: str, out: torch.Tensor, z_t: torch.Tensor, alpha_t: float, sigma_t: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Convert a model output to ``(x0_hat, eps_hat)`` at ``z_t = alpha_t x0 + sigma_t eps``.
-
-    eps: ``x0 = (z - sigma eps) / alpha``; x0: ``eps = (z - alpha x0) / sigma``;
-    v = alpha eps - sigma x0: ``x0 = alpha z - sigma v``, ``eps = sigma z + alpha v``.
-    """
-    if prediction == "eps":
-        if alpha_t == 0.0:
-            raise SamplerError(
-                explain(
-                    "eps-prediction cannot recover x0 at zero SNR (alpha_t = 0)",
-                    expected="a schedule with finite terminal log-SNR, or a v/x0-prediction model",
-                    got="alpha_t = 0 at the first sampling step",
-                    fix="use v-prediction with zero-terminal-SNR schedules (Lin et al. 2023)",
-                )
-            )
-        return (z_t - sigma_t * out) / alpha_t, out
-    if prediction == "x0":
-        if sigma_t == 0.0:
-            return out, torch.zeros_like(out)
-        return out, (z_t - alpha_t * out) / sigma_t
-    return alpha_t * z_t - sigma_t * out, sigma_t * z_t + alpha_t * out
 
 
 def _alpha_sigma(log_snr: float) -> tuple[float, float]:
@@ -92,8 +66,9 @@ class GeneralizedSampler:
         clip_x0: clamp ``x0_hat`` to [-1, 1] at every step (and re-derive ``eps_hat``).
         guidance_scale: classifier-free guidance weight w, ``out = out_u + w (out_c - out_u)``;
             used only with a condition; ``1`` is plain conditional sampling.
-        timing: ``step`` (per-step latency, CUDA-synchronized), ``run`` (whole-call time
-            only, no per-step stalls) or ``off``.
+        timing: the default timer's mode when the caller passes none: ``step`` (per-step
+            latency, CUDA-synchronized), ``run`` (whole-call time only) or ``off``.
+        image_shape: ``(C, H, W)`` of the images, declared for configs that do not say it.
     """
 
     def __init__(
@@ -109,27 +84,21 @@ class GeneralizedSampler:
         clip_x0: bool = True,
         guidance_scale: float = 1.0,
         timing: str = "step",
+        image_shape: Sequence[int] | None = None,
     ) -> None:
-        if not callable(model):
-            raise SamplerError(explain("model is not callable", expected="model(x_t, t) -> tensor", got=type(model).__name__, fix="pass the network (an nn.Module) or a function"))
-        if not isinstance(schedule, Schedule):
-            raise SamplerError(
-                explain("schedule is not a diffeval Schedule", expected="a diffeval.schedules.Schedule", got=type(schedule).__name__, fix="convert it with diffeval.schedules.from_betas / from_alphas_cumprod")
-            )
-        if prediction not in PREDICTIONS:
-            raise SamplerError(explain("unknown prediction type", expected=" / ".join(PREDICTIONS), got=repr(prediction), fix="say what the model outputs: eps, x0 or v"))
-        if not (isinstance(eta, (int, float)) and 0.0 <= float(eta) <= 1.0):
+        check_prediction(prediction)
+        self.denoiser = Denoiser(model, schedule, prediction)
+        if not (isinstance(eta, (int, float)) and not isinstance(eta, bool) and 0.0 <= float(eta) <= 1.0):
             raise SamplerError(explain("eta out of range", expected="0 <= eta <= 1 (0 = DDIM, 1 = DDPM)", got=repr(eta), fix="choose eta in [0, 1]"))
         if not (isinstance(churn, (int, float)) and float(churn) >= 0.0 and math.isfinite(churn)):
             raise SamplerError(explain("churn out of range", expected="a finite number >= 0", got=repr(churn), fix="use churn = 0 to disable it"))
         if spacing not in SPACINGS:
             raise SamplerError(explain("unknown timestep spacing", expected=" / ".join(SPACINGS), got=repr(spacing), fix="use 'trailing'"))
         if not (isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps <= schedule.T):
-            raise SamplerError(
-                explain("number of sampling steps out of range", expected=f"an integer in [1, T={schedule.T}]", got=repr(steps), fix=f"choose steps between 1 and {schedule.T}")
-            )
+            raise SamplerError(explain("number of sampling steps out of range", expected=f"an integer in [1, T={schedule.T}]", got=repr(steps), fix=f"choose steps between 1 and {schedule.T}"))
         if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale)):
             raise SamplerError(explain("invalid guidance_scale", expected="a finite number", got=repr(guidance_scale), fix="use 1.0 for no guidance"))
+        StepTimer(timing)  # validates the mode
         self.model = model
         self.schedule = schedule
         self.prediction = prediction
@@ -139,13 +108,13 @@ class GeneralizedSampler:
         self.spacing = spacing
         self.clip_x0 = bool(clip_x0)
         self.guidance_scale = float(guidance_scale)
-        self.timer = StepTimer(timing)
-        self.last_run: RunStats | None = None
+        self.timing = timing
+        self.image_shape = None if image_shape is None else tuple(int(s) for s in image_shape)
         self.indices = sampling_indices(schedule.T, steps, spacing)
+        self.last_run: RunStats | None = None
 
-    def config(self) -> dict[str, Any]:
+    def knobs(self) -> dict[str, Any]:
         return {
-            "sampler": "generalized",
             "schedule": self.schedule.name,
             "prediction": self.prediction,
             "steps": self.steps,
@@ -156,51 +125,63 @@ class GeneralizedSampler:
             "guidance_scale": self.guidance_scale,
         }
 
+    def describe(self) -> SamplerInfo:
+        return SamplerInfo(
+            name="generalized",
+            knobs=self.knobs(),
+            schedule=self.schedule,
+            prediction=self.prediction,
+            model=self.model,
+            steps=self.steps,
+            spacing=self.spacing,
+            indices=tuple(int(i) for i in self.indices),
+            image_shape=self.image_shape,
+            guidance=True,
+        )
+
+    def replace(self, **changes: Any) -> GeneralizedSampler:
+        """A new sampler with some arguments changed (``model``, ``steps``, ``eta``, ...); this one is left as is."""
+        args = {"prediction": self.prediction, "steps": self.steps, "eta": self.eta, "churn": self.churn, "spacing": self.spacing, "clip_x0": self.clip_x0, "guidance_scale": self.guidance_scale, "timing": self.timing, "image_shape": self.image_shape}
+        unknown = sorted(set(changes) - set(args) - {"model", "schedule"})
+        if unknown:
+            raise SamplerError(explain(f"unknown knob(s) {unknown} for GeneralizedSampler", expected=f"among model, schedule, {', '.join(args)}", got=", ".join(unknown), fix="correct the knob names"))
+        model = changes.pop("model", self.model)
+        schedule = changes.pop("schedule", self.schedule)
+        return GeneralizedSampler(model, schedule, **{**args, **changes})
+
     # -- one network evaluation, with guidance -------------------------------------
-    def _predict(self, z: torch.Tensor, model_time: float, cond: Any, step: int) -> torch.Tensor:
+    def _predict(self, z: torch.Tensor, model_time: float, cond: Any, step: int, timer: StepTimer) -> torch.Tensor:
         t = torch.full((z.shape[0],), model_time, device=z.device, dtype=torch.float32)
+        where = f"at sampling step {step}"
         if cond is None:
-            out = self._call(z, t, step)
-        elif self.guidance_scale == 1.0:
-            out = self._call(z, t, step, cond)
-        else:
-            out_u = self._call(z, t, step)
-            out_c = self._call(z, t, step, cond)
-            out = out_u + self.guidance_scale * (out_c - out_u)
-        return out
+            timer.count_nfe()
+            return self.denoiser(z, t, where=where)
+        if self.guidance_scale == 1.0:
+            timer.count_nfe()
+            return self.denoiser(z, t, cond, where=where)
+        out_u = self.denoiser(z, t, where=where)
+        out_c = self.denoiser(z, t, cond, where=where)
+        timer.count_nfe(2)
+        return out_u + self.guidance_scale * (out_c - out_u)
 
-    def _call(self, z: torch.Tensor, t: torch.Tensor, step: int, *cond: Any) -> torch.Tensor:
-        out = self.model(z, t, *cond)
-        self.timer.count_nfe()
-        if not torch.is_tensor(out) or out.shape != z.shape:
-            got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
-            raise SamplerError(
-                explain(
-                    f"model output at sampling step {step} has the wrong shape",
-                    expected=f"{tuple(z.shape)} (same as x_t)",
-                    got=f"{got}",
-                    fix="the model must return one prediction per input pixel (eps, x0 or v)",
-                )
-            )
-        return out
-
-    def __call__(self, noise: torch.Tensor, cond: Any = None, *, rng: SeedRNG | None = None) -> torch.Tensor:
+    def __call__(self, noise: torch.Tensor, cond: Any = None, *, rng: SeedRNG | None = None, timer: StepTimer | None = None) -> torch.Tensor:
         if not torch.is_tensor(noise) or noise.ndim != 4 or not noise.is_floating_point():
             got = f"{type(noise).__name__} {tuple(noise.shape) if torch.is_tensor(noise) else ''}"
             raise SamplerError(explain("noise must be a float NCHW tensor", expected="(N, C, H, W) float", got=got, fix="use diffeval.samplers.seeded_noise"))
+        timer = timer if timer is not None else StepTimer(self.timing)
         randn_like = rng.randn_like if rng is not None else torch.randn_like
         lam = self.schedule.log_snr
         lam_floor = float(lam[torch.isfinite(lam)].min())
         gamma = min(self.churn / self.steps, math.sqrt(2) - 1)
         indices = self.indices.tolist()
-        self.timer.start(noise.device, noise.shape[0])
+        timer.start(noise.device, noise.shape[0])
         first_bad = torch.full((), -1, device=noise.device, dtype=torch.int64)
         outside = torch.zeros((), device=noise.device, dtype=torch.float64)
         counted = 0
         z = noise
         with torch.no_grad():
             for i, t in enumerate(indices):
-                with self.timer.step():
+                with timer.step():
                     lam_t = float(lam[t])
                     model_time = float(self.schedule.model_times[t])
                     alpha_t, sigma_t = _alpha_sigma(lam_t)
@@ -212,7 +193,7 @@ class GeneralizedSampler:
                         z = alpha_h * (z / alpha_t + math.sqrt(ve_h**2 - ve_t**2) * randn_like(z))
                         lam_t, alpha_t, sigma_t = lam_hat, alpha_h, sigma_h
                         model_time = self.schedule.model_time_at(lam_hat)
-                    out = self._predict(z, model_time, cond, i)
+                    out = self._predict(z, model_time, cond, i, timer)
                     # x0_hat, eps_hat from the prediction (eq. 9 of DDIM in SNR form)
                     x0_hat, eps_hat = to_x0_eps(self.prediction, out, z, alpha_t, sigma_t)
                     if lam_t >= 0:  # saturation where signal dominates (SNR >= 1), counted on the device (no sync)
@@ -236,8 +217,9 @@ class GeneralizedSampler:
                     z = alpha_s * x0_hat + math.sqrt(sigma_s**2 - c_sq) * eps_hat
                     if c_sq > 0:
                         z = z + math.sqrt(c_sq) * randn_like(z)
-        self.last_run = self.timer.stop()
-        self.last_run.x0_outside = float(outside) / counted if counted else float("nan")
+        stats = timer.stop()
+        stats.x0_outside = float(outside) / counted if counted else float("nan")
+        self.last_run = stats
         bad_step = int(first_bad)
         if bad_step >= 0:
             raise SamplerError(

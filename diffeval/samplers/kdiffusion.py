@@ -6,8 +6,12 @@ turn eps-/v-models into it. The adapter starts at ``x = noise * sigmas[0]``, cal
 sampler function with a per-step callback (timing), counts denoiser calls (NFE; Heun
 and DPM-2 make two per step), and feeds ancestral/SDE samplers their noise from
 per-sample generators (``noise_sampler``) so results depend on the seeds only. The
-training schedule is exposed from the wrapper's discrete sigmas (``alpha_bar =
-1/(1 + sigma^2)``) when it has them. Output: the final denoised x, clamped to [-1, 1].
+training schedule is declared from the wrapper's discrete sigmas (``alpha_bar =
+1/(1 + sigma^2)``) when it has them, and the prediction type of its inner model from
+the wrapper's own kind: k-diffusion's ``DiscreteVDDPMDenoiser`` wraps a v-model,
+``DiscreteEpsDDPMDenoiser`` (and its subclasses ``CompVisDenoiser``, ``OpenAIDenoiser``)
+an eps-model; any other denoiser needs ``prediction=`` (or declares none). Output: the
+final denoised x, clamped to [-1, 1].
 
 Install with ``pip install 'diffeval[kdiffusion]'`` (k-diffusion's CLIP dependency
 still imports ``pkg_resources``, hence ``setuptools<81`` in that extra).
@@ -22,8 +26,9 @@ from typing import Any
 import torch
 
 from diffeval import schedules
+from diffeval.denoiser import check_prediction
 from diffeval.errors import ConfigError, SamplerError, explain
-from diffeval.samplers.base import RunStats, SeedRNG, StepTimer, check_sampler_output
+from diffeval.samplers.base import RunStats, SamplerInfo, SeedRNG, StepTimer, check_sampler_output
 
 __all__ = ["KDiffusionSampler", "require_kdiffusion"]
 
@@ -48,6 +53,17 @@ class _Counting(torch.nn.Module):
         return self.denoiser(x, sigma, **kwargs)
 
 
+def wrapped_prediction(denoiser: Any) -> str | None:
+    """What the inner model of a k-diffusion wrapper predicts, from the wrapper's type (None when it is not one of k-diffusion's)."""
+    K = require_kdiffusion()  # noqa: N806
+    external = K.external
+    if isinstance(denoiser, getattr(external, "DiscreteVDDPMDenoiser", ())):
+        return "v"
+    if isinstance(denoiser, getattr(external, "DiscreteEpsDDPMDenoiser", ())):
+        return "eps"
+    return None
+
+
 class KDiffusionSampler:
     """``sample_fn`` (e.g. ``k_diffusion.sampling.sample_euler``) over ``denoiser`` with ``steps`` Karras sigmas (or given ``sigmas``)."""
 
@@ -70,17 +86,22 @@ class KDiffusionSampler:
         self._noise_sampler = "noise_sampler" in params
         train_sigmas = getattr(denoiser, "sigmas", None)
         self.schedule = schedules.from_alphas_cumprod((1 / (1 + train_sigmas.double().cpu() ** 2)).numpy(), name=f"k-diffusion:{type(denoiser).__name__}") if torch.is_tensor(train_sigmas) else None
-        kind = type(denoiser).__name__
-        self.prediction = prediction or ("v" if "VDDPM" in kind or kind.startswith("V") else "eps" if "Eps" in kind or "CompVis" in kind or "OpenAI" in kind else None)
-        self.model = getattr(denoiser, "inner_model", None)
-        self.spacing = None
-        self.timer = StepTimer(timing)
+        declared = wrapped_prediction(denoiser)
+        check_prediction(prediction, allow_none=True)
+        if prediction is not None and declared is not None and prediction != declared:
+            raise SamplerError(explain(f"prediction={prediction!r} contradicts the denoiser {type(denoiser).__name__}", expected=f"{declared!r} (what that wrapper's inner model predicts)", got=repr(prediction), fix="drop prediction= or wrap the model in the matching k-diffusion denoiser"))
+        self.prediction = prediction or declared
+        self.model = getattr(denoiser, "inner_model", None) if self.prediction is not None else None
+        self.timing = StepTimer(timing).mode
         self.last_run: RunStats | None = None
 
-    def config(self) -> dict[str, Any]:
-        return {"sampler": f"k-diffusion:{self.sample_fn.__name__}", "steps": self.steps, "sigma_max": float(self.sigmas[0]), **{k: v for k, v in self.sampler_kwargs.items() if isinstance(v, (int, float, str))}}
+    def knobs(self) -> dict[str, Any]:
+        return {"function": self.sample_fn.__name__, "steps": self.steps, "sigma_max": float(self.sigmas[0]), **{k: v for k, v in self.sampler_kwargs.items() if isinstance(v, (int, float, str, bool))}}
 
-    def __call__(self, noise: torch.Tensor, cond: Any = None, *, rng: SeedRNG | None = None) -> torch.Tensor:
+    def describe(self) -> SamplerInfo:
+        return SamplerInfo(name=f"k-diffusion:{self.sample_fn.__name__}", knobs=self.knobs(), schedule=self.schedule, prediction=self.prediction, model=self.model, steps=self.steps)
+
+    def __call__(self, noise: torch.Tensor, cond: Any = None, *, rng: SeedRNG | None = None, timer: StepTimer | None = None) -> torch.Tensor:
         sigmas = self.sigmas.to(noise.device)
         counting = _Counting(self.denoiser)
         kwargs = dict(self.sampler_kwargs)
@@ -89,17 +110,18 @@ class KDiffusionSampler:
         if self._noise_sampler and rng is not None:
             kwargs["noise_sampler"] = lambda sigma, sigma_next: rng.randn_like(noise)
         x = noise * sigmas[0]
-        self.timer.start(noise.device, noise.shape[0])
-        self.timer.begin_step()
+        timer = timer if timer is not None else StepTimer(self.timing)
+        timer.start(noise.device, noise.shape[0])
+        timer.begin_step()
 
         def callback(info: dict[str, Any]) -> None:  # k-diffusion calls it at the end of every step
-            self.timer.end_step()
+            timer.end_step()
             if info["i"] + 1 < self.steps:
-                self.timer.begin_step()
+                timer.begin_step()
 
         with torch.no_grad():
             out = self.sample_fn(counting, x, sigmas, callback=callback, disable=True, **kwargs)
-        stats = self.timer.stop()
+        stats = timer.stop()
         stats.nfe = counting.calls
         self.last_run = stats
         return check_sampler_output(out.clamp(-1, 1), noise, f"k-diffusion {self.sample_fn.__name__}")

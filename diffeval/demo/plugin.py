@@ -1,0 +1,67 @@
+"""The demo as a plugin: registers what the bundled demo brings, through the same registries any plugin uses.
+
+- sampler factory ``demo`` (the generalized sampler over the bundled denoiser);
+- data set ``digits`` (``digits``, ``digits:train``, ``digits:test``);
+- feature extractor ``demo-digits`` (the bundled classifier's 64-d features and logits);
+- named config ``demo`` (``demo.toml``: ``diffeval run demo``);
+- command ``diffeval demo``.
+
+It is loaded through the ``diffeval.plugins`` entry point (``pyproject.toml``); no module
+outside ``diffeval/demo/`` imports the demo. Importing this module is cheap: weights and
+data load only when used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from diffeval.cli import COMMANDS, Command
+from diffeval.config import CONFIGS
+from diffeval.features import EXTRACTORS
+from diffeval.samplers.factories import SAMPLER_FACTORIES
+from diffeval.sources import DATASETS
+
+__all__: list[str] = []
+
+
+def _sampler(**kwargs: Any) -> Any:
+    from diffeval.demo.bundle import demo_sampler
+
+    return demo_sampler(**kwargs)
+
+
+def _digits(split: str | None = None) -> Any:
+    from diffeval.demo.data import digits_source
+
+    return digits_source(split)
+
+
+def _extractor(device: str = "cpu", weights: str | None = None) -> Any:
+    from diffeval.demo.bundle import DigitsFeatureExtractor
+
+    return DigitsFeatureExtractor(device=device, weights=weights)
+
+
+def _config_path() -> Any:
+    from diffeval.demo.run import demo_config_path
+
+    return demo_config_path()
+
+
+def _add_arguments(parser: Any, positive_int: Any, non_negative_int: Any) -> None:
+    from diffeval.demo.run import add_arguments
+
+    add_arguments(parser, positive_int, non_negative_int)
+
+
+def _command(args: Any) -> int:
+    from diffeval.demo.run import command
+
+    return command(args)
+
+
+SAMPLER_FACTORIES.register("demo", _sampler)
+DATASETS.register("digits", _digits)
+EXTRACTORS.register("demo-digits", _extractor)
+CONFIGS.register("demo", _config_path())
+COMMANDS.register("demo", Command("run the whole job on the bundled digits model (offline)", _add_arguments, _command))
