@@ -29,7 +29,11 @@ class ConvEps(torch.nn.Module):
     def __init__(self, width: int = 64) -> None:
         super().__init__()
         self.net = torch.nn.Sequential(
-            torch.nn.Conv2d(4, width, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(width, width, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(width, 3, 3, padding=1)
+            torch.nn.Conv2d(4, width, 3, padding=1),
+            torch.nn.SiLU(),
+            torch.nn.Conv2d(width, width, 3, padding=1),
+            torch.nn.SiLU(),
+            torch.nn.Conv2d(width, 3, 3, padding=1),
         )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -62,7 +66,15 @@ def main() -> None:
     vdm = BitsPerDim(ConvEps().to(args.device), schedules.vdm(), "eps", "vdm", n_t=1)
     rate, out = _time(vdm, cifar, args.batch_size)
     rows.append(("VDM, random conv 3x32x32, n_t=1", f"{rate:.1f}", f"{out.value:.3f} ± {out.stderr:.3f}"))
-    print(f"device {args.device}" + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else f", {torch.get_num_threads()} threads") + f", n = {args.n}")
+    print(
+        f"device {args.device}"
+        + (
+            f" ({torch.cuda.get_device_name()})"
+            if args.device.startswith("cuda")
+            else f", {torch.get_num_threads()} threads"
+        )
+        + f", n = {args.n}"
+    )
     print(f"{'estimator':34s} {'images/s':>10s}  bits/dim")
     for name, rate_s, value in rows:
         print(f"{name:34s} {rate_s:>10s}  {value}")

@@ -21,14 +21,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def pytest_addoption(parser):
     parser.addoption("--bench-device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-    parser.addoption("--bench-size", default="full" if torch.cuda.is_available() else "small", choices=("small", "full"))
+    parser.addoption(
+        "--bench-size", default="full" if torch.cuda.is_available() else "small", choices=("small", "full")
+    )
 
 
 @pytest.fixture(scope="session")
 def device(request):
     name = request.config.getoption("--bench-device")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        pytest.skip(f"--bench-device {name} requested but no CUDA device is available (torch {torch.__version__}); run with --bench-device cpu")
+        pytest.skip(
+            f"--bench-device {name} requested but no CUDA device is available (torch {torch.__version__}); run with"
+            " --bench-device cpu"
+        )
     return torch.device(name)
 
 
@@ -72,11 +77,17 @@ def pytest_configure(config):
     root = Path(str(storage)[len("file://") :])
     candidates = sorted(root.glob(f"*/{compare}*.json")) if compare is not True else sorted(root.glob("*/*.json"))[-1:]
     if not candidates:
-        raise pytest.UsageError(f"benchmark baseline {compare!r} not found under {root}: expected a file like {root}/<machine>/{compare}_<name>.json; save one first with --benchmark-save=<name>")
+        raise pytest.UsageError(
+            f"benchmark baseline {compare!r} not found under {root}: expected a file like"
+            f" {root}/<machine>/{compare}_<name>.json; save one first with --benchmark-save=<name>"
+        )
     for path in candidates:
         try:
             data = json.loads(path.read_text())
             if not isinstance(data, dict) or "benchmarks" not in data:
                 raise ValueError("no 'benchmarks' list")
         except ValueError as error:
-            raise pytest.UsageError(f"benchmark baseline {path} is corrupted ({type(error).__name__}: {error}); expected a pytest-benchmark JSON file. Fix: restore it from git, or re-save a baseline with --benchmark-save=<name>") from None
+            raise pytest.UsageError(
+                f"benchmark baseline {path} is corrupted ({type(error).__name__}: {error}); expected a pytest-benchmark"
+                " JSON file. Fix: restore it from git, or re-save a baseline with --benchmark-save=<name>"
+            ) from None

@@ -55,7 +55,12 @@ def bench_statistics(d: int, device: str, repeats: int) -> list[tuple[str, str]]
 
     mu1, s1 = _spd(d, 0)
     mu2, s2 = _spd(d, 1)
-    t_theirs, theirs = _best(lambda: fid_statistics_to_metric({"mu": mu1, "sigma": s1}, {"mu": mu2, "sigma": s2}, False)["frechet_inception_distance"], repeats)
+    t_theirs, theirs = _best(
+        lambda: fid_statistics_to_metric({"mu": mu1, "sigma": s1}, {"mu": mu2, "sigma": s2}, False)[
+            "frechet_inception_distance"
+        ],
+        repeats,
+    )
     args = [torch.as_tensor(x, dtype=torch.float64, device=device) for x in (mu1, s1, mu2, s2)]
     frechet_distance(*args)  # warm-up (CUDA context, kernels)
     t_ours, ours = _best(lambda: frechet_distance(*args).value, repeats)
@@ -90,8 +95,12 @@ def bench_extraction(n: int, batch_size: int, device: str) -> list[tuple[str, st
         ours(images[:batch_size])  # warm-up
         t_ours, f_ours = _best(lambda: ours(images.to(device))["2048"], 1)
         cuda = device.startswith("cuda")
-        theirs = create_feature_extractor("inception-v3-compat", ["2048"], cuda=cuda, feature_extractor_weights_path=str(weights), verbose=False)
-        t_theirs, f_theirs = _best(lambda: get_featuresdict_from_dataset(Images(), theirs, batch_size, cuda, False, False)["2048"], 1)
+        theirs = create_feature_extractor(
+            "inception-v3-compat", ["2048"], cuda=cuda, feature_extractor_weights_path=str(weights), verbose=False
+        )
+        t_theirs, f_theirs = _best(
+            lambda: get_featuresdict_from_dataset(Images(), theirs, batch_size, cuda, False, False)["2048"], 1
+        )
     diff = float((f_ours.cpu() - f_theirs.cpu()).abs().max() / f_theirs.abs().max())
     return [
         ("images (32x32 -> 299x299)", str(n)),
@@ -121,17 +130,26 @@ class Stream:
         return torch.randint(0, 256, (len(idx), 1, 8, 8), generator=g, dtype=torch.uint8)
 
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-out = measure(Stream(), extractors=[ex], metrics=[FID(ref, "demo-digits", "features", allow_unmatched=True)], batch_size=batch)
-print(json.dumps({"n": n, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "before_mb": base / 1024, "fid": next(iter(out.values())).value}))
+fid = FID(ref, "demo-digits", "features", allow_unmatched=True)
+out = measure(Stream(), extractors=[ex], metrics=[fid], batch_size=batch)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"n": n, "peak_rss_mb": peak / 1024, "before_mb": base / 1024, "fid": out[fid.label].value}))
 """
 
 
 def bench_memory(sizes: list[int], batch_size: int) -> list[tuple[str, str]]:
     rows = []
     for n in sizes:
-        out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(n), str(batch_size)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _MEMORY_CHILD, str(n), str(batch_size)], capture_output=True, text=True, check=True
+        )
         data = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append((f"N = {n}: peak RSS [MiB] (growth during the FID)", f"{data['peak_rss_mb']:.1f} ({data['peak_rss_mb'] - data['before_mb']:+.1f})"))
+        rows.append(
+            (
+                f"N = {n}: peak RSS [MiB] (growth during the FID)",
+                f"{data['peak_rss_mb']:.1f} ({data['peak_rss_mb'] - data['before_mb']:+.1f})",
+            )
+        )
     return rows
 
 
@@ -152,7 +170,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--n-memory", type=int, nargs="+", default=[2000, 20000])
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, device {args.device}" + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else f", {torch.get_num_threads()} threads"))
+    print(
+        f"torch {torch.__version__}, device {args.device}"
+        + (
+            f" ({torch.cuda.get_device_name()})"
+            if args.device.startswith("cuda")
+            else f", {torch.get_num_threads()} threads"
+        )
+    )
     _table("1. FID from statistics", bench_statistics(args.dim, args.device, args.repeats))
     _table("2. Inception feature extraction", bench_extraction(args.n_extract, args.batch_size, args.device))
     _table("3. Streaming FID memory", bench_memory(args.n_memory, 500))

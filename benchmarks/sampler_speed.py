@@ -1,4 +1,5 @@
-"""Sampler-speed table for a CIFAR-sized U-Net: DDIM 10/50 steps x batch 1/256 x fp32/bf16, plus the step hook's overhead.
+"""Sampler-speed table for a CIFAR-sized U-Net: DDIM 10/50 steps x batch 1/256 x fp32/bf16, plus the step hook's
+overhead.
 
     python benchmarks/sampler_speed.py                       # on CUDA: the full table (35.7M-param U-Net)
     python benchmarks/sampler_speed.py --width 32 --batch-size 1 4 --steps 10   # a small CPU check
@@ -28,7 +29,9 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
-    parser.add_argument("--width", type=int, default=128, help="U-Net base width (128 = the 35.7M-param DDPM CIFAR net)")
+    parser.add_argument(
+        "--width", type=int, default=128, help="U-Net base width (128 = the 35.7M-param DDPM CIFAR net)"
+    )
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--batch-size", type=int, nargs="+", default=[1, 256])
     parser.add_argument("--dtype", nargs="+", default=["fp32", "bf16"])
@@ -41,14 +44,28 @@ def main() -> None:
     print(f"CIFAR U-Net width {args.width}: {params:.1f}M parameters, DDIM (eta = 0), linear schedule, random weights")
     results = bench_grid(
         lambda steps: cifar_sampler(steps=steps, width=args.width, device=args.device),
-        image_shape=(3, 32, 32), steps=args.steps, batch_sizes=args.batch_size, dtypes=args.dtype,
-        device=args.device, warmup=args.warmup, repeats=args.repeats, compile=args.compile,
+        image_shape=(3, 32, 32),
+        steps=args.steps,
+        batch_sizes=args.batch_size,
+        dtypes=args.dtype,
+        device=args.device,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        compile=args.compile,
     )
     print(format_table(results))
-    o = measure_hook_overhead(cifar_sampler(steps=min(args.steps), width=args.width, device=args.device), image_shape=(3, 32, 32), batch_size=1, device=args.device, repeats=10)
-    print(f"\nstep hook overhead at batch 1 ({o.steps} steps): {o.hook_overhead_pct:+.2f}% of a step "
-          f"({o.sampler_step_ms:.3f} ms with the per-step hook, {o.sampler_off_step_ms:.3f} ms without); "
-          f"whole harness vs a bare loop of the model calls ({o.bare_step_ms:.3f} ms/step): {o.harness_overhead_pct:+.2f}%")
+    o = measure_hook_overhead(
+        cifar_sampler(steps=min(args.steps), width=args.width, device=args.device),
+        image_shape=(3, 32, 32),
+        batch_size=1,
+        device=args.device,
+        repeats=10,
+    )
+    print(
+        f"\nstep hook overhead at batch 1 ({o.steps} steps): {o.hook_overhead_pct:+.2f}% of a step"
+        f" ({o.sampler_step_ms:.3f} ms with the per-step hook, {o.sampler_off_step_ms:.3f} ms without); whole harness"
+        f" vs a bare loop of the model calls ({o.bare_step_ms:.3f} ms/step): {o.harness_overhead_pct:+.2f}%"
+    )
 
 
 if __name__ == "__main__":

@@ -67,12 +67,16 @@ def main() -> None:
 
         weights = str(save_random_inception(Path(tmp) / "inception.pt"))
         exact = InceptionV3Extractor(weights=weights, device=str(device), batch_size=a.batch_size)
-        fast = InceptionV3Extractor(weights=weights, device=str(device), batch_size=a.batch_size, fast=True, compile=a.compile)
+        fast = InceptionV3Extractor(
+            weights=weights, device=str(device), batch_size=a.batch_size, fast=True, compile=a.compile
+        )
 
         # -- 1. end-to-end FID vs the bare sampling loop ----------------------------------------
         sampler = cifar_sampler(steps=a.steps, width=a.width, device=str(device), timing="run")
         reference = FeatureMoments()
-        reference.update(exact(torch.randint(0, 256, (max(a.batch_size, 64), 3, 32, 32), dtype=torch.uint8))["2048"])  # stand-in reference statistics
+        reference.update(
+            exact(torch.randint(0, 256, (max(a.batch_size, 64), 3, 32, 32), dtype=torch.uint8))["2048"]
+        )  # stand-in reference statistics
 
         def bare():
             for start in range(0, a.n, a.batch_size):
@@ -83,12 +87,33 @@ def main() -> None:
             bare_s, _ = _timed(bare, device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            eval_s, result = _timed(lambda: evaluate(sampler, seeds=range(a.n), image_shape=(3, 32, 32), extractors=[exact], metrics=[FID(reference, exact.key, "2048", allow_unmatched=True)], batch_size=a.batch_size, device=device, step_timing=False), device)
+            eval_s, result = _timed(
+                lambda: evaluate(
+                    sampler,
+                    seeds=range(a.n),
+                    image_shape=(3, 32, 32),
+                    extractors=[exact],
+                    metrics=[FID(reference, exact.key, "2048", allow_unmatched=True)],
+                    batch_size=a.batch_size,
+                    device=device,
+                    step_timing=False,
+                ),
+                device,
+            )
             peak_full = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             quarter = max(a.batch_size, a.n // 4)
-            evaluate(sampler, seeds=range(quarter), image_shape=(3, 32, 32), extractors=[exact], metrics=[FID(reference, exact.key, "2048", allow_unmatched=True)], batch_size=a.batch_size, device=device, step_timing=False)
+            evaluate(
+                sampler,
+                seeds=range(quarter),
+                image_shape=(3, 32, 32),
+                extractors=[exact],
+                metrics=[FID(reference, exact.key, "2048", allow_unmatched=True)],
+                batch_size=a.batch_size,
+                device=device,
+                step_timing=False,
+            )
             peak_quarter = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
         rows += [
             (f"samples (CIFAR U-Net width {a.width}, DDIM-{a.steps}, {a.dtype}, batch {a.batch_size})", f"{a.n}"),
@@ -103,14 +128,30 @@ def main() -> None:
         from torch_fidelity.metric_fid import fid_statistics_to_metric
 
         g = torch.Generator().manual_seed(0)
-        m1, m2 = torch.randn(2048, generator=g, dtype=torch.float64), torch.randn(2048, generator=g, dtype=torch.float64)
-        x1, x2 = torch.randn(2048, 2112, generator=g, dtype=torch.float64), torch.randn(2048, 2112, generator=g, dtype=torch.float64)
+        m1, m2 = (
+            torch.randn(2048, generator=g, dtype=torch.float64),
+            torch.randn(2048, generator=g, dtype=torch.float64),
+        )
+        x1, x2 = (
+            torch.randn(2048, 2112, generator=g, dtype=torch.float64),
+            torch.randn(2048, 2112, generator=g, dtype=torch.float64),
+        )
         s1, s2 = x1 @ x1.T / 2112, x2 @ x2.T / 2112
-        theirs_s, theirs = _timed(lambda: fid_statistics_to_metric({"mu": m1.numpy(), "sigma": s1.numpy()}, {"mu": m2.numpy(), "sigma": s2.numpy()}, False)["frechet_inception_distance"], torch.device("cpu"))
+        theirs_s, theirs = _timed(
+            lambda: fid_statistics_to_metric(
+                {"mu": m1.numpy(), "sigma": s1.numpy()}, {"mu": m2.numpy(), "sigma": s2.numpy()}, False
+            )["frechet_inception_distance"],
+            torch.device("cpu"),
+        )
         args_dev = [t.to(device) for t in (m1, s1, m2, s2)]
         frechet_distance(*args_dev)
         ours_s, ours = _timed(lambda: frechet_distance(*args_dev).value, device)
-        rows += [("FID from statistics, d = 2048: torch-fidelity (CPU) / diffeval (" + a.device + ") [s]", f"{theirs_s:.3f} / {ours_s:.3f} (rel diff {abs(ours - theirs) / theirs:.1e})")]
+        rows += [
+            (
+                "FID from statistics, d = 2048: torch-fidelity (CPU) / diffeval (" + a.device + ") [s]",
+                f"{theirs_s:.3f} / {ours_s:.3f} (rel diff {abs(ours - theirs) / theirs:.1e})",
+            )
+        ]
 
         # -- 3. feature throughput: exact, fast, torch-fidelity's own path -----------------------
         from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
@@ -124,9 +165,22 @@ def main() -> None:
             def __getitem__(self, i):
                 return images[i]
 
-        theirs_net = create_feature_extractor("inception-v3-compat", ["2048"], cuda=device.type == "cuda", feature_extractor_weights_path=weights, verbose=False)
-        get_featuresdict_from_dataset(Images(), theirs_net, a.batch_size, device.type == "cuda", False, False)  # warm-up
-        tf_s, tf_feat = _timed(lambda: get_featuresdict_from_dataset(Images(), theirs_net, a.batch_size, device.type == "cuda", False, False)["2048"], device)
+        theirs_net = create_feature_extractor(
+            "inception-v3-compat",
+            ["2048"],
+            cuda=device.type == "cuda",
+            feature_extractor_weights_path=weights,
+            verbose=False,
+        )
+        get_featuresdict_from_dataset(
+            Images(), theirs_net, a.batch_size, device.type == "cuda", False, False
+        )  # warm-up
+        tf_s, tf_feat = _timed(
+            lambda: get_featuresdict_from_dataset(
+                Images(), theirs_net, a.batch_size, device.type == "cuda", False, False
+            )["2048"],
+            device,
+        )
         on_device = images.to(device)
         exact(on_device[: a.batch_size]), fast(on_device[: a.batch_size])  # warm-up (and compile)
         ex_s, ex_feat = _timed(lambda: exact(on_device)["2048"], device)
@@ -135,16 +189,33 @@ def main() -> None:
         m_ex, m_fa = FeatureMoments(), FeatureMoments()
         m_ex.update(ex_feat)
         m_fa.update(fa_feat)
-        fid_gap = frechet_distance(m_ex.mean, m_ex.cov, reference.mean.to(m_ex.mean.device), reference.cov.to(m_ex.mean.device)).value - frechet_distance(m_fa.mean, m_fa.cov, reference.mean.to(m_fa.mean.device), reference.cov.to(m_fa.mean.device)).value
+        fid_gap = (
+            frechet_distance(
+                m_ex.mean, m_ex.cov, reference.mean.to(m_ex.mean.device), reference.cov.to(m_ex.mean.device)
+            ).value
+            - frechet_distance(
+                m_fa.mean, m_fa.cov, reference.mean.to(m_fa.mean.device), reference.cov.to(m_fa.mean.device)
+            ).value
+        )
         rows += [
             (f"Inception features, {a.n_extract} images: torch-fidelity path [images/s]", f"{a.n_extract / tf_s:.0f}"),
             ("diffeval exact [images/s] (target >= 1.0x)", f"{a.n_extract / ex_s:.0f} ({tf_s / ex_s:.2f}x)"),
-            ("diffeval fast, bf16 channels-last" + (" compiled" if a.compile else "") + " [images/s] (target >= 3x)", f"{a.n_extract / fa_s:.0f} ({tf_s / fa_s:.2f}x)"),
+            (
+                "diffeval fast, bf16 channels-last" + (" compiled" if a.compile else "") + " [images/s] (target >= 3x)",
+                f"{a.n_extract / fa_s:.0f} ({tf_s / fa_s:.2f}x)",
+            ),
             ("fast vs exact: feature relative error / FID difference", f"{rel:.2e} / {fid_gap:+.3g}"),
-            ("exact vs torch-fidelity: max feature difference", f"{float((ex_feat.cpu() - tf_feat.cpu()).abs().max()):.2e}"),
+            (
+                "exact vs torch-fidelity: max feature difference",
+                f"{float((ex_feat.cpu() - tf_feat.cpu()).abs().max()):.2e}",
+            ),
         ]
     width = max(len(k) for k, _ in rows)
-    print(f"device {a.device}" + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else f", {torch.get_num_threads()} threads") + f", torch {torch.__version__}")
+    print(
+        f"device {a.device}"
+        + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else f", {torch.get_num_threads()} threads")
+        + f", torch {torch.__version__}"
+    )
     for key, value in rows:
         print(f"{key:{width}s}  {value}")
 

@@ -1,7 +1,9 @@
 """Sampler latency baselines (pytest-benchmark): sampler x steps x batch size x dtype.
 
-    python -m pytest benchmarks --benchmark-enable --benchmark-storage=file://reports/benchmarks --benchmark-save=baseline
-    python -m pytest benchmarks --benchmark-enable --benchmark-storage=file://reports/benchmarks --benchmark-compare=0001 --benchmark-compare-fail=median:10%
+    python -m pytest benchmarks --benchmark-enable --benchmark-storage=file://reports/benchmarks \\
+        --benchmark-save=baseline
+    python -m pytest benchmarks --benchmark-enable --benchmark-storage=file://reports/benchmarks \\
+        --benchmark-compare=0001 --benchmark-compare-fail=median:10%
 
 Each round draws fresh noise in ``setup`` (not timed), runs the whole sampler call and
 synchronizes CUDA before the clock stops. ``extra_info`` carries NFE, the median per-step

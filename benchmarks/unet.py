@@ -40,14 +40,23 @@ class _Attn(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).unbind(1)
-        a = nn.functional.scaled_dot_product_attention(q.transpose(1, 2)[:, None], k.transpose(1, 2)[:, None], v.transpose(1, 2)[:, None])[:, 0]
+        a = nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2)[:, None], k.transpose(1, 2)[:, None], v.transpose(1, 2)[:, None]
+        )[:, 0]
         return x + self.out(a.transpose(1, 2).reshape(b, c, h, w))
 
 
 class CifarUNet(nn.Module):
     """``model(x_t, t) -> eps_hat`` for (N, 3, 32, 32) inputs."""
 
-    def __init__(self, width: int = 128, mults: tuple[int, ...] = (1, 2, 2, 2), blocks: int = 2, attn_res: int = 16, seed: int = 0) -> None:
+    def __init__(
+        self,
+        width: int = 128,
+        mults: tuple[int, ...] = (1, 2, 2, 2),
+        blocks: int = 2,
+        attn_res: int = 16,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         torch.manual_seed(seed)
         emb = 4 * width
@@ -57,7 +66,9 @@ class CifarUNet(nn.Module):
         self.down, chans, c, res = nn.ModuleList(), [width], width, 32
         for i, m in enumerate(mults):
             for _ in range(blocks):
-                self.down.append(nn.ModuleList([_Res(c, width * m, emb), _Attn(width * m) if res == attn_res else nn.Identity()]))
+                self.down.append(
+                    nn.ModuleList([_Res(c, width * m, emb), _Attn(width * m) if res == attn_res else nn.Identity()])
+                )
                 c = width * m
                 chans.append(c)
             if i < len(mults) - 1:
@@ -68,10 +79,16 @@ class CifarUNet(nn.Module):
         self.up = nn.ModuleList()
         for i, m in reversed(list(enumerate(mults))):
             for _ in range(blocks + 1):
-                self.up.append(nn.ModuleList([_Res(c + chans.pop(), width * m, emb), _Attn(width * m) if res == attn_res else nn.Identity()]))
+                self.up.append(
+                    nn.ModuleList(
+                        [_Res(c + chans.pop(), width * m, emb), _Attn(width * m) if res == attn_res else nn.Identity()]
+                    )
+                )
                 c = width * m
             if i > 0:
-                self.up.append(nn.ModuleList([nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)]))
+                self.up.append(
+                    nn.ModuleList([nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)])
+                )
                 res *= 2
         self.out = nn.Sequential(nn.GroupNorm(32, c), nn.SiLU(), nn.Conv2d(c, 3, 3, padding=1))
 
@@ -100,4 +117,6 @@ def cifar_sampler(steps: int = 10, eta: float = 0.0, width: int = 128, device: s
     from diffeval.samplers import GeneralizedSampler
 
     net = CifarUNet(width=width).to(device).eval()
-    return GeneralizedSampler(net, schedules.linear(), prediction="eps", steps=steps, eta=eta, image_shape=(3, 32, 32), **knobs)  # type: ignore[arg-type]
+    return GeneralizedSampler(
+        net, schedules.linear(), prediction="eps", steps=steps, eta=eta, image_shape=(3, 32, 32), **knobs
+    )

@@ -40,7 +40,17 @@ from diffeval.samplers.base import StepTimer, describe
 from diffeval.samplers.callable import as_sampler
 from diffeval.seeds import SeedRNG
 
-__all__ = ["LatencyResult", "OverheadResult", "measure_latency", "measure_hook_overhead", "latency_rows", "bench_grid", "bench_config", "format_table", "DTYPES"]
+__all__ = [
+    "LatencyResult",
+    "OverheadResult",
+    "measure_latency",
+    "measure_hook_overhead",
+    "latency_rows",
+    "bench_grid",
+    "bench_config",
+    "format_table",
+    "DTYPES",
+]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -89,7 +99,9 @@ def _sync(device: torch.device) -> None:
 @contextlib.contextmanager
 def _precision(device: torch.device, dtype: str) -> Iterator[None]:
     if dtype not in DTYPES:
-        raise ConfigError(explain("unknown dtype", expected=" / ".join(DTYPES), got=repr(dtype), fix="use fp32 or bf16"))
+        raise ConfigError(
+            explain("unknown dtype", expected=" / ".join(DTYPES), got=repr(dtype), fix="use fp32 or bf16")
+        )
     if dtype == "fp32":
         yield
         return
@@ -104,7 +116,15 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def _call(sampler: Any, image_shape: Sequence[int], batch_size: int, device: torch.device, seed: int, cond: Any, timer: StepTimer) -> float:
+def _call(
+    sampler: Any,
+    image_shape: Sequence[int],
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    cond: Any,
+    timer: StepTimer,
+) -> float:
     rng = SeedRNG(range(seed, seed + batch_size), device)
     noise = rng.randn(tuple(image_shape))
     _sync(device)
@@ -135,14 +155,30 @@ def measure_latency(
     dev = resolve_device(device)
     sampler = as_sampler(sampler)
     if not isinstance(repeats, int) or repeats < 1 or not isinstance(warmup, int) or warmup < 0:
-        raise ConfigError(explain("invalid warm-up/repeat counts", expected="warmup >= 0 and repeats >= 1", got=f"warmup={warmup}, repeats={repeats}", fix="use warmup=2, repeats=5"))
+        raise ConfigError(
+            explain(
+                "invalid warm-up/repeat counts",
+                expected="warmup >= 0 and repeats >= 1",
+                got=f"warmup={warmup}, repeats={repeats}",
+                fix="use warmup=2, repeats=5",
+            )
+        )
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(explain("invalid batch size", expected="an integer >= 1", got=repr(batch_size), fix="use batch_size=1"))
+        raise ConfigError(
+            explain("invalid batch size", expected="an integer >= 1", got=repr(batch_size), fix="use batch_size=1")
+        )
     compile_s = 0.0
     info = describe(sampler)
     if compile:
         if info.model is None or not callable(getattr(sampler, "replace", None)):
-            raise ConfigError(explain("compile needs the sampler's model and a replace() method", expected="a sampler that declares its model and offers replace(model=...)", got=type(sampler).__name__, fix="drop --compile"))
+            raise ConfigError(
+                explain(
+                    "compile needs the sampler's model and a replace() method",
+                    expected="a sampler that declares its model and offers replace(model=...)",
+                    got=type(sampler).__name__,
+                    fix="drop --compile",
+                )
+            )
         sampler = sampler.replace(model=torch.compile(info.model))
     with _precision(dev, dtype), torch.no_grad():
         first = _call(sampler, image_shape, batch_size, dev, seed, cond, StepTimer()) if (warmup or compile) else None
@@ -182,7 +218,15 @@ def measure_latency(
     )
 
 
-def measure_hook_overhead(sampler: Any, *, image_shape: Sequence[int], batch_size: int = 1, device: str | torch.device = "cpu", repeats: int = 20, dtype: str = "fp32") -> OverheadResult:
+def measure_hook_overhead(
+    sampler: Any,
+    *,
+    image_shape: Sequence[int],
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    repeats: int = 20,
+    dtype: str = "fp32",
+) -> OverheadResult:
     """Per-step cost of the sampler with the step hook on vs off, and of a bare loop of the same model calls.
 
     Needs a sampler that declares its model, schedule and visited steps (``indices``).
@@ -190,7 +234,14 @@ def measure_hook_overhead(sampler: Any, *, image_shape: Sequence[int], batch_siz
     dev = resolve_device(device)
     info = describe(sampler)
     if info.model is None or info.schedule is None or info.indices is None:
-        raise ConfigError(explain("the hook overhead needs the sampler's model, schedule and visited steps", expected="a sampler whose describe() declares model, schedule and indices", got=info.name, fix="measure it on the generalized sampler, or drop --overhead"))
+        raise ConfigError(
+            explain(
+                "the hook overhead needs the sampler's model, schedule and visited steps",
+                expected="a sampler whose describe() declares model, schedule and indices",
+                got=info.name,
+                fix="measure it on the generalized sampler, or drop --overhead",
+            )
+        )
     model, steps = info.model, len(info.indices)
     times = info.schedule.model_times[list(info.indices)].tolist()
     x = SeedRNG(range(batch_size), dev).randn(tuple(image_shape))
@@ -225,10 +276,39 @@ def latency_rows(result: LatencyResult, name_suffix: str = "") -> list[dict[str,
     details = {k: v for k, v in asdict(result).items() if not (isinstance(v, float) and math.isnan(v))}
     tag = name_suffix or f"[{result.dtype},b{result.batch_size}]"
     return [
-        make_row(f"step_latency_ms{tag}", "latency", result.step_ms_median, unit="ms", sampler=result.sampler, details={**details, "statistic": "median", "iqr_ms": result.step_ms_iqr}, direction="lower"),
-        make_row(f"throughput{tag}", "latency", result.images_per_s, unit="images/s", sampler=result.sampler, details=details, direction="higher"),
+        make_row(
+            f"step_latency_ms{tag}",
+            "latency",
+            result.step_ms_median,
+            unit="ms",
+            sampler=result.sampler,
+            details={**details, "statistic": "median", "iqr_ms": result.step_ms_iqr},
+            direction="lower",
+        ),
+        make_row(
+            f"throughput{tag}",
+            "latency",
+            result.images_per_s,
+            unit="images/s",
+            sampler=result.sampler,
+            details=details,
+            direction="higher",
+        ),
         make_row(f"nfe{tag}", "latency", result.nfe, unit="evals/sample", sampler=result.sampler, direction="lower"),
-        *([make_row(f"peak_memory_mb{tag}", "latency", result.peak_memory_mb, unit="MiB", sampler=result.sampler, direction="lower")] if not math.isnan(result.peak_memory_mb) else []),
+        *(
+            [
+                make_row(
+                    f"peak_memory_mb{tag}",
+                    "latency",
+                    result.peak_memory_mb,
+                    unit="MiB",
+                    sampler=result.sampler,
+                    direction="lower",
+                )
+            ]
+            if not math.isnan(result.peak_memory_mb)
+            else []
+        ),
     ]
 
 
@@ -249,40 +329,106 @@ def bench_grid(
     for n_steps in steps:
         for batch in batch_sizes:
             for dtype in dtypes:
-                results.append(measure_latency(make_sampler(n_steps), image_shape=image_shape, batch_size=batch, dtype=dtype, device=device, warmup=warmup, repeats=repeats, compile=compile))
+                results.append(
+                    measure_latency(
+                        make_sampler(n_steps),
+                        image_shape=image_shape,
+                        batch_size=batch,
+                        dtype=dtype,
+                        device=device,
+                        warmup=warmup,
+                        repeats=repeats,
+                        compile=compile,
+                    )
+                )
     return results
 
 
-def bench_config(cfg: Any, *, steps: Sequence[int], batch_sizes: Sequence[int], dtypes: Sequence[str], warmup: int = 2, repeats: int = 5, compile: bool = False, overhead: bool = False) -> tuple[list[LatencyResult], OverheadResult | None, list[dict[str, Any]]]:
-    """The latency grid of a config's sampler (rebuilt per step count), optionally the hook overhead; returns results and report rows."""
+def bench_config(
+    cfg: Any,
+    *,
+    steps: Sequence[int],
+    batch_sizes: Sequence[int],
+    dtypes: Sequence[str],
+    warmup: int = 2,
+    repeats: int = 5,
+    compile: bool = False,
+    overhead: bool = False,
+) -> tuple[list[LatencyResult], OverheadResult | None, list[dict[str, Any]]]:
+    """The latency grid of a config's sampler (rebuilt per step count), optionally the hook overhead; returns results
+    and
+    report rows.
+    """
     from diffeval.subjects import build_subject
 
     subject = build_subject(cfg)
     if subject.make is None:
-        raise ConfigError(explain("bench needs a sampler", expected="a config with [sampler]", got="a [schedule] (checks-only) config", fix="bench a config that names a sampler"))
+        raise ConfigError(
+            explain(
+                "bench needs a sampler",
+                expected="a config with [sampler]",
+                got="a [schedule] (checks-only) config",
+                fix="bench a config that names a sampler",
+            )
+        )
     shape = cfg.image_shape or subject.info.image_shape
     if shape is None:
-        raise ConfigError(explain("image shape unknown", expected="[run] image_shape = [C, H, W] or a sampler that declares it", got="neither", fix="add image_shape to [run]"))
+        raise ConfigError(
+            explain(
+                "image shape unknown",
+                expected="[run] image_shape = [C, H, W] or a sampler that declares it",
+                got="neither",
+                fix="add image_shape to [run]",
+            )
+        )
 
     def make(n_steps: int) -> Any:
-        return subject.make({"steps": n_steps})  # type: ignore[misc]
+        return subject.make({"steps": n_steps})
 
-    results = bench_grid(make, image_shape=shape, steps=steps, batch_sizes=batch_sizes, dtypes=dtypes, device=cfg.device, warmup=warmup, repeats=repeats, compile=compile)
+    results = bench_grid(
+        make,
+        image_shape=shape,
+        steps=steps,
+        batch_sizes=batch_sizes,
+        dtypes=dtypes,
+        device=cfg.device,
+        warmup=warmup,
+        repeats=repeats,
+        compile=compile,
+    )
     rows = [row for r in results for row in latency_rows(r, f"[steps={r.steps},{r.dtype},b{r.batch_size}]")]
     measured = None
     if overhead:
         measured = measure_hook_overhead(make(steps[0]), image_shape=shape, batch_size=1, device=cfg.device)
-        rows.append(make_row("step_hook_overhead_pct", "latency", measured.hook_overhead_pct, unit="%", details=asdict(measured), direction="lower"))
+        rows.append(
+            make_row(
+                "step_hook_overhead_pct",
+                "latency",
+                measured.hook_overhead_pct,
+                unit="%",
+                details=asdict(measured),
+                direction="lower",
+            )
+        )
     return results, measured, rows
 
 
 def format_table(results: Sequence[LatencyResult]) -> str:
     """A fixed-width table: steps, batch, dtype, NFE, step ms (median, IQR), images/s, peak MiB, compile s."""
-    head = f"{'steps':>5} {'batch':>5} {'dtype':>5} {'NFE':>4} {'step ms':>9} {'IQR ms':>8} {'call ms':>9} {'images/s':>10} {'peak MiB':>9} {'compile s':>9}"
+    head = (
+        f"{'steps':>5} {'batch':>5} {'dtype':>5} {'NFE':>4} {'step ms':>9} {'IQR ms':>8} {'call ms':>9}"
+        f" {'images/s':>10} {'peak MiB':>9} {'compile s':>9}"
+    )
     lines = [head, "-" * len(head)]
     for r in results:
         peak = "" if math.isnan(r.peak_memory_mb) else f"{r.peak_memory_mb:.0f}"
-        lines.append(f"{r.steps:>5} {r.batch_size:>5} {r.dtype:>5} {r.nfe:>4} {r.step_ms_median:>9.3f} {r.step_ms_iqr:>8.3f} {r.call_ms_median:>9.2f} {r.images_per_s:>10.1f} {peak:>9} {r.compile_s:>9.2f}")
+        lines.append(
+            f"{r.steps:>5} {r.batch_size:>5} {r.dtype:>5} {r.nfe:>4} {r.step_ms_median:>9.3f} {r.step_ms_iqr:>8.3f}"
+            f" {r.call_ms_median:>9.2f} {r.images_per_s:>10.1f} {peak:>9} {r.compile_s:>9.2f}"
+        )
     if results:
-        lines.append(f"device: {results[0].device} ({results[0].device_name}), torch {results[0].torch_version}, warm-up {results[0].warmup}, repeats {results[0].repeats}")
+        lines.append(
+            f"device: {results[0].device} ({results[0].device_name}), torch {results[0].torch_version}, warm-up"
+            f" {results[0].warmup}, repeats {results[0].repeats}"
+        )
     return "\n".join(lines)

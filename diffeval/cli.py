@@ -45,7 +45,9 @@ _non_negative_int = _int_at_least(0)
 
 @dataclass(frozen=True)
 class Command:
-    """A subcommand: its help line, ``configure(parser, positive_int, non_negative_int)`` adding its options, and ``handler(args) -> exit code``."""
+    """A subcommand: its help line, ``configure(parser, positive_int, non_negative_int)`` adding its options, and
+    ``handler(args) -> exit code``.
+    """
 
     help: str
     configure: Callable[[argparse.ArgumentParser, Any, Any], None]
@@ -65,8 +67,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _features(parser: argparse.ArgumentParser) -> None:
     from diffeval.features import EXTRACTORS
 
-    parser.add_argument("--features", default="inception-v3", choices=EXTRACTORS.names(), metavar="NAME", help=f"feature extractor: {', '.join(EXTRACTORS.names())}")
-    parser.add_argument("--weights", default=None, help="explicit weight file for the extractor (default: the published weights)")
+    parser.add_argument(
+        "--features",
+        default="inception-v3",
+        choices=EXTRACTORS.names(),
+        metavar="NAME",
+        help=f"feature extractor: {', '.join(EXTRACTORS.names())}",
+    )
+    parser.add_argument(
+        "--weights", default=None, help="explicit weight file for the extractor (default: the published weights)"
+    )
     _common(parser)
 
 
@@ -88,13 +98,29 @@ def _fid_args(p: argparse.ArgumentParser, pos: Any, nonneg: Any) -> None:
     _features(p)
     p.add_argument("--n", type=pos, default=None, help="use a seeded subset of N generated images (default: all)")
     p.add_argument("--seed", type=nonneg, default=0, help="seed of the subsets")
-    p.add_argument("--allow-unmatched", action="store_true", help="compute even if the counts differ (the output says so)")
+    p.add_argument(
+        "--allow-unmatched", action="store_true", help="compute even if the counts differ (the output says so)"
+    )
 
 
 def _fid(args: argparse.Namespace) -> int:
     from diffeval.image_metrics import fid_between
 
-    _print_result(fid_between(args.gen, args.ref, features=args.features, weights=args.weights, n=args.n, device=args.device, allow_unmatched=args.allow_unmatched, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress), args.json)
+    _print_result(
+        fid_between(
+            args.gen,
+            args.ref,
+            features=args.features,
+            weights=args.weights,
+            n=args.n,
+            device=args.device,
+            allow_unmatched=args.allow_unmatched,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+        ),
+        args.json,
+    )
     return ExitCode.OK
 
 
@@ -109,7 +135,20 @@ def _ref_args(p: argparse.ArgumentParser, pos: Any, nonneg: Any) -> None:
 def _ref(args: argparse.Namespace) -> int:
     from diffeval.image_metrics import compute_reference
 
-    _print_result(compute_reference(args.images, args.out, features=args.features, weights=args.weights, n=args.n, seed=args.seed, device=args.device, batch_size=args.batch_size, progress=not args.no_progress), args.json)
+    _print_result(
+        compute_reference(
+            args.images,
+            args.out,
+            features=args.features,
+            weights=args.weights,
+            n=args.n,
+            seed=args.seed,
+            device=args.device,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+        ),
+        args.json,
+    )
     return ExitCode.OK
 
 
@@ -122,7 +161,18 @@ def _is_args(p: argparse.ArgumentParser, pos: Any, nonneg: Any) -> None:
 def _is(args: argparse.Namespace) -> int:
     from diffeval.image_metrics import inception_score_of
 
-    _print_result(inception_score_of(args.images, features=args.features, weights=args.weights, splits=args.splits, device=args.device, batch_size=args.batch_size, progress=not args.no_progress), args.json)
+    _print_result(
+        inception_score_of(
+            args.images,
+            features=args.features,
+            weights=args.weights,
+            splits=args.splits,
+            device=args.device,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+        ),
+        args.json,
+    )
     return ExitCode.OK
 
 
@@ -137,7 +187,18 @@ def _clip_args(p: argparse.ArgumentParser, pos: Any, nonneg: Any) -> None:
 def _clip(args: argparse.Namespace) -> int:
     from diffeval.image_metrics import clip_score_of
 
-    _print_result(clip_score_of(args.images, args.prompts, model=args.model, pretrained=args.pretrained, device=args.device, batch_size=args.batch_size, progress=not args.no_progress), args.json)
+    _print_result(
+        clip_score_of(
+            args.images,
+            args.prompts,
+            model=args.model,
+            pretrained=args.pretrained,
+            device=args.device,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+        ),
+        args.json,
+    )
     return ExitCode.OK
 
 
@@ -145,7 +206,9 @@ def _clip(args: argparse.Namespace) -> int:
 def _run_args(p: argparse.ArgumentParser, pos: Any, nonneg: Any) -> None:
     from diffeval.config import CONFIGS
 
-    p.add_argument("config", help=f"path to eval.toml, or a named config ({', '.join(CONFIGS.names()) or 'none registered'})")
+    p.add_argument(
+        "config", help=f"path to eval.toml, or a named config ({', '.join(CONFIGS.names()) or 'none registered'})"
+    )
     p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<name>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -158,7 +221,16 @@ def _finish_run(outcome: Any, command: str, as_json: bool = False) -> int:
     if as_json:
         import json
 
-        print(json.dumps([{k: r[k] for k in ("name", "status", "value", "details")} for r in outcome.report.rows if r["kind"] == "check"], default=str))
+        print(
+            json.dumps(
+                [
+                    {k: r[k] for k in ("name", "status", "value", "details")}
+                    for r in outcome.report.rows
+                    if r["kind"] == "check"
+                ],
+                default=str,
+            )
+        )
     else:
         print(outcome.report.to_text())
         attention = outcome.report.attention()
@@ -182,7 +254,9 @@ def _run(args: argparse.Namespace) -> int:
 
     w = init_from_env()  # under torchrun: join the process group (NCCL on GPUs, gloo on CPUs)
     cfg = load_config(args.config)
-    outcome = run_config(cfg, args.out if args.out is not None else Path("runs") / cfg.name, progress=not args.no_progress)
+    outcome = run_config(
+        cfg, args.out if args.out is not None else Path("runs") / cfg.name, progress=not args.no_progress
+    )
     return ExitCode.OK if w.rank != 0 else _finish_run(outcome, "run")
 
 
@@ -194,13 +268,34 @@ def _diagnose_args(p: argparse.ArgumentParser, pos: Any, nonneg: Any) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--schedule", choices=PRESETS.names(), help="a preset schedule")
     source.add_argument("--alphas", type=Path, help="alphas_cumprod file (.npy, .txt, .csv)")
-    source.add_argument("--config", type=Path, help="diffusers scheduler_config.json (its timestep_spacing and prediction_type apply)")
+    source.add_argument(
+        "--config", type=Path, help="diffusers scheduler_config.json (its timestep_spacing and prediction_type apply)"
+    )
     p.add_argument("--rescale-zero-snr", action="store_true", help="apply Lin et al.'s zero-terminal-SNR rescale first")
-    p.add_argument("--prediction", choices=PREDICTIONS, default=None, help="what the model predicts (default: the diffusers config's, else unknown)")
+    p.add_argument(
+        "--prediction",
+        choices=PREDICTIONS,
+        default=None,
+        help="what the model predicts (default: the diffusers config's, else unknown)",
+    )
     p.add_argument("--steps", type=pos, default=None, help="sampling steps (with a spacing: checks the first step)")
-    p.add_argument("--spacing", choices=SPACINGS, default=None, help="timestep spacing (default: the diffusers config's)")
-    p.add_argument("--data", default=None, help="images for the x_T checks: a data set (digits), an image folder or an .npz batch (default: schedule checks only)")
-    p.add_argument("--preprocess", choices=tuple(PREPROCESSINGS), default="signed", help="uint8 -> model input: signed x/127.5-1, unit x/255, raw 0-255")
+    p.add_argument(
+        "--spacing", choices=SPACINGS, default=None, help="timestep spacing (default: the diffusers config's)"
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help=(
+            "images for the x_T checks: a data set (digits), an image folder or an .npz batch (default: schedule checks"
+            " only)"
+        ),
+    )
+    p.add_argument(
+        "--preprocess",
+        choices=tuple(PREPROCESSINGS),
+        default="signed",
+        help="uint8 -> model input: signed x/127.5-1, unit x/255, raw 0-255",
+    )
     p.add_argument("--seed", type=nonneg, default=0, help="seed of the forward-process noise")
     p.add_argument("--out", type=Path, default=Path("diffeval-diagnose"), help="output folder")
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
@@ -210,14 +305,34 @@ def _diagnose(args: argparse.Namespace) -> int:
     from diffeval.diagnose import diagnose_config
     from diffeval.runner import run_config
 
-    cfg = diagnose_config(schedule=args.schedule, alphas=args.alphas, config=args.config, rescale_zero_snr=args.rescale_zero_snr, prediction=args.prediction, steps=args.steps, spacing=args.spacing, data=args.data, preprocess=args.preprocess, seed=args.seed)
+    cfg = diagnose_config(
+        schedule=args.schedule,
+        alphas=args.alphas,
+        config=args.config,
+        rescale_zero_snr=args.rescale_zero_snr,
+        prediction=args.prediction,
+        steps=args.steps,
+        spacing=args.spacing,
+        data=args.data,
+        preprocess=args.preprocess,
+        seed=args.seed,
+    )
     return _finish_run(run_config(cfg, args.out), "diagnose", args.json)
 
 
 def _bpd_args(p: argparse.ArgumentParser, pos: Any, nonneg: Any) -> None:
-    p.add_argument("config", nargs="?", default="demo", help="config whose sampler declares the model (path or a named config)")
-    p.add_argument("--data", default=None, help="data: image folder, .npz batch or a data set (default: the config's bpd metric's)")
-    p.add_argument("--estimator", choices=("vlb", "vdm"), default=None, help="vlb: discrete-time bound; vdm: continuous-time (default: the config's, else vlb)")
+    p.add_argument(
+        "config", nargs="?", default="demo", help="config whose sampler declares the model (path or a named config)"
+    )
+    p.add_argument(
+        "--data", default=None, help="data: image folder, .npz batch or a data set (default: the config's bpd metric's)"
+    )
+    p.add_argument(
+        "--estimator",
+        choices=("vlb", "vdm"),
+        default=None,
+        help="vlb: discrete-time bound; vdm: continuous-time (default: the config's, else vlb)",
+    )
     p.add_argument("--strata", type=pos, default=None, help="vlb: t strata of the sum over steps (default 50)")
     p.add_argument("--all-terms", action="store_true", help="vlb: sum all T-1 terms exactly (slow)")
     p.add_argument("--cdf", choices=("exact", "tanh"), default=None, help="vlb: decoder CDF (default exact)")
@@ -232,9 +347,31 @@ def _bpd(args: argparse.Namespace) -> int:
     from diffeval.config import load_config
     from diffeval.runner import bpd_of_config
 
-    overrides = {"data": args.data, "estimator": args.estimator, "strata": args.strata, "all_terms": True if args.all_terms else None, "cdf": args.cdf, "n": args.n, "seed": args.seed}
-    result = bpd_of_config(load_config(args.config), {k: v for k, v in overrides.items() if v is not None}, device=args.device, batch_size=args.batch_size)
-    _print_result({"bpd": result.value, "bpd_stderr": result.stderr, "n": result.n_ref, **result.details, "convention": result.convention}, args.json)
+    overrides = {
+        "data": args.data,
+        "estimator": args.estimator,
+        "strata": args.strata,
+        "all_terms": True if args.all_terms else None,
+        "cdf": args.cdf,
+        "n": args.n,
+        "seed": args.seed,
+    }
+    result = bpd_of_config(
+        load_config(args.config),
+        {k: v for k, v in overrides.items() if v is not None},
+        device=args.device,
+        batch_size=args.batch_size,
+    )
+    _print_result(
+        {
+            "bpd": result.value,
+            "bpd_stderr": result.stderr,
+            "n": result.n_ref,
+            **result.details,
+            "convention": result.convention,
+        },
+        args.json,
+    )
     return ExitCode.OK
 
 
@@ -244,7 +381,15 @@ def _gate_args(p: argparse.ArgumentParser, pos: Any, nonneg: Any) -> None:
     p.add_argument("--candidate", required=True, help="candidate report.json")
     p.add_argument("--rules", default=None, help="gate rules TOML (default: no metric worse, no new check failure)")
     p.add_argument("--junit", default=None, help="also write a JUnit XML file here")
-    p.add_argument("--k", type=float, default=None, help="noise multiplier: a change must exceed k standard errors (overrides the rules; default: the rules' k, else 2)")
+    p.add_argument(
+        "--k",
+        type=float,
+        default=None,
+        help=(
+            "noise multiplier: a change must exceed k standard errors (overrides the rules; default: the rules' k,"
+            " else 2)"
+        ),
+    )
 
 
 def _gate(args: argparse.Namespace) -> int:
@@ -265,7 +410,9 @@ def _bench_args(p: argparse.ArgumentParser, pos: Any, nonneg: Any) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (compile time reported separately)")
     p.add_argument("--overhead", action="store_true", help="also measure the step hook's overhead against a bare loop")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--out", type=Path, default=None, help="write latency rows to OUT/report.{csv,json,...} (default: print only)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="write latency rows to OUT/report.{csv,json,...} (default: print only)"
+    )
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -281,37 +428,84 @@ def _bench(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_writable(args.out)
     cfg = replace(load_config(args.config), device=args.device)
-    results, overhead, rows = bench_config(cfg, steps=args.steps, batch_sizes=args.batch_size, dtypes=args.dtype, warmup=args.warmup, repeats=args.repeats, compile=args.compile, overhead=args.overhead)
+    results, overhead, rows = bench_config(
+        cfg,
+        steps=args.steps,
+        batch_sizes=args.batch_size,
+        dtypes=args.dtype,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        compile=args.compile,
+        overhead=args.overhead,
+    )
     print(format_table(results))
     if overhead is not None:
         o = overhead
-        print(f"\nstep hook overhead at batch 1, {o.steps} steps: {o.hook_overhead_pct:+.2f}% of a step ({o.sampler_step_ms:.3f} ms with the hook, {o.sampler_off_step_ms:.3f} ms without); whole harness vs a bare loop of the model calls ({o.bare_step_ms:.3f} ms): {o.harness_overhead_pct:+.1f}%")
+        print(
+            f"\nstep hook overhead at batch 1, {o.steps} steps: {o.hook_overhead_pct:+.2f}% of a step"
+            f" ({o.sampler_step_ms:.3f} ms with the hook, {o.sampler_off_step_ms:.3f} ms without); whole harness vs a"
+            f" bare loop of the model calls ({o.bare_step_ms:.3f} ms): {o.harness_overhead_pct:+.1f}%"
+        )
     if args.out is not None:
-        paths = Report(rows, provenance({"command": "bench", "config": str(cfg.source), "steps": args.steps, "batch_sizes": args.batch_size, "dtypes": args.dtype}, args.device, code=cfg.sampler.factory if cfg.sampler else None, name=f"bench-{cfg.name}")).write(args.out)
+        paths = Report(
+            rows,
+            provenance(
+                {
+                    "command": "bench",
+                    "config": str(cfg.source),
+                    "steps": args.steps,
+                    "batch_sizes": args.batch_size,
+                    "dtypes": args.dtype,
+                },
+                args.device,
+                code=cfg.sampler.factory if cfg.sampler else None,
+                name=f"bench-{cfg.name}",
+            ),
+        ).write(args.out)
         print(f"\nreport: {paths['json']}")
     return ExitCode.OK
 
 
 COMMANDS.register("run", Command("run an evaluation config (TOML) into a report", _run_args, _run))
-COMMANDS.register("gate", Command("compare a candidate report with a baseline: exit 0 pass, 1 regression, 2 error", _gate_args, _gate))
+COMMANDS.register(
+    "gate", Command("compare a candidate report with a baseline: exit 0 pass, 1 regression, 2 error", _gate_args, _gate)
+)
 COMMANDS.register("fid", Command("FID between two image sets or statistics files, at matched counts", _fid_args, _fid))
 COMMANDS.register("ref", Command("reference statistics (mu, sigma, n) of an image set", _ref_args, _ref))
 COMMANDS.register("is", Command("Inception Score of an image set (torch-fidelity convention)", _is_args, _is))
 COMMANDS.register("clip-score", Command("CLIP score of images against prompts (both conventions)", _clip_args, _clip))
-COMMANDS.register("diagnose", Command("SNR-endpoint and x_T-normality checks of a schedule (and data): a checks-only run", _diagnose_args, _diagnose))
-COMMANDS.register("bpd", Command("bits/dim of data under a config's model (the demo's by default), with a standard error", _bpd_args, _bpd))
-COMMANDS.register("bench", Command("sampler latency table (per-step median/IQR, images/s, NFE, peak memory)", _bench_args, _bench))
+COMMANDS.register(
+    "diagnose",
+    Command(
+        "SNR-endpoint and x_T-normality checks of a schedule (and data): a checks-only run", _diagnose_args, _diagnose
+    ),
+)
+COMMANDS.register(
+    "bpd",
+    Command("bits/dim of data under a config's model (the demo's by default), with a standard error", _bpd_args, _bpd),
+)
+COMMANDS.register(
+    "bench", Command("sampler latency table (per-step median/IQR, images/s, NFE, peak memory)", _bench_args, _bench)
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from diffeval.version import __version__
 
-    parser = argparse.ArgumentParser(prog="diffeval", description="Evaluation and diagnostics for diffusion models.", allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="diffeval", description="Evaluation and diagnostics for diffusion models.", allow_abbrev=False
+    )
     parser.add_argument("--version", action="version", version=f"diffeval {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     for name, command in COMMANDS.items():
-        sub = commands.add_parser(name, help=command.help, description=command.help, allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sub = commands.add_parser(
+            name,
+            help=command.help,
+            description=command.help,
+            allow_abbrev=False,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
         command.configure(sub, _positive_int, _non_negative_int)
         sub.set_defaults(handler=command.handler)
     return parser

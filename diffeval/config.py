@@ -34,7 +34,19 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10
     import tomli as tomllib
 
-__all__ = ["RunConfig", "SamplerSpec", "ScheduleSpec", "MetricSpec", "CheckSpec", "SweepSpec", "CONFIGS", "load_config", "parse_config", "read_toml", "COND_LABEL_RULES"]
+__all__ = [
+    "RunConfig",
+    "SamplerSpec",
+    "ScheduleSpec",
+    "MetricSpec",
+    "CheckSpec",
+    "SweepSpec",
+    "CONFIGS",
+    "load_config",
+    "parse_config",
+    "read_toml",
+    "COND_LABEL_RULES",
+]
 
 CONFIGS: Registry[Path] = Registry("named config")  # name -> path of a TOML config (plugins register theirs)
 COND_LABEL_RULES = ("seed_mod_10",)
@@ -48,7 +60,9 @@ class SamplerSpec:
 
 @dataclass(frozen=True)
 class ScheduleSpec:
-    """A bare schedule to check (no sampler): exactly one of ``preset``, ``alphas`` (file) or ``diffusers_config`` (file)."""
+    """A bare schedule to check (no sampler): exactly one of ``preset``, ``alphas`` (file) or ``diffusers_config``
+    (file).
+    """
 
     preset: str | None = None
     alphas: str | None = None
@@ -112,7 +126,9 @@ class RunConfig:
             "batch_size": self.batch_size,
             "device": self.device,
             "image_shape": None if self.image_shape is None else list(self.image_shape),
-            "sampler": None if self.sampler is None else {"factory": self.sampler.factory, "kwargs": self.sampler.kwargs},
+            "sampler": (
+                None if self.sampler is None else {"factory": self.sampler.factory, "kwargs": self.sampler.kwargs}
+            ),
             "schedule": None if self.schedule is None else dict(self.schedule.__dict__),
             "metrics": [{"name": m.name, **m.options} for m in self.metrics],
             "checks": {c.name: c.options for c in self.checks},
@@ -123,7 +139,14 @@ class RunConfig:
 
 def _table(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
-        raise ConfigError(explain(f"{where} must be a table", expected="a TOML table", got=type(value).__name__, fix=f"write [{where}] with key = value lines"))
+        raise ConfigError(
+            explain(
+                f"{where} must be a table",
+                expected="a TOML table",
+                got=type(value).__name__,
+                fix=f"write [{where}] with key = value lines",
+            )
+        )
     return dict(value)
 
 
@@ -132,13 +155,31 @@ def _only(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
     if unknown:
         import difflib
 
-        hints = [f"{u!r}: did you mean {c[0]!r}?" for u in unknown if (c := difflib.get_close_matches(u, sorted(allowed), n=1))]
-        raise ConfigError(explain(f"unknown key(s) {', '.join(map(repr, unknown))} in {where}", expected=f"keys among: {', '.join(sorted(allowed)) or '(none)'}", got=", ".join(unknown), fix="; ".join(hints) or "remove or correct them"))
+        hints = [
+            f"{u!r}: did you mean {c[0]!r}?"
+            for u in unknown
+            if (c := difflib.get_close_matches(u, sorted(allowed), n=1))
+        ]
+        raise ConfigError(
+            explain(
+                f"unknown key(s) {', '.join(map(repr, unknown))} in {where}",
+                expected=f"keys among: {', '.join(sorted(allowed)) or '(none)'}",
+                got=", ".join(unknown),
+                fix="; ".join(hints) or "remove or correct them",
+            )
+        )
 
 
 def _int(value: Any, where: str, minimum: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(explain(f"{where} must be an integer >= {minimum}", expected=f"an integer >= {minimum}", got=repr(value), fix=f"set {where} = {max(minimum, 1)}"))
+        raise ConfigError(
+            explain(
+                f"{where} must be an integer >= {minimum}",
+                expected=f"an integer >= {minimum}",
+                got=repr(value),
+                fix=f"set {where} = {max(minimum, 1)}",
+            )
+        )
     return value
 
 
@@ -147,13 +188,27 @@ def _metrics(items: Any) -> list[MetricSpec]:
     from diffeval.options import validate_options
 
     if not isinstance(items, list):
-        raise ConfigError(explain("metrics must be an array of tables", expected="[[metrics]] blocks", got=type(items).__name__, fix="write each metric as a [[metrics]] block"))
+        raise ConfigError(
+            explain(
+                "metrics must be an array of tables",
+                expected="[[metrics]] blocks",
+                got=type(items).__name__,
+                fix="write each metric as a [[metrics]] block",
+            )
+        )
     out = []
     for i, m in enumerate(items):
         m = _table(m, f"metrics[{i}]")
         name = m.pop("name", None)
         if not isinstance(name, str):
-            raise ConfigError(explain(f"[[metrics]] #{i + 1} has no name", expected="name = a registered metric", got=repr(name), fix="add name = 'fid' (or another metric)"))
+            raise ConfigError(
+                explain(
+                    f"[[metrics]] #{i + 1} has no name",
+                    expected="name = a registered metric",
+                    got=repr(name),
+                    fix="add name = 'fid' (or another metric)",
+                )
+            )
         out.append(MetricSpec(name, validate_options(m, metric_class(name).options, f"[[metrics]] {name}")))
     return out
 
@@ -178,17 +233,51 @@ def _schedule(table: Any) -> ScheduleSpec:
     from diffeval.schedules import SPACINGS
 
     sch = _table(table, "schedule")
-    _only(sch, {"preset", "alphas", "diffusers_config", "rescale_zero_snr", "prediction", "steps", "spacing"}, "[schedule]")
+    _only(
+        sch,
+        {"preset", "alphas", "diffusers_config", "rescale_zero_snr", "prediction", "steps", "spacing"},
+        "[schedule]",
+    )
     sources = [k for k in ("preset", "alphas", "diffusers_config") if k in sch]
     if len(sources) != 1:
-        raise ConfigError(explain("[schedule] needs exactly one source", expected="preset = 'linear', alphas = 'alphas_cumprod.npy' or diffusers_config = 'scheduler_config.json'", got=f"{sources or 'none'}", fix="keep one of them"))
+        raise ConfigError(
+            explain(
+                "[schedule] needs exactly one source",
+                expected=(
+                    "preset = 'linear', alphas = 'alphas_cumprod.npy' or diffusers_config = 'scheduler_config.json'"
+                ),
+                got=f"{sources or 'none'}",
+                fix="keep one of them",
+            )
+        )
     for key in sources:
         if not isinstance(sch[key], str):
-            raise ConfigError(explain(f"[schedule] {key} must be a string", expected="a name or a path", got=repr(sch[key]), fix=f"write {key} = '...'"))
+            raise ConfigError(
+                explain(
+                    f"[schedule] {key} must be a string",
+                    expected="a name or a path",
+                    got=repr(sch[key]),
+                    fix=f"write {key} = '...'",
+                )
+            )
     if "spacing" in sch and sch["spacing"] not in SPACINGS:
-        raise ConfigError(explain("unknown [schedule] spacing", expected=" / ".join(SPACINGS), got=repr(sch["spacing"]), fix="use 'trailing'"))
+        raise ConfigError(
+            explain(
+                "unknown [schedule] spacing",
+                expected=" / ".join(SPACINGS),
+                got=repr(sch["spacing"]),
+                fix="use 'trailing'",
+            )
+        )
     if ("steps" in sch) != ("spacing" in sch) and not ("steps" in sch and "diffusers_config" in sch):
-        raise ConfigError(explain("[schedule] steps and spacing go together", expected="both (the first sampling step is checked) or neither", got=f"steps = {sch.get('steps')}, spacing = {sch.get('spacing')}", fix="add the missing one"))
+        raise ConfigError(
+            explain(
+                "[schedule] steps and spacing go together",
+                expected="both (the first sampling step is checked) or neither",
+                got=f"steps = {sch.get('steps')}, spacing = {sch.get('spacing')}",
+                fix="add the missing one",
+            )
+        )
     return ScheduleSpec(
         preset=sch.get("preset"),
         alphas=sch.get("alphas"),
@@ -206,7 +295,14 @@ def parse_config(data: Mapping[str, Any], base_dir: Path = Path("."), source: st
 
     _only(data, {"run", "sampler", "schedule", "cond", "metrics", "checks", "sweep"}, "the config")
     if "run" not in data or ("sampler" in data) == ("schedule" in data):
-        raise ConfigError(explain("config needs [run] and one of [sampler] (evaluate a sampler) or [schedule] (check a schedule only)", expected="[run] and exactly one of [sampler], [schedule]", got=f"tables {sorted(data)}", fix="see diffeval/demo/demo.toml for a complete example"))
+        raise ConfigError(
+            explain(
+                "config needs [run] and one of [sampler] (evaluate a sampler) or [schedule] (check a schedule only)",
+                expected="[run] and exactly one of [sampler], [schedule]",
+                got=f"tables {sorted(data)}",
+                fix="see diffeval/demo/demo.toml for a complete example",
+            )
+        )
     run = _table(data["run"], "run")
     _only(run, {"name", "n", "seed", "batch_size", "device", "image_shape"}, "[run]")
     metrics = _metrics(data.get("metrics", []))
@@ -216,36 +312,98 @@ def parse_config(data: Mapping[str, Any], base_dir: Path = Path("."), source: st
         sampler_t = _table(data["sampler"], "sampler")
         _only(sampler_t, {"factory", "kwargs"}, "[sampler]")
         if not isinstance(sampler_t.get("factory"), str):
-            raise ConfigError(explain("[sampler] needs factory", expected="factory = 'pkg.module:function' or a registered name", got=repr(sampler_t.get("factory")), fix="name the function that builds your sampler"))
+            raise ConfigError(
+                explain(
+                    "[sampler] needs factory",
+                    expected="factory = 'pkg.module:function' or a registered name",
+                    got=repr(sampler_t.get("factory")),
+                    fix="name the function that builds your sampler",
+                )
+            )
         sampler = SamplerSpec(sampler_t["factory"], _table(sampler_t.get("kwargs", {}), "sampler.kwargs"))
         if "n" not in run:
-            raise ConfigError(explain("[run] lacks n", expected="n = number of samples", got="nothing", fix="add n = 10000 (or the reference size)"))
+            raise ConfigError(
+                explain(
+                    "[run] lacks n",
+                    expected="n = number of samples",
+                    got="nothing",
+                    fix="add n = 10000 (or the reference size)",
+                )
+            )
     else:
         schedule = _schedule(data["schedule"])
         sampled = [m.name for m in metrics if metric_class(m.name).inputs == "samples"]
         if sampled or "sweep" in data or "cond" in data:
-            raise ConfigError(explain("a [schedule] (checks-only) run cannot sample", expected="checks and data metrics only", got=f"sample metrics {sampled}" if sampled else "a [sweep] or [cond] table", fix="use [sampler] to evaluate samples, or drop them"))
+            raise ConfigError(
+                explain(
+                    "a [schedule] (checks-only) run cannot sample",
+                    expected="checks and data metrics only",
+                    got=f"sample metrics {sampled}" if sampled else "a [sweep] or [cond] table",
+                    fix="use [sampler] to evaluate samples, or drop them",
+                )
+            )
         if any(metric_class(m.name).inputs == "data" for m in metrics):
-            raise ConfigError(explain("data metrics need a model", expected="a [sampler] that declares its model", got="[schedule] only", fix="use [sampler]"))
+            raise ConfigError(
+                explain(
+                    "data metrics need a model",
+                    expected="a [sampler] that declares its model",
+                    got="[schedule] only",
+                    fix="use [sampler]",
+                )
+            )
     cond = _table(data.get("cond", {}), "cond")
     _only(cond, {"labels", "prompts"}, "[cond]")
     if len(cond) > 1:
-        raise ConfigError(explain("[cond] takes one source", expected="labels or prompts", got=", ".join(cond), fix="keep one"))
+        raise ConfigError(
+            explain("[cond] takes one source", expected="labels or prompts", got=", ".join(cond), fix="keep one")
+        )
     if "labels" in cond and cond["labels"] not in COND_LABEL_RULES:
-        raise ConfigError(explain("unknown label rule", expected=" / ".join(map(repr, COND_LABEL_RULES)), got=repr(cond["labels"]), fix="use labels = 'seed_mod_10'"))
+        raise ConfigError(
+            explain(
+                "unknown label rule",
+                expected=" / ".join(map(repr, COND_LABEL_RULES)),
+                got=repr(cond["labels"]),
+                fix="use labels = 'seed_mod_10'",
+            )
+        )
     sweep = None
     if "sweep" in data:
         sw = _table(data["sweep"], "sweep")
         _only(sw, {"knob", "values"}, "[sweep]")
         if not isinstance(sw.get("knob"), str) or not isinstance(sw.get("values"), list) or not sw["values"]:
-            raise ConfigError(explain("[sweep] needs knob and a non-empty values list", expected="knob = 'steps', values = [10, 25, 50]", got=repr(sw), fix="add both"))
+            raise ConfigError(
+                explain(
+                    "[sweep] needs knob and a non-empty values list",
+                    expected="knob = 'steps', values = [10, 25, 50]",
+                    got=repr(sw),
+                    fix="add both",
+                )
+            )
         sweep = SweepSpec(sw["knob"], list(sw["values"]))
     shape = run.get("image_shape")
-    if shape is not None and (not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
-        raise ConfigError(explain("[run] image_shape must be [C, H, W]", expected="three positive integers", got=repr(shape), fix="e.g. image_shape = [3, 32, 32]"))
+    if shape is not None and (
+        not isinstance(shape, list)
+        or len(shape) != 3
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+    ):
+        raise ConfigError(
+            explain(
+                "[run] image_shape must be [C, H, W]",
+                expected="three positive integers",
+                got=repr(shape),
+                fix="e.g. image_shape = [3, 32, 32]",
+            )
+        )
     device = run.get("device", "cpu")
     if not isinstance(device, str):
-        raise ConfigError(explain("[run] device must be a string", expected="'cpu', 'cuda' or 'cuda:N'", got=repr(device), fix="set device = 'cpu'"))
+        raise ConfigError(
+            explain(
+                "[run] device must be a string",
+                expected="'cpu', 'cuda' or 'cuda:N'",
+                got=repr(device),
+                fix="set device = 'cpu'",
+            )
+        )
     return RunConfig(
         name=str(run.get("name", "run")),
         sampler=sampler,
@@ -270,17 +428,40 @@ def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
-        raise ConfigError(explain(f"cannot read {what} {path}", expected="a readable TOML file", got=f"{type(error).__name__}: {error}", fix="check the path")) from None
+        raise ConfigError(
+            explain(
+                f"cannot read {what} {path}",
+                expected="a readable TOML file",
+                got=f"{type(error).__name__}: {error}",
+                fix="check the path",
+            )
+        ) from None
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(explain(f"{what} {path} is not valid TOML", expected="TOML syntax", got=str(error), fix="fix the line named above")) from None
+        raise ConfigError(
+            explain(
+                f"{what} {path} is not valid TOML",
+                expected="TOML syntax",
+                got=str(error),
+                fix="fix the line named above",
+            )
+        ) from None
     except UnicodeDecodeError as error:
-        raise ConfigError(explain(f"{what} {path} is not text", expected="a UTF-8 TOML file", got=str(error), fix="point to the TOML file")) from None
+        raise ConfigError(
+            explain(
+                f"{what} {path} is not text", expected="a UTF-8 TOML file", got=str(error), fix="point to the TOML file"
+            )
+        ) from None
 
 
 def load_config(path_or_name: str | Path) -> RunConfig:
     """Read and validate a TOML config file, or a registered named config (``demo``)."""
     path = Path(path_or_name)
-    if not path.exists() and isinstance(path_or_name, str) and "/" not in path_or_name and not path_or_name.endswith(".toml"):
+    if (
+        not path.exists()
+        and isinstance(path_or_name, str)
+        and "/" not in path_or_name
+        and not path_or_name.endswith(".toml")
+    ):
         path = Path(CONFIGS.get(path_or_name))
     data = read_toml(path)
     return parse_config(data, base_dir=path.resolve().parent, source=str(path))

@@ -41,7 +41,12 @@ def check_prediction(prediction: Any, *, allow_none: bool = False) -> str | None
         return None
     if prediction not in PREDICTIONS:
         raise ConfigError(
-            explain("unknown prediction type", expected=" / ".join(PREDICTIONS) + (" or None" if allow_none else ""), got=repr(prediction), fix="say what the model outputs: eps (noise), x0 (clean data) or v (alpha eps - sigma x0)")
+            explain(
+                "unknown prediction type",
+                expected=" / ".join(PREDICTIONS) + (" or None" if allow_none else ""),
+                got=repr(prediction),
+                fix="say what the model outputs: eps (noise), x0 (clean data) or v (alpha eps - sigma x0)",
+            )
         )
     return prediction
 
@@ -50,7 +55,9 @@ def _is_zero(x: float | torch.Tensor) -> bool:
     return bool((x == 0).any()) if torch.is_tensor(x) else x == 0.0
 
 
-def to_x0_eps(prediction: str, out: torch.Tensor, z_t: torch.Tensor, alpha_t: float | torch.Tensor, sigma_t: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def to_x0_eps(
+    prediction: str, out: torch.Tensor, z_t: torch.Tensor, alpha_t: float | torch.Tensor, sigma_t: float | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Convert a model output to ``(x0_hat, eps_hat)`` at ``z_t = alpha_t x0 + sigma_t eps``.
 
     ``alpha_t``/``sigma_t`` are floats or tensors broadcastable to ``z_t`` (one per sample).
@@ -99,9 +106,23 @@ class Denoiser:
 
     def __init__(self, model: Callable[..., torch.Tensor], schedule: Schedule, prediction: str) -> None:
         if not callable(model):
-            raise SamplerError(explain("model is not callable", expected="model(x_t, t) -> tensor", got=type(model).__name__, fix="pass the network (an nn.Module) or a function"))
+            raise SamplerError(
+                explain(
+                    "model is not callable",
+                    expected="model(x_t, t) -> tensor",
+                    got=type(model).__name__,
+                    fix="pass the network (an nn.Module) or a function",
+                )
+            )
         if not isinstance(schedule, Schedule):
-            raise SamplerError(explain("schedule is not a diffeval Schedule", expected="a diffeval.schedules.Schedule", got=type(schedule).__name__, fix="convert it with diffeval.schedules.from_betas / from_alphas_cumprod"))
+            raise SamplerError(
+                explain(
+                    "schedule is not a diffeval Schedule",
+                    expected="a diffeval.schedules.Schedule",
+                    got=type(schedule).__name__,
+                    fix="convert it with diffeval.schedules.from_betas / from_alphas_cumprod",
+                )
+            )
         self.model = model
         self.schedule = schedule
         self.prediction = check_prediction(prediction)
@@ -115,10 +136,19 @@ class Denoiser:
         out = self.model(z, model_time, *cond)
         if not torch.is_tensor(out) or out.shape != z.shape:
             got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
-            raise SamplerError(explain(f"model output{' ' + where if where else ''} has the wrong shape", expected=f"{tuple(z.shape)} (same as x_t)", got=f"{got}", fix="the model must return one prediction per input pixel (eps, x0 or v)"))
+            raise SamplerError(
+                explain(
+                    f"model output{' ' + where if where else ''} has the wrong shape",
+                    expected=f"{tuple(z.shape)} (same as x_t)",
+                    got=f"{got}",
+                    fix="the model must return one prediction per input pixel (eps, x0 or v)",
+                )
+            )
         return out
 
-    def predict_at(self, z: torch.Tensor, log_snr: torch.Tensor, model_time: torch.Tensor, where: Callable[[int], str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_at(
+        self, z: torch.Tensor, log_snr: torch.Tensor, model_time: torch.Tensor, where: Callable[[int], str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x0_hat, eps_hat)`` in float64 on the CPU, for float64 ``z`` at per-sample log-SNR and model times.
 
         The model runs in float32 on its own device, without gradients; a non-finite output
@@ -130,7 +160,14 @@ class Denoiser:
         out = out.double().cpu()
         bad = ~torch.isfinite(out).flatten(1).all(1)
         if bool(bad.any()):
-            raise SamplerError(explain(f"model returned NaN/inf at {where(int(torch.nonzero(bad)[0, 0]))}", expected="finite predictions", got=f"{int(bad.sum())} bad samples", fix="check the weights, the dtype and the model's time input convention"))
+            raise SamplerError(
+                explain(
+                    f"model returned NaN/inf at {where(int(torch.nonzero(bad)[0, 0]))}",
+                    expected="finite predictions",
+                    got=f"{int(bad.sum())} bad samples",
+                    fix="check the weights, the dtype and the model's time input convention",
+                )
+            )
         shape = (-1, *[1] * (z.ndim - 1))
         alpha = torch.sigmoid(log_snr.double()).sqrt().view(shape)
         sigma = torch.sigmoid(-log_snr.double()).sqrt().view(shape)
@@ -140,10 +177,17 @@ class Denoiser:
         """``(x0_hat, eps_hat)`` at discrete training indices ``index`` (0-based, one per sample)."""
         index = index.long().cpu()
         lam = self.schedule.log_snr[index]
-        return self.predict_at(z, lam, self.schedule.model_times[index], lambda i: f"training step t={int(index[i]) + 1} (log-SNR {float(lam[i]):.4g})")
+        return self.predict_at(
+            z,
+            lam,
+            self.schedule.model_times[index],
+            lambda i: f"training step t={int(index[i]) + 1} (log-SNR {float(lam[i]):.4g})",
+        )
 
     def noised(self, x0: torch.Tensor, index: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """``z_t = alpha_t x0 + sigma_t eps`` (float64) at training indices ``index``."""
         shape = (-1, *[1] * (x0.ndim - 1))
         index = index.long().cpu()
-        return self.schedule.alpha[index].view(shape) * x0.double() + self.schedule.sigma[index].view(shape) * eps.double()
+        return (
+            self.schedule.alpha[index].view(shape) * x0.double() + self.schedule.sigma[index].view(shape) * eps.double()
+        )

@@ -30,12 +30,25 @@ def diagnose_config(
     preprocess: str = "signed",
     seed: int = 0,
 ) -> RunConfig:
-    """The checks-only :class:`~diffeval.config.RunConfig` for the ``diagnose`` options (paths relative to the working folder)."""
+    """The checks-only :class:`~diffeval.config.RunConfig` for the ``diagnose`` options (paths relative to the working
+    folder).
+    """
     sched: dict[str, Any] = {"rescale_zero_snr": rescale_zero_snr}
-    for key, value in (("preset", schedule), ("alphas", None if alphas is None else str(alphas)), ("diffusers_config", None if config is None else str(config)), ("prediction", prediction), ("steps", steps), ("spacing", spacing)):
+    for key, value in (
+        ("preset", schedule),
+        ("alphas", None if alphas is None else str(alphas)),
+        ("diffusers_config", None if config is None else str(config)),
+        ("prediction", prediction),
+        ("steps", steps),
+        ("spacing", spacing),
+    ):
         if value is not None:
             sched[key] = value
     checks: dict[str, Any] = {"snr_endpoints": True}
     if data is not None:
         checks["xt_normality"] = {"data": data, "preprocess": preprocess}
-    return parse_config({"run": {"name": "diagnose", "seed": seed}, "schedule": sched, "checks": checks}, base_dir=Path.cwd(), source="diffeval diagnose")
+    return parse_config(
+        {"run": {"name": "diagnose", "seed": seed}, "schedule": sched, "checks": checks},
+        base_dir=Path.cwd(),
+        source="diffeval diagnose",
+    )

@@ -96,7 +96,14 @@ def _merge_latency(parts: Sequence[LatencySummary], n_total: int) -> LatencySumm
     )
 
 
-def evaluate_sharded(sampler: Any, *, seeds: Sequence[int], metrics: Sequence[Any], evaluate_fn: Callable[..., EvaluationResult] = evaluate, **kwargs: Any) -> EvaluationResult | None:
+def evaluate_sharded(
+    sampler: Any,
+    *,
+    seeds: Sequence[int],
+    metrics: Sequence[Any],
+    evaluate_fn: Callable[..., EvaluationResult] = evaluate,
+    **kwargs: Any,
+) -> EvaluationResult | None:
     """:func:`diffeval.evaluate.evaluate` over this rank's block of ``seeds``; rank 0 returns the merged result.
 
     Outside torch.distributed this is plain ``evaluate``. Other ranks return None.
@@ -110,18 +117,31 @@ def evaluate_sharded(sampler: Any, *, seeds: Sequence[int], metrics: Sequence[An
     payload: dict[str, Any] = {"rank": w.rank, "error": None}
     try:
         if not mine:
-            raise DiffevalError(f"rank {w.rank} has no seeds: {len(seeds)} seeds for {w.size} ranks; use at least as many samples as ranks")
+            raise DiffevalError(
+                f"rank {w.rank} has no seeds: {len(seeds)} seeds for {w.size} ranks; use at least as many samples as"
+                " ranks"
+            )
         for metric in metrics:
             metric.reset()
         result = evaluate_fn(sampler, seeds=mine, metrics=metrics, compute=False, **kwargs)
-        payload.update(states=[m.state() for m in metrics], latency=result.latency, n=result.n, saturation=result.saturation, samples=result.samples, wall_s=result.wall_s)
+        payload.update(
+            states=[m.state() for m in metrics],
+            latency=result.latency,
+            n=result.n,
+            saturation=result.saturation,
+            samples=result.samples,
+            wall_s=result.wall_s,
+        )
     except Exception as error:  # reported through the gather, so no rank waits forever
         payload["error"] = f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}"
     parts = _gather(payload, w)
     failed = [p for p in parts if p["error"] is not None]
     if failed:
         names = ", ".join(f"rank {p['rank']}" for p in failed)
-        raise RankFailed(f"{names} failed during distributed evaluation ({w.size} ranks); no report was written as complete. First error: {failed[0]['error'].splitlines()[0]}")
+        raise RankFailed(
+            f"{names} failed during distributed evaluation ({w.size} ranks); no report was written as complete. First"
+            f" error: {failed[0]['error'].splitlines()[0]}"
+        )
     if w.rank != 0:
         return None
     for part in parts[1:]:
@@ -132,4 +152,13 @@ def evaluate_sharded(sampler: Any, *, seeds: Sequence[int], metrics: Sequence[An
     values = {m.label: m.compute() for m in metrics}
     saturation = sum(p["saturation"] * p["n"] for p in parts) / n_total
     mine_result = parts[0]
-    return EvaluationResult(n=n_total, metrics=values, latency=latency, samples=mine_result["samples"], saturation=saturation, wall_s=max(p["wall_s"] for p in parts), sampler=describe(sampler), config={"world_size": w.size, "n": n_total})
+    return EvaluationResult(
+        n=n_total,
+        metrics=values,
+        latency=latency,
+        samples=mine_result["samples"],
+        saturation=saturation,
+        wall_s=max(p["wall_s"] for p in parts),
+        sampler=describe(sampler),
+        config={"world_size": w.size, "n": n_total},
+    )

@@ -38,7 +38,18 @@ from diffeval.samplers.callable import as_sampler
 from diffeval.seeds import SeedRNG
 from diffeval.sources import ImageSource, iter_batches
 
-__all__ = ["evaluate", "measure", "consume", "feed", "extract_with_retry", "EvaluationResult", "LatencySummary", "resolve_device", "extractor_table", "check_labels"]
+__all__ = [
+    "evaluate",
+    "measure",
+    "consume",
+    "feed",
+    "extract_with_retry",
+    "EvaluationResult",
+    "LatencySummary",
+    "resolve_device",
+    "extractor_table",
+    "check_labels",
+]
 
 
 @dataclass(frozen=True)
@@ -74,7 +85,14 @@ class EvaluationResult:
         named = [label for label, r in self.metrics.items() if label.split("@")[0].split("[")[0] == key]
         if len(named) == 1:
             return self.metrics[named[0]]
-        raise KeyError(f"{key!r}: " + (f"several metrics are named so, use a label: {named}" if named else f"no such metric; labels: {sorted(self.metrics)}"))
+        raise KeyError(
+            f"{key!r}: "
+            + (
+                f"several metrics are named so, use a label: {named}"
+                if named
+                else f"no such metric; labels: {sorted(self.metrics)}"
+            )
+        )
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -82,11 +100,32 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ConfigError(explain("unknown device", expected="cpu, cuda or cuda:N", got=repr(device), fix="pass --device cpu or --device cuda")) from None
+        raise ConfigError(
+            explain(
+                "unknown device",
+                expected="cpu, cuda or cuda:N",
+                got=repr(device),
+                fix="pass --device cpu or --device cuda",
+            )
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(explain("CUDA device requested but none is available", expected="a machine with a CUDA GPU and a CUDA build of torch", got=f"torch {torch.__version__}, no GPU visible", fix="run with --device cpu"))
+        raise ConfigError(
+            explain(
+                "CUDA device requested but none is available",
+                expected="a machine with a CUDA GPU and a CUDA build of torch",
+                got=f"torch {torch.__version__}, no GPU visible",
+                fix="run with --device cpu",
+            )
+        )
     if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(explain("unsupported device type", expected="cpu or cuda", got=repr(str(dev)), fix="pass --device cpu or --device cuda"))
+        raise ConfigError(
+            explain(
+                "unsupported device type",
+                expected="cpu or cuda",
+                got=repr(str(dev)),
+                fix="pass --device cpu or --device cuda",
+            )
+        )
     return dev
 
 
@@ -103,21 +142,39 @@ def check_labels(metrics: Sequence[Any]) -> None:
     seen: dict[str, Any] = {}
     for metric in metrics:
         if metric.label in seen:
-            raise ConfigError(explain(f"two metrics share the label {metric.label!r}", expected="one label per metric in a run", got=f"{type(seen[metric.label]).__name__} and {type(metric).__name__}", fix="give one of them label = '...' in its [[metrics]] table"))
+            raise ConfigError(
+                explain(
+                    f"two metrics share the label {metric.label!r}",
+                    expected="one label per metric in a run",
+                    got=f"{type(seen[metric.label]).__name__} and {type(metric).__name__}",
+                    fix="give one of them label = '...' in its [[metrics]] table",
+                )
+            )
         seen[metric.label] = metric
 
 
-def extractor_table(extractors: Sequence[FeatureExtractor] | Mapping[str, FeatureExtractor], metrics: Sequence[Any]) -> dict[str, FeatureExtractor]:
+def extractor_table(
+    extractors: Sequence[FeatureExtractor] | Mapping[str, FeatureExtractor], metrics: Sequence[Any]
+) -> dict[str, FeatureExtractor]:
     """Extractors by key; every metric's extractor must be among them."""
     table = dict(extractors) if isinstance(extractors, Mapping) else {extractor_key(e): e for e in extractors}
     for metric in metrics:
         if metric.extractor is not None and metric.extractor not in table:
-            raise ConfigError(explain(f"metric {metric.label!r} needs extractor {metric.extractor!r}", expected=f"{metric.extractor!r} among the extractors", got=f"{sorted(table) or 'none'}", fix=f"pass extractors=[get_extractor({metric.extractor!r})]"))
+            raise ConfigError(
+                explain(
+                    f"metric {metric.label!r} needs extractor {metric.extractor!r}",
+                    expected=f"{metric.extractor!r} among the extractors",
+                    got=f"{sorted(table) or 'none'}",
+                    fix=f"pass extractors=[get_extractor({metric.extractor!r})]",
+                )
+            )
     return table
 
 
 def _is_oom(error: BaseException) -> bool:
-    return isinstance(error, torch.cuda.OutOfMemoryError) or (isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    )
 
 
 def extract_with_retry(extractor: FeatureExtractor, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -130,20 +187,39 @@ def extract_with_retry(extractor: FeatureExtractor, images: torch.Tensor) -> dic
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     half = images.shape[0] // 2
-    print(f"diffeval: CUDA out of memory extracting {extractor.name} features for {images.shape[0]} images; retrying in batches of {half}", file=sys.stderr)
+    print(
+        f"diffeval: CUDA out of memory extracting {extractor.name} features for {images.shape[0]} images; retrying in"
+        f" batches of {half}",
+        file=sys.stderr,
+    )
     parts = [extract_with_retry(extractor, chunk) for chunk in (images[:half], images[half:])]
     return {layer: torch.cat([p[layer] for p in parts]) for layer in parts[0]}
 
 
-def feed(metrics: Sequence[Any], extractors: Mapping[str, FeatureExtractor], images: torch.Tensor, seeds: list[int], cond: Any = None) -> None:
+def feed(
+    metrics: Sequence[Any],
+    extractors: Mapping[str, FeatureExtractor],
+    images: torch.Tensor,
+    seeds: list[int],
+    cond: Any = None,
+) -> None:
     """Run each needed extractor once on uint8 ``images`` (OOM-safe) and update every metric."""
     needed = {m.extractor for m in metrics if m.extractor is not None}
-    batch = Batch(features={key: extract_with_retry(extractors[key], images) for key in sorted(needed)}, seeds=seeds, cond=cond, images=images)
+    batch = Batch(
+        features={key: extract_with_retry(extractors[key], images) for key in sorted(needed)},
+        seeds=seeds,
+        cond=cond,
+        images=images,
+    )
     for metric in metrics:
         metric.update(batch)
 
 
-def consume(batches: Iterable[tuple[list[int], torch.Tensor, Any]], metrics: Sequence[Any], extractors: Mapping[str, FeatureExtractor]) -> int:
+def consume(
+    batches: Iterable[tuple[list[int], torch.Tensor, Any]],
+    metrics: Sequence[Any],
+    extractors: Mapping[str, FeatureExtractor],
+) -> int:
     """The batch loop: :func:`feed` every ``(seeds, uint8 images, cond)`` to the metrics; returns the batch count."""
     count = 0
     for seeds, images, cond in batches:
@@ -176,7 +252,10 @@ def measure(
     table = extractor_table(extractors, metrics)
     check_labels(metrics)
     chosen = list(range(len(source))) if indices is None else list(indices)
-    batches = ((idx, images, cond_fn(idx) if cond_fn is not None else None) for idx, images in iter_batches(source, batch_size, chosen))
+    batches = (
+        (idx, images, cond_fn(idx) if cond_fn is not None else None)
+        for idx, images in iter_batches(source, batch_size, chosen)
+    )
     consume(_progress(batches, -(-len(chosen) // batch_size), f"features {source.name}", progress), metrics, table)
     return {metric.label: metric.compute() for metric in metrics} if compute else {}
 
@@ -184,8 +263,25 @@ def measure(
 class _SamplingLoop:
     """Iterates ``(seeds, uint8 images, cond)`` by sampling, and records latency, range and the first samples."""
 
-    def __init__(self, sampler: Any, seeds: list[int], image_shape: tuple[int, ...], batch_size: int, device: torch.device, cond_fn: Any, keep: int, timing: str, on_batch: Any) -> None:
-        self.sampler, self.seeds, self.image_shape, self.batch_size, self.device = sampler, seeds, image_shape, batch_size, device
+    def __init__(
+        self,
+        sampler: Any,
+        seeds: list[int],
+        image_shape: tuple[int, ...],
+        batch_size: int,
+        device: torch.device,
+        cond_fn: Any,
+        keep: int,
+        timing: str,
+        on_batch: Any,
+    ) -> None:
+        self.sampler, self.seeds, self.image_shape, self.batch_size, self.device = (
+            sampler,
+            seeds,
+            image_shape,
+            batch_size,
+            device,
+        )
         self.cond_fn, self.keep, self.timing, self.on_batch = cond_fn, keep, timing, on_batch
         self.step_s: list[float] = []
         self.sampling_s = 0.0
@@ -260,17 +356,40 @@ def evaluate(
     info = describe(sampler)
     seeds = list(seeds)
     if not seeds:
-        raise ConfigError(explain("no seeds to evaluate", expected="at least one seed", got="[]", fix="pass seeds=range(n) with n >= 1"))
+        raise ConfigError(
+            explain(
+                "no seeds to evaluate", expected="at least one seed", got="[]", fix="pass seeds=range(n) with n >= 1"
+            )
+        )
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ConfigError(explain("invalid batch size", expected="an integer >= 1", got=repr(batch_size), fix="pass batch_size=64"))
+        raise ConfigError(
+            explain("invalid batch size", expected="an integer >= 1", got=repr(batch_size), fix="pass batch_size=64")
+        )
     shape = image_shape if image_shape is not None else info.image_shape
     if shape is None or len(tuple(shape)) != 3:
-        raise InputError(explain("image shape unknown", expected="image_shape=(C, H, W), or a sampler that declares it", got=repr(shape), fix="pass image_shape"))
+        raise InputError(
+            explain(
+                "image shape unknown",
+                expected="image_shape=(C, H, W), or a sampler that declares it",
+                got=repr(shape),
+                fix="pass image_shape",
+            )
+        )
     table = extractor_table(extractors, metrics)
     check_labels(metrics)
     dev = resolve_device(device)
     t_start = time.perf_counter()
-    loop = _SamplingLoop(sampler, seeds, tuple(int(s) for s in shape), batch_size, dev, cond_fn, keep, "step" if step_timing else "run", on_batch)
+    loop = _SamplingLoop(
+        sampler,
+        seeds,
+        tuple(int(s) for s in shape),
+        batch_size,
+        dev,
+        cond_fn,
+        keep,
+        "step" if step_timing else "run",
+        on_batch,
+    )
     consume(_progress(loop, loop.batches, "sampling", progress), metrics, table)
     values = {metric.label: metric.compute() for metric in metrics} if compute else {}
     return EvaluationResult(
@@ -281,5 +400,11 @@ def evaluate(
         saturation=int(loop.outside) / loop.total_px if loop.total_px else 0.0,
         wall_s=time.perf_counter() - t_start,
         sampler=info,
-        config={"sampler": info.knobs, "n": len(seeds), "batch_size": batch_size, "device": str(dev), "seeds": f"{seeds[0]}..{seeds[-1]}"},
+        config={
+            "sampler": info.knobs,
+            "n": len(seeds),
+            "batch_size": batch_size,
+            "device": str(dev),
+            "seeds": f"{seeds[0]}..{seeds[-1]}",
+        },
     )

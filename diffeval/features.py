@@ -74,7 +74,12 @@ def match_channels(images: torch.Tensor, channels: int, who: str) -> torch.Tenso
     if c == 1:
         return images.expand(-1, channels, -1, -1)
     raise InputError(
-        explain(f"{who} got images with {c} channels", expected=f"{channels} channel(s) (grayscale is repeated)", got=f"{c} channels", fix="drop the alpha channel / convert to RGB or grayscale first")
+        explain(
+            f"{who} got images with {c} channels",
+            expected=f"{channels} channel(s) (grayscale is repeated)",
+            got=f"{c} channels",
+            fix="drop the alpha channel / convert to RGB or grayscale first",
+        )
     )
 
 
@@ -100,21 +105,40 @@ class InceptionV3Extractor:
     channels = 3
     resize = "tf1-bilinear-299"
 
-    def __init__(self, weights: str | None = None, device: str = "cpu", batch_size: int = 64, fast: bool = False, compile: bool = False) -> None:
+    def __init__(
+        self,
+        weights: str | None = None,
+        device: str = "cpu",
+        batch_size: int = 64,
+        fast: bool = False,
+        compile: bool = False,
+    ) -> None:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
         path, verified = resolve(INCEPTION_WEIGHTS, weights)
-        load_state_dict(path, None, fix="pass the torch-fidelity Inception weights (a plain state dict)")  # refuses pickles
+        load_state_dict(
+            path, None, fix="pass the torch-fidelity Inception weights (a plain state dict)"
+        )  # refuses pickles
         self.weights_path = str(path)
         self.weights_verified = verified
         self.device = torch.device(device)
         self.batch_size = batch_size
         try:
-            net = FeatureExtractorInceptionV3("inception-v3-compat", list(self.layers), feature_extractor_weights_path=str(path))
+            net = FeatureExtractorInceptionV3(
+                "inception-v3-compat", list(self.layers), feature_extractor_weights_path=str(path)
+            )
         except RuntimeError as error:  # state dict of another network
-            raise WeightsError(explain(f"weights {path} do not fit the Inception-v3 network", expected="torch-fidelity's pt_inception-2015-12-05 state dict", got=str(error).splitlines()[0], fix="pass the right weight file")) from None
+            raise WeightsError(
+                explain(
+                    f"weights {path} do not fit the Inception-v3 network",
+                    expected="torch-fidelity's pt_inception-2015-12-05 state dict",
+                    got=str(error).splitlines()[0],
+                    fix="pass the right weight file",
+                )
+            ) from None
         self.fast = bool(fast)
-        # Fast mode (opt-in, named in every row: "inception-v3-fast"): bf16 autocast, channels-last, optionally compiled.
+        # Fast mode (opt-in, named in every row: "inception-v3-fast"): bf16 autocast, channels-last, optionally
+        # compiled.
         self.name = "inception-v3-fast" if self.fast else "inception-v3"
         self.key = self.name + weights_tag(path, verified)
         net = net.to(self.device).eval()
@@ -157,7 +181,9 @@ class ClipExtractor:
     default_layers = {"clip_score": "image", "fid": "image", "kid": "image", "inception_score": "image"}
     channels = 3
 
-    def __init__(self, model: str = "ViT-B-32", pretrained: str | None = "openai", device: str = "cpu", batch_size: int = 64) -> None:
+    def __init__(
+        self, model: str = "ViT-B-32", pretrained: str | None = "openai", device: str = "cpu", batch_size: int = 64
+    ) -> None:
         import os
         from pathlib import Path
 
@@ -169,13 +195,23 @@ class ClipExtractor:
         self.batch_size = batch_size
         is_file = pretrained is not None and Path(pretrained).is_file()
         if is_file:
-            load_state_dict(pretrained, None, fix="pass an open_clip checkpoint saved as a plain state dict")  # refuses pickles
-        if pretrained is not None and not is_file and offline() and os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("1", "true", "yes"):
-            # open_clip fetches tags from the Hugging Face hub, which reads HF_HUB_OFFLINE once, at import: say so instead of mutating it
+            load_state_dict(
+                pretrained, None, fix="pass an open_clip checkpoint saved as a plain state dict"
+            )  # refuses pickles
+        if (
+            pretrained is not None
+            and not is_file
+            and offline()
+            and os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("1", "true", "yes")
+        ):
+            # open_clip fetches tags from the Hugging Face hub, which reads HF_HUB_OFFLINE once, at import: say so
+            # instead of mutating it
             raise WeightsError(
                 explain(
                     f"open_clip tag {pretrained!r} may need a download, and DIFFEVAL_OFFLINE=1 forbids downloads",
-                    expected="a local checkpoint path, or a tag already in the Hugging Face cache with HF_HUB_OFFLINE=1",
+                    expected=(
+                        "a local checkpoint path, or a tag already in the Hugging Face cache with HF_HUB_OFFLINE=1"
+                    ),
                     got=f"pretrained={pretrained!r} with HF_HUB_OFFLINE unset",
                     fix="pass --pretrained PATH, or export HF_HUB_OFFLINE=1 before starting to use the cached tag",
                 )
@@ -184,26 +220,39 @@ class ClipExtractor:
             net = open_clip.create_model(model, pretrained=pretrained, device=self.device, weights_only=True)
         except RuntimeError as error:
             raise WeightsError(
-                explain(f"cannot build open_clip model {model!r} with pretrained={pretrained!r}", expected="a known model name and a cached tag or a checkpoint file", got=str(error).splitlines()[0][:300], fix="pass --pretrained PATH to a local checkpoint, or run once online to cache the tag")
+                explain(
+                    f"cannot build open_clip model {model!r} with pretrained={pretrained!r}",
+                    expected="a known model name and a cached tag or a checkpoint file",
+                    got=str(error).splitlines()[0][:300],
+                    fix="pass --pretrained PATH to a local checkpoint, or run once online to cache the tag",
+                )
             ) from None
         self.net = net.eval()
         self.tokenizer = open_clip.get_tokenizer(model)
         cfg = open_clip.get_model_preprocess_cfg(self.net)
         size = cfg.get("size", 224)
         self.image_size = int(size if isinstance(size, int) else size[0])
-        self.mean = torch.tensor(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)), device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)), device=self.device).view(1, 3, 1, 1)
+        self.mean = torch.tensor(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)), device=self.device).view(
+            1, 3, 1, 1
+        )
+        self.std = torch.tensor(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)), device=self.device).view(
+            1, 3, 1, 1
+        )
         with torch.no_grad():
             dim = int(self.encode_text(["a"]).shape[1])
         self.layers = {"image": dim}
-        self.key = f"clip:{model}" + (weights_tag(pretrained, False) if is_file else f":{pretrained}" if pretrained else ":random")
+        self.key = f"clip:{model}" + (
+            weights_tag(pretrained, False) if is_file else f":{pretrained}" if pretrained else ":random"
+        )
 
     def _preprocess(self, u8: torch.Tensor) -> torch.Tensor:
         x = u8.to(self.device).float() / 255.0
         h, w = x.shape[-2:]
         scale = self.image_size / min(h, w)
         size = (max(self.image_size, round(h * scale)), max(self.image_size, round(w * scale)))
-        x = torch.nn.functional.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+        x = torch.nn.functional.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(
+            0, 1
+        )
         top, left = (size[0] - self.image_size) // 2, (size[1] - self.image_size) // 2
         x = x[..., top : top + self.image_size, left : left + self.image_size]
         return (x - self.mean) / self.std
@@ -213,7 +262,9 @@ class ClipExtractor:
         out = []
         with torch.no_grad():
             for chunk in u8.split(self.batch_size):
-                out.append(torch.nn.functional.normalize(self.net.encode_image(self._preprocess(chunk)).float(), dim=-1))
+                out.append(
+                    torch.nn.functional.normalize(self.net.encode_image(self._preprocess(chunk)).float(), dim=-1)
+                )
         return {"image": torch.cat(out)}
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:

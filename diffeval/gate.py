@@ -47,7 +47,17 @@ from diffeval.config import read_toml
 from diffeval.errors import ConfigError, DiffevalError, ExitCode, InputError, explain
 from diffeval.report import Report
 
-__all__ = ["GateRules", "Verdict", "parse_rules", "load_rules", "run_gate", "evaluate_gate", "EXIT_PASS", "EXIT_REGRESSION", "EXIT_ERROR"]
+__all__ = [
+    "GateRules",
+    "Verdict",
+    "parse_rules",
+    "load_rules",
+    "run_gate",
+    "evaluate_gate",
+    "EXIT_PASS",
+    "EXIT_REGRESSION",
+    "EXIT_ERROR",
+]
 
 EXIT_PASS, EXIT_REGRESSION, EXIT_ERROR = int(ExitCode.OK), int(ExitCode.FAILED), int(ExitCode.ERROR)
 _BOUND = re.compile(r"^\s*(<=|>=|<|>)\s*([-+]?\d+(\.\d*)?([eE][-+]?\d+)?)\s*$")
@@ -61,7 +71,9 @@ class Bound:
     limit: float
 
     def holds(self, value: float) -> bool:
-        return {"<=": value <= self.limit, "<": value < self.limit, ">=": value >= self.limit, ">": value > self.limit}[self.op]
+        return {"<=": value <= self.limit, "<": value < self.limit, ">=": value >= self.limit, ">": value > self.limit}[
+            self.op
+        ]
 
 
 @dataclass(frozen=True)
@@ -102,14 +114,28 @@ class Verdict:
 def _parse_bound(metric: str, text: Any) -> Bound:
     match = _BOUND.match(str(text))
     if not match:
-        raise ConfigError(explain(f"bad absolute rule for {metric!r}", expected="'<= 12', '>= 25', '< 0.1' or '> 3'", got=repr(text), fix="write an operator and a number"))
+        raise ConfigError(
+            explain(
+                f"bad absolute rule for {metric!r}",
+                expected="'<= 12', '>= 25', '< 0.1' or '> 3'",
+                got=repr(text),
+                fix="write an operator and a number",
+            )
+        )
     return Bound(metric, match.group(1), float(match.group(2)))
 
 
 def _parse_change(metric: str, text: Any) -> Change:
     match = _CHANGE.match(str(text))
     if not match:
-        raise ConfigError(explain(f"bad relative rule for {metric!r}", expected="'+2%', '-1%' or '+0.5' (sign = the bad direction)", got=repr(text), fix="write a sign, a number and optionally %"))
+        raise ConfigError(
+            explain(
+                f"bad relative rule for {metric!r}",
+                expected="'+2%', '-1%' or '+0.5' (sign = the bad direction)",
+                got=repr(text),
+                fix="write a sign, a number and optionally %",
+            )
+        )
     direction = +1 if match.group(1) == "+" else -1
     return Change(metric, direction, float(match.group(2)), match.group(5) == "%")
 
@@ -118,16 +144,41 @@ def parse_rules(data: Mapping[str, Any]) -> GateRules:
     """Validate a rules mapping (as read from TOML)."""
     unknown = sorted(set(data) - {"absolute", "relative", "checks", "noise"})
     if unknown:
-        raise ConfigError(explain(f"unknown table(s) {unknown} in gate rules", expected="absolute, relative, checks, noise", got=", ".join(unknown), fix="correct the table names"))
+        raise ConfigError(
+            explain(
+                f"unknown table(s) {unknown} in gate rules",
+                expected="absolute, relative, checks, noise",
+                got=", ".join(unknown),
+                fix="correct the table names",
+            )
+        )
     checks = dict(data.get("checks", {}))
     if set(checks) - {"must_pass"}:
-        raise ConfigError(explain("unknown key in [checks]", expected="must_pass", got=", ".join(sorted(set(checks) - {"must_pass"})), fix="use must_pass = [...] or 'all'"))
+        raise ConfigError(
+            explain(
+                "unknown key in [checks]",
+                expected="must_pass",
+                got=", ".join(sorted(set(checks) - {"must_pass"})),
+                fix="use must_pass = [...] or 'all'",
+            )
+        )
     must_pass = checks.get("must_pass", [])
     if not (must_pass == "all" or (isinstance(must_pass, list) and all(isinstance(x, str) for x in must_pass))):
-        raise ConfigError(explain("bad [checks] must_pass", expected="a list of check names or 'all'", got=repr(must_pass), fix="e.g. must_pass = ['terminal_snr']"))
+        raise ConfigError(
+            explain(
+                "bad [checks] must_pass",
+                expected="a list of check names or 'all'",
+                got=repr(must_pass),
+                fix="e.g. must_pass = ['terminal_snr']",
+            )
+        )
     noise = dict(data.get("noise", {}))
     if set(noise) - {"k"}:
-        raise ConfigError(explain("unknown key in [noise]", expected="k", got=", ".join(sorted(set(noise) - {"k"})), fix="use k = 2.0"))
+        raise ConfigError(
+            explain(
+                "unknown key in [noise]", expected="k", got=", ".join(sorted(set(noise) - {"k"})), fix="use k = 2.0"
+            )
+        )
     k = noise.get("k", 2.0)
     if not isinstance(k, (int, float)) or k < 0:
         raise ConfigError(explain("bad [noise] k", expected="a number >= 0", got=repr(k), fix="use k = 2.0"))
@@ -167,62 +218,159 @@ def _direction(row: Any) -> int:
         return +1
     if row["direction"] == "higher":
         return -1
-    raise InputError(explain(f"row {row['label']!r} carries no direction", expected="'lower' or 'higher' (is better), declared by its metric", got=repr(row["direction"]), fix="declare direction on the metric class (or the row), so the gate knows which way is worse; the gate never guesses"))
+    raise InputError(
+        explain(
+            f"row {row['label']!r} carries no direction",
+            expected="'lower' or 'higher' (is better), declared by its metric",
+            got=repr(row["direction"]),
+            fix=(
+                "declare direction on the metric class (or the row), so the gate knows which way is worse; the gate"
+                " never guesses"
+            ),
+        )
+    )
 
 
 def _pairs(base: pd.DataFrame, cand: pd.DataFrame, key: str, sizes: tuple[int, int]) -> list[tuple[Any, Any]]:
     b_rows, c_rows = _rows(base, key), _rows(cand, key)
     if b_rows.empty:
-        raise InputError(explain(f"metric {key!r} is missing from the baseline", expected=f"a row named or labelled {key!r}", got=f"labels {sorted(set(base['label']))}", fix="gate on metrics both runs computed"))
+        raise InputError(
+            explain(
+                f"metric {key!r} is missing from the baseline",
+                expected=f"a row named or labelled {key!r}",
+                got=f"labels {sorted(set(base['label']))}",
+                fix="gate on metrics both runs computed",
+            )
+        )
     if c_rows.empty:
-        raise InputError(explain(f"metric {key!r} is missing from the candidate", expected=f"a row named or labelled {key!r}", got=f"labels {sorted(set(cand['label']))}", fix="run the candidate with the same config as the baseline"))
+        raise InputError(
+            explain(
+                f"metric {key!r} is missing from the candidate",
+                expected=f"a row named or labelled {key!r}",
+                got=f"labels {sorted(set(cand['label']))}",
+                fix="run the candidate with the same config as the baseline",
+            )
+        )
     cand_by_key = {_key(r): r for _, r in c_rows.iterrows()}
     pairs = []
     for _, b in b_rows.iterrows():
         if b["kind"] == "latency" and sizes[0] != sizes[1]:
-            raise InputError(explain(f"{_where(b)} is a latency row and the runs used different world sizes", expected=f"the baseline's world size {sizes[0]}", got=f"world size {sizes[1]}", fix="re-run the candidate on as many ranks as the baseline: throughput and latency are per-deployment figures; quality metrics may still be gated"))
+            raise InputError(
+                explain(
+                    f"{_where(b)} is a latency row and the runs used different world sizes",
+                    expected=f"the baseline's world size {sizes[0]}",
+                    got=f"world size {sizes[1]}",
+                    fix=(
+                        "re-run the candidate on as many ranks as the baseline: throughput and latency are"
+                        " per-deployment figures; quality metrics may still be gated"
+                    ),
+                )
+            )
         c = cand_by_key.get(_key(b))
         if c is None:
-            raise InputError(explain(f"{_where(b)} is missing from the candidate", expected="the same metrics and sweep values", got="no such row", fix="use the same config (metrics, extractors, sweep) in both runs"))
+            raise InputError(
+                explain(
+                    f"{_where(b)} is missing from the candidate",
+                    expected="the same metrics and sweep values",
+                    got="no such row",
+                    fix="use the same config (metrics, extractors, sweep) in both runs",
+                )
+            )
         for col in ("n_gen", "n_ref", "extractor"):
             bv, cv = b[col], c[col]
             same = (pd.isna(bv) and pd.isna(cv)) or (not pd.isna(bv) and not pd.isna(cv) and bv == cv)
             if not same:
-                raise InputError(explain(f"{_where(b)}: {col} differs between the runs", expected=f"{col} = {bv} (baseline)", got=f"{col} = {cv} (candidate)", fix="compare runs made with the same sample count, reference and feature extractor"))
+                raise InputError(
+                    explain(
+                        f"{_where(b)}: {col} differs between the runs",
+                        expected=f"{col} = {bv} (baseline)",
+                        got=f"{col} = {cv} (candidate)",
+                        fix="compare runs made with the same sample count, reference and feature extractor",
+                    )
+                )
         pairs.append((b, c))
     return pairs
 
 
-def _relative_verdicts(change: Change, base: pd.DataFrame, cand: pd.DataFrame, k: float, sizes: tuple[int, int]) -> list[Verdict]:
+def _relative_verdicts(
+    change: Change, base: pd.DataFrame, cand: pd.DataFrame, k: float, sizes: tuple[int, int]
+) -> list[Verdict]:
     verdicts = []
     for b, c in _pairs(base, cand, change.metric, sizes):
         direction = _direction(b)
         if change.direction is not None and change.direction != direction:
             good = "+" if direction > 0 else "-"
-            raise ConfigError(explain(f"relative rule {change.metric} = {change.text()!r} points the wrong way for {b['label']}", expected=f"'{good}...' ({b['name']} gets worse {'upward' if direction > 0 else 'downward'}: {b['direction']} is better)", got=repr(change.text()), fix=f"write {change.metric} = \"{good}{change.amount:g}{'%' if change.percent else ''}\""))
+            raise ConfigError(
+                explain(
+                    f"relative rule {change.metric} = {change.text()!r} points the wrong way for {b['label']}",
+                    expected=(
+                        f"'{good}...' ({b['name']} gets worse {'upward' if direction > 0 else 'downward'}:"
+                        f" {b['direction']} is better)"
+                    ),
+                    got=repr(change.text()),
+                    fix=f'write {change.metric} = "{good}{change.amount:g}{"%" if change.percent else ""}"',
+                )
+            )
         worse = (float(c["value"]) - float(b["value"])) * direction
         allowance = change.allowance(float(b["value"]))
         se_b, se_c = float(b["stderr"]), float(c["stderr"])
         noise = k * math.sqrt(se_b**2 + se_c**2) if not (math.isnan(se_b) or math.isnan(se_c)) else 0.0
         regression = worse > allowance and worse > noise
-        note = f"worse by {worse:.4g} (allowed {allowance:.4g}" + (f", noise {noise:.4g} = {k:g} SE" if noise else "") + ")"
+        note = (
+            f"worse by {worse:.4g} (allowed {allowance:.4g}"
+            + (f", noise {noise:.4g} = {k:g} SE" if noise else "")
+            + ")"
+        )
         rule = change.text(direction)
-        verdicts.append(Verdict(f"relative {rule}", _where(b), float(b["value"]), float(c["value"]), rule, "regression" if regression else "pass", note))
+        verdicts.append(
+            Verdict(
+                f"relative {rule}",
+                _where(b),
+                float(b["value"]),
+                float(c["value"]),
+                rule,
+                "regression" if regression else "pass",
+                note,
+            )
+        )
     return verdicts
 
 
 def _absolute_verdicts(bound: Bound, base: pd.DataFrame, cand: pd.DataFrame, sizes: tuple[int, int]) -> list[Verdict]:
     rows = _rows(cand, bound.metric)
     if rows.empty:
-        raise InputError(explain(f"metric {bound.metric!r} is missing from the candidate", expected=f"a row named or labelled {bound.metric!r}", got=f"labels {sorted(set(cand['label']))}", fix="gate on a metric the run computed"))
+        raise InputError(
+            explain(
+                f"metric {bound.metric!r} is missing from the candidate",
+                expected=f"a row named or labelled {bound.metric!r}",
+                got=f"labels {sorted(set(cand['label']))}",
+                fix="gate on a metric the run computed",
+            )
+        )
     base_by_key = {_key(r): r for _, r in _rows(base, bound.metric).iterrows()}
     out = []
     for _, c in rows.iterrows():
         if c["kind"] == "latency" and sizes[0] != sizes[1]:
-            raise InputError(explain(f"{_where(c)} is a latency row and the runs used different world sizes", expected=f"world size {sizes[0]}", got=f"{sizes[1]}", fix="bound latency only between runs on the same number of ranks"))
+            raise InputError(
+                explain(
+                    f"{_where(c)} is a latency row and the runs used different world sizes",
+                    expected=f"world size {sizes[0]}",
+                    got=f"{sizes[1]}",
+                    fix="bound latency only between runs on the same number of ranks",
+                )
+            )
         b = base_by_key.get(_key(c))
         bv = float(b["value"]) if b is not None else math.nan
-        out.append(Verdict(f"absolute {bound.op} {bound.limit:g}", _where(c), bv, float(c["value"]), f"{bound.op} {bound.limit:g}", "pass" if bound.holds(float(c["value"])) else "regression"))
+        out.append(
+            Verdict(
+                f"absolute {bound.op} {bound.limit:g}",
+                _where(c),
+                bv,
+                float(c["value"]),
+                f"{bound.op} {bound.limit:g}",
+                "pass" if bound.holds(float(c["value"])) else "regression",
+            )
+        )
     return out
 
 
@@ -234,14 +382,41 @@ def _check_verdicts(rules: GateRules, base: pd.DataFrame, cand: pd.DataFrame) ->
     for name in names:
         row = c_checks[c_checks["name"] == name]
         if row.empty:
-            raise InputError(explain(f"check {name!r} is missing from the candidate", expected=f"a check row {name!r}", got=f"checks {sorted(c_checks['name'])}", fix="run the check in the candidate run"))
+            raise InputError(
+                explain(
+                    f"check {name!r} is missing from the candidate",
+                    expected=f"a check row {name!r}",
+                    got=f"checks {sorted(c_checks['name'])}",
+                    fix="run the check in the candidate run",
+                )
+            )
         status = row["status"].iloc[0]
-        out.append(Verdict("check must pass", name, math.nan, float(row["value"].iloc[0]), "pass", "pass" if status == "pass" else "regression", f"status {status} (baseline {b_status.get(name, '-')})"))
+        out.append(
+            Verdict(
+                "check must pass",
+                name,
+                math.nan,
+                float(row["value"].iloc[0]),
+                "pass",
+                "pass" if status == "pass" else "regression",
+                f"status {status} (baseline {b_status.get(name, '-')})",
+            )
+        )
     if rules.default:
         for _, row in c_checks.iterrows():
             before = b_status.get(row["name"])
             if row["status"] == "fail" and before != "fail":
-                out.append(Verdict("no new check failure", row["name"], math.nan, float(row["value"]), "not fail", "regression", f"baseline {before or 'absent'} -> fail"))
+                out.append(
+                    Verdict(
+                        "no new check failure",
+                        row["name"],
+                        math.nan,
+                        float(row["value"]),
+                        "not fail",
+                        "regression",
+                        f"baseline {before or 'absent'} -> fail",
+                    )
+                )
     return out
 
 
@@ -249,7 +424,17 @@ def _defaults(base: pd.DataFrame) -> list[Change]:
     metric_rows = base[base["kind"] == "metric"]
     undirected = sorted(set(metric_rows[~metric_rows["direction"].isin(["lower", "higher"])]["label"]))
     if undirected:
-        raise InputError(explain(f"the default gate cannot direct metric row(s) {undirected}", expected="every metric row with a direction ('lower' or 'higher' is better)", got="rows without one", fix="declare direction on those metrics (every registered metric has one), or gate them with explicit rules"))
+        raise InputError(
+            explain(
+                f"the default gate cannot direct metric row(s) {undirected}",
+                expected="every metric row with a direction ('lower' or 'higher' is better)",
+                got="rows without one",
+                fix=(
+                    "declare direction on those metrics (every registered metric has one), or gate them with explicit"
+                    " rules"
+                ),
+            )
+        )
     return [Change(label, None, 0.0, True) for label in sorted(set(metric_rows["label"]))]
 
 
@@ -260,7 +445,14 @@ def evaluate_gate(baseline: Report, candidate: Report, rules: GateRules) -> list
     for label, frame in (("baseline", base), ("candidate", cand)):
         failed = frame[frame["name"].isin(["run_error", "run_interrupted"])]
         if not failed.empty:
-            raise InputError(explain(f"the {label} run did not finish", expected="a complete run", got=f"{failed['name'].iloc[0]}: {failed['details'].iloc[0]}", fix=f"re-run the {label}"))
+            raise InputError(
+                explain(
+                    f"the {label} run did not finish",
+                    expected="a complete run",
+                    got=f"{failed['name'].iloc[0]}: {failed['details'].iloc[0]}",
+                    fix=f"re-run the {label}",
+                )
+            )
     verdicts: list[Verdict] = []
     for change in rules.relative + (_defaults(base) if rules.default else []):
         verdicts += _relative_verdicts(change, base, cand, rules.k, sizes)
@@ -272,16 +464,34 @@ def evaluate_gate(baseline: Report, candidate: Report, rules: GateRules) -> list
 
 def _table(verdicts: list[Verdict]) -> str:
     rows = [("rule", "metric", "baseline", "candidate", "limit", "verdict", "note")] + [
-        (v.rule, v.metric, "" if math.isnan(v.baseline) else f"{v.baseline:.6g}", "" if math.isnan(v.candidate) else f"{v.candidate:.6g}", v.limit, v.status.upper(), v.note) for v in verdicts
+        (
+            v.rule,
+            v.metric,
+            "" if math.isnan(v.baseline) else f"{v.baseline:.6g}",
+            "" if math.isnan(v.candidate) else f"{v.candidate:.6g}",
+            v.limit,
+            v.status.upper(),
+            v.note,
+        )
+        for v in verdicts
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 def _markdown(verdicts: list[Verdict], status: str) -> str:
-    lines = [f"## diffeval gate: {status}", "", "| rule | metric | baseline | candidate | limit | verdict |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"## diffeval gate: {status}",
+        "",
+        "| rule | metric | baseline | candidate | limit | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
     for v in verdicts:
-        lines.append(f"| {v.rule} | {v.metric} | {'' if math.isnan(v.baseline) else f'{v.baseline:.6g}'} | {'' if math.isnan(v.candidate) else f'{v.candidate:.6g}'} | {v.limit} | {'✅' if v.status == 'pass' else '❌'} {v.status} |")
+        lines.append(
+            f"| {v.rule} | {v.metric} | {'' if math.isnan(v.baseline) else f'{v.baseline:.6g}'} |"
+            f" {'' if math.isnan(v.candidate) else f'{v.candidate:.6g}'} | {v.limit} |"
+            f" {'✅' if v.status == 'pass' else '❌'} {v.status} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -289,14 +499,34 @@ def _junit(verdicts: list[Verdict], error: str | None) -> str:
     failures = sum(v.status != "pass" for v in verdicts)
     cases = []
     for v in verdicts:
-        body = "" if v.status == "pass" else f'<failure message="{escape(v.note or v.status, {chr(34): "&quot;"})}">{escape(f"{v.metric}: baseline {v.baseline} candidate {v.candidate} limit {v.limit}")}</failure>'
-        cases.append(f'  <testcase classname="diffeval.gate" name="{escape(f"{v.rule}: {v.metric}", {chr(34): "&quot;"})}">{body}</testcase>')
+        body = ""
+        if v.status != "pass":
+            message = escape(v.note or v.status, {'"': "&quot;"})
+            text = escape(f"{v.metric}: baseline {v.baseline} candidate {v.candidate} limit {v.limit}")
+            body = f'<failure message="{message}">{text}</failure>'
+
+        cases.append(
+            '  <testcase classname="diffeval.gate"'
+            f' name="{escape(f"{v.rule}: {v.metric}", {chr(34): "&quot;"})}">{body}</testcase>'
+        )
     if error is not None:
-        cases.append(f'  <testcase classname="diffeval.gate" name="gate"><error message="{escape(error, {chr(34): "&quot;"})}"/></testcase>')
-    return f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="diffeval gate" tests="{len(cases)}" failures="{failures}" errors="{int(error is not None)}">\n' + "\n".join(cases) + "\n</testsuite>\n"
+        cases.append(
+            '  <testcase classname="diffeval.gate" name="gate"><error'
+            f' message="{escape(error, {chr(34): "&quot;"})}"/></testcase>'
+        )
+    return (
+        f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="diffeval gate" tests="{len(cases)}"'
+        f' failures="{failures}" errors="{int(error is not None)}">\n' + "\n".join(cases) + "\n</testsuite>\n"
+    )
 
 
-def run_gate(baseline: str | Path, candidate: str | Path, rules_path: str | Path | None = None, junit: str | Path | None = None, k: float | None = None) -> int:
+def run_gate(
+    baseline: str | Path,
+    candidate: str | Path,
+    rules_path: str | Path | None = None,
+    junit: str | Path | None = None,
+    k: float | None = None,
+) -> int:
     """Compare and print; returns the exit code (0 pass, 1 regression, 2 error). Never raises for bad input."""
     verdicts: list[Verdict] = []
     error: str | None = None
@@ -307,7 +537,14 @@ def run_gate(baseline: str | Path, candidate: str | Path, rules_path: str | Path
         verdicts = evaluate_gate(Report.load(baseline), Report.load(candidate), rules)
         code = EXIT_REGRESSION if any(v.status != "pass" for v in verdicts) else EXIT_PASS
         if not verdicts:
-            raise ConfigError(explain("the gate has nothing to compare", expected="at least one rule that applies", got="no rules matched any row", fix="add rules, or compare reports that contain metrics"))
+            raise ConfigError(
+                explain(
+                    "the gate has nothing to compare",
+                    expected="at least one rule that applies",
+                    got="no rules matched any row",
+                    fix="add rules, or compare reports that contain metrics",
+                )
+            )
     except (DiffevalError, ValueError, KeyError, OSError) as exc:
         error = str(exc)
         code = EXIT_ERROR

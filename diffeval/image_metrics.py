@@ -1,4 +1,5 @@
-"""Metrics of stored images (folders, .npz batches, .npz statistics, data sets) — what ``diffeval fid/ref/is/clip-score`` run.
+"""Metrics of stored images (folders, .npz batches, .npz statistics, data sets) — what ``diffeval
+fid/ref/is/clip-score`` run.
 
 Everything goes through the registered metric classes and the one batch loop
 (:func:`diffeval.evaluate.measure`), so a command computes exactly what a config run
@@ -36,13 +37,37 @@ def _extractor(features: str, weights: str | None, device: str) -> FeatureExtrac
 def _check_stats_space(stats: FeatureMoments, key: str, layer: str | None, path: str) -> None:
     recorded = stats.meta.get("extractor")
     if recorded is not None and recorded != key:
-        raise InputError(explain(f"statistics {path} come from another feature extractor", expected=f"extractor {key!r}", got=f"{recorded!r}", fix=f"pass --features {recorded.split('[')[0]} (with the same weights) or recompute the statistics"))
+        raise InputError(
+            explain(
+                f"statistics {path} come from another feature extractor",
+                expected=f"extractor {key!r}",
+                got=f"{recorded!r}",
+                fix=f"pass --features {recorded.split('[')[0]} (with the same weights) or recompute the statistics",
+            )
+        )
     if layer is not None and stats.meta.get("layer", layer) != layer:
-        raise InputError(explain(f"statistics {path} come from another layer", expected=f"layer {layer!r}", got=f"{stats.meta.get('layer')!r}", fix="recompute the statistics with this layer"))
+        raise InputError(
+            explain(
+                f"statistics {path} come from another layer",
+                expected=f"layer {layer!r}",
+                got=f"{stats.meta.get('layer')!r}",
+                fix="recompute the statistics with this layer",
+            )
+        )
 
 
-def _stats_of(source: ImageSource, extractor: FeatureExtractor, layer: str, n: int | None, seed: int, batch_size: int, progress: bool) -> FeatureMoments:
-    return build_reference(source, extractor, moment_layers=[layer], n=n, seed=seed, batch_size=batch_size, progress=progress).moments[layer]
+def _stats_of(
+    source: ImageSource,
+    extractor: FeatureExtractor,
+    layer: str,
+    n: int | None,
+    seed: int,
+    batch_size: int,
+    progress: bool,
+) -> FeatureMoments:
+    return build_reference(
+        source, extractor, moment_layers=[layer], n=n, seed=seed, batch_size=batch_size, progress=progress
+    ).moments[layer]
 
 
 def fid_between(
@@ -63,16 +88,34 @@ def fid_between(
     # counts first: nothing is extracted before they are known to match
     if isinstance(gen_input, FeatureMoments):
         if n is not None and n != gen_input.n:
-            raise InputError(explain(f"--n {n} cannot apply to statistics {gen}", expected=f"n = {gen_input.n} (fixed when they were computed)", got=f"{n}", fix="drop --n or recompute the statistics from images"))
+            raise InputError(
+                explain(
+                    f"--n {n} cannot apply to statistics {gen}",
+                    expected=f"n = {gen_input.n} (fixed when they were computed)",
+                    got=f"{n}",
+                    fix="drop --n or recompute the statistics from images",
+                )
+            )
         n_gen = gen_input.n
     else:
         if n is not None and n > len(gen_input):
-            raise InputError(explain(f"{gen} has fewer images than --n", expected=f">= {n} images", got=f"{len(gen_input)}", fix="lower --n"))
+            raise InputError(
+                explain(
+                    f"{gen} has fewer images than --n",
+                    expected=f">= {n} images",
+                    got=f"{len(gen_input)}",
+                    fix="lower --n",
+                )
+            )
         n_gen = n if n is not None else len(gen_input)
     n_ref_available = ref_input.n if isinstance(ref_input, FeatureMoments) else len(ref_input)
     exact = isinstance(ref_input, FeatureMoments)
     if (n_ref_available != n_gen if exact else n_ref_available < n_gen) and not allow_unmatched:
-        dim = gen_input.dim if isinstance(gen_input, FeatureMoments) else (ref_input.dim if isinstance(ref_input, FeatureMoments) else 2048)
+        dim = (
+            gen_input.dim
+            if isinstance(gen_input, FeatureMoments)
+            else (ref_input.dim if isinstance(ref_input, FeatureMoments) else 2048)
+        )
         raise InputError(unmatched_message(n_gen, n_ref_available, dim or 0))
     need_images = not (isinstance(gen_input, FeatureMoments) and isinstance(ref_input, FeatureMoments))
     extractor = _extractor(features, weights, device) if need_images else None
@@ -85,25 +128,62 @@ def fid_between(
         ref_stats = ref_input
     else:
         ref_n = None if allow_unmatched and len(ref_input) < n_gen else n_gen
-        ref_stats = _stats_of(ref_input, extractor, layer, ref_n, seed, batch_size, progress)  # type: ignore[arg-type]
+        ref_stats = _stats_of(ref_input, extractor, layer, ref_n, seed, batch_size, progress)
     layer = layer or ref_stats.meta.get("layer") or "?"
     metric = FID(ref_stats, key, layer, allow_unmatched=allow_unmatched, reference_spec=str(ref))
     if isinstance(gen_input, FeatureMoments):
         if gen_input.dim != ref_stats.dim:
-            raise InputError(explain("feature dimensions differ between the two inputs", expected=f"d = {ref_stats.dim}", got=f"d = {gen_input.dim}", fix="compute both with the same extractor and layer"))
+            raise InputError(
+                explain(
+                    "feature dimensions differ between the two inputs",
+                    expected=f"d = {ref_stats.dim}",
+                    got=f"d = {gen_input.dim}",
+                    fix="compute both with the same extractor and layer",
+                )
+            )
         metric.generated.merge(gen_input)
     else:
         indices = None if n is None or n == len(gen_input) else seeded_subset(len(gen_input), n, seed)
-        measure(gen_input, extractors=[extractor], metrics=[metric], batch_size=batch_size, indices=indices, progress=progress, compute=False)  # type: ignore[list-item]
+        measure(
+            gen_input,
+            extractors=[extractor],
+            metrics=[metric],
+            batch_size=batch_size,
+            indices=indices,
+            progress=progress,
+            compute=False,
+        )
     result = metric.compute()
-    return {"fid": result.value, "n_gen": result.n_gen, "n_ref": result.n_ref, "matched": result["matched"], "features": metric.space, **{k: result[k] for k in ("min_eigenvalue", "clipped_mass", "trace_method")}}
+    return {
+        "fid": result.value,
+        "n_gen": result.n_gen,
+        "n_ref": result.n_ref,
+        "matched": result["matched"],
+        "features": metric.space,
+        **{k: result[k] for k in ("min_eigenvalue", "clipped_mass", "trace_method")},
+    }
 
 
-def compute_reference(images: str, out: str | Path, *, features: str = "inception-v3", weights: str | None = None, n: int | None = None, seed: int = 0, device: str = "cpu", batch_size: int = 64, progress: bool = False) -> dict[str, Any]:
+def compute_reference(
+    images: str,
+    out: str | Path,
+    *,
+    features: str = "inception-v3",
+    weights: str | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    batch_size: int = 64,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Reference statistics (mu, sigma, n + metadata) of an image set, saved to ``out`` (.npz)."""
     source = open_images(images, who="reference statistics")
     if n is not None and n > len(source):
-        raise InputError(explain(f"{images} has fewer images than --n", expected=f">= {n} images", got=f"{len(source)}", fix="lower --n"))
+        raise InputError(
+            explain(
+                f"{images} has fewer images than --n", expected=f">= {n} images", got=f"{len(source)}", fix="lower --n"
+            )
+        )
     extractor = _extractor(features, weights, device)
     layer = choose_layer(extractor, None, "fid")
     moments = _stats_of(source, extractor, layer, n, seed, batch_size, progress)
@@ -111,24 +191,76 @@ def compute_reference(images: str, out: str | Path, *, features: str = "inceptio
     return {"out": str(out), "n": moments.n, "features": f"{extractor_key(extractor)}:{layer}", "dim": moments.dim}
 
 
-def inception_score_of(images: str, *, features: str = "inception-v3", weights: str | None = None, splits: int = 10, device: str = "cpu", batch_size: int = 64, progress: bool = False) -> dict[str, Any]:
+def inception_score_of(
+    images: str,
+    *,
+    features: str = "inception-v3",
+    weights: str | None = None,
+    splits: int = 10,
+    device: str = "cpu",
+    batch_size: int = 64,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Inception Score (torch-fidelity convention) of an image set."""
     source = open_images(images, who="the Inception Score")
     extractor = _extractor(features, weights, device)
     metric = InceptionScore(extractor_key(extractor), choose_layer(extractor, None, "inception_score"), splits=splits)
-    out = measure(source, extractors=[extractor], metrics=[metric], batch_size=batch_size, progress=progress)[metric.label]
-    return {"inception_score": out.value, "inception_score_std": out.stderr, "n_gen": out.n_gen, "splits": splits, "features": metric.space}
+    out = measure(source, extractors=[extractor], metrics=[metric], batch_size=batch_size, progress=progress)[
+        metric.label
+    ]
+    return {
+        "inception_score": out.value,
+        "inception_score_std": out.stderr,
+        "n_gen": out.n_gen,
+        "splits": splits,
+        "features": metric.space,
+    }
 
 
-def clip_score_of(images: str, prompts: str, *, model: str = "ViT-B-32", pretrained: str | None = "openai", device: str = "cpu", batch_size: int = 64, progress: bool = False) -> dict[str, Any]:
+def clip_score_of(
+    images: str,
+    prompts: str,
+    *,
+    model: str = "ViT-B-32",
+    pretrained: str | None = "openai",
+    device: str = "cpu",
+    batch_size: int = 64,
+    progress: bool = False,
+) -> dict[str, Any]:
     """CLIP score of images (sorted by path) against prompts (line i ↔ image i), both conventions in one pass."""
     source = open_images(images, who="the CLIP score")
     texts = read_prompts(prompts)
     if len(texts) != len(source):
-        raise InputError(explain("prompt count differs from image count", expected=f"{len(source)} prompts (one per image, in sorted file order)", got=f"{len(texts)} prompts", fix="give exactly one prompt per image"))
+        raise InputError(
+            explain(
+                "prompt count differs from image count",
+                expected=f"{len(source)} prompts (one per image, in sorted file order)",
+                got=f"{len(texts)} prompts",
+                fix="give exactly one prompt per image",
+            )
+        )
     extractor = get_extractor("clip", model=model, pretrained=pretrained, device=str(resolve_device(device)))
     key = extractor_key(extractor)
-    metrics = [CLIPScore(extractor.encode_text, key, "image", "torchmetrics"), CLIPScore(extractor.encode_text, key, "image", "clipscore")]
-    out = measure(source, extractors=[extractor], metrics=metrics, batch_size=batch_size, cond_fn=lambda idx: [texts[i] for i in idx], progress=progress)
+    metrics = [
+        CLIPScore(extractor.encode_text, key, "image", "torchmetrics"),
+        CLIPScore(extractor.encode_text, key, "image", "clipscore"),
+    ]
+    out = measure(
+        source,
+        extractors=[extractor],
+        metrics=metrics,
+        batch_size=batch_size,
+        cond_fn=lambda idx: [texts[i] for i in idx],
+        progress=progress,
+    )
     tm, hessel = out[metrics[0].label], out[metrics[1].label]
-    return {"clip_score": tm.value, "clip_score_stderr": tm.stderr, "clip_score_hessel": hessel.value, "clip_score_hessel_stderr": hessel.stderr, "n_gen": tm.n_gen, "model": model, "pretrained": pretrained, "convention": f"clip_score: {tm.convention}; clip_score_hessel: {hessel.convention}"}
+    return {
+        "clip_score": tm.value,
+        "clip_score_stderr": tm.stderr,
+        "clip_score_hessel": hessel.value,
+        "clip_score_hessel_stderr": hessel.stderr,
+        "n_gen": tm.n_gen,
+        "model": model,
+        "pretrained": pretrained,
+        "convention": f"clip_score: {tm.convention}; clip_score_hessel: {hessel.convention}",
+    }

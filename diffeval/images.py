@@ -15,7 +15,14 @@ __all__ = ["make_grid", "save_grid"]
 def make_grid(images: torch.Tensor, nrow: int | None = None, scale: int = 1, pad: int = 1) -> torch.Tensor:
     """Tile uint8 (N, C, H, W) images into one uint8 (H', W', C) array, upscaled by ``scale`` (nearest)."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[0] == 0:
-        raise InputError(explain("grid needs uint8 NCHW images", expected="uint8 (N>=1, C, H, W)", got=f"{images.dtype} {tuple(images.shape)}", fix="quantize with diffeval.features.to_uint8"))
+        raise InputError(
+            explain(
+                "grid needs uint8 NCHW images",
+                expected="uint8 (N>=1, C, H, W)",
+                got=f"{images.dtype} {tuple(images.shape)}",
+                fix="quantize with diffeval.features.to_uint8",
+            )
+        )
     n, c, h, w = images.shape
     nrow = nrow or math.ceil(math.sqrt(n))
     ncol = math.ceil(n / nrow)

@@ -38,7 +38,8 @@ _TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a
 
 @dataclass(frozen=True)
 class Option:
-    """One accepted option: name, type (``bool``, ``int``, ``float``, ``str`` or ``list``), default, documentation and bounds.
+    """One accepted option: name, type (``bool``, ``int``, ``float``, ``str`` or ``list``), default, documentation and
+    bounds.
 
     ``nullable`` accepts None (absent in TOML); ``choices`` restricts values; ``minimum`` /
     ``maximum`` bound numbers (inclusive); ``item`` is the element type of a list.
@@ -77,15 +78,40 @@ class Option:
             )
         if self.type in (int, float):
             if not math.isfinite(value):
-                raise ConfigError(explain(f"{where} option {self.name!r} must be finite", expected="a finite number", got=repr(value), fix=self._hint()))
+                raise ConfigError(
+                    explain(
+                        f"{where} option {self.name!r} must be finite",
+                        expected="a finite number",
+                        got=repr(value),
+                        fix=self._hint(),
+                    )
+                )
             if self.minimum is not None and value < self.minimum:
-                raise ConfigError(explain(f"{where} option {self.name!r} is too small", expected=f">= {self.minimum:g}", got=repr(value), fix=self._hint()))
+                raise ConfigError(
+                    explain(
+                        f"{where} option {self.name!r} is too small",
+                        expected=f">= {self.minimum:g}",
+                        got=repr(value),
+                        fix=self._hint(),
+                    )
+                )
             if self.maximum is not None and value > self.maximum:
-                raise ConfigError(explain(f"{where} option {self.name!r} is too large", expected=f"<= {self.maximum:g}", got=repr(value), fix=self._hint()))
+                raise ConfigError(
+                    explain(
+                        f"{where} option {self.name!r} is too large",
+                        expected=f"<= {self.maximum:g}",
+                        got=repr(value),
+                        fix=self._hint(),
+                    )
+                )
         return value
 
     def _hint(self) -> str:
-        return f"set {self.name} = {self.default!r}" if not self.required and self.default is not None else f"set {self.name} to {_TYPE_NAMES.get(self.type, self.type.__name__)}"
+        return (
+            f"set {self.name} = {self.default!r}"
+            if not self.required and self.default is not None
+            else f"set {self.name} to {_TYPE_NAMES.get(self.type, self.type.__name__)}"
+        )
 
     def help(self) -> str:
         """One line for ``--help`` and docs: name, type, default, doc."""
@@ -103,7 +129,14 @@ def _coerce(value: Any, kind: type, where: str, hint: str) -> Any:
         list: isinstance(value, (list, tuple)),
     }.get(kind, isinstance(value, kind))
     if not ok:
-        raise ConfigError(explain(f"{where} has the wrong type", expected=_TYPE_NAMES.get(kind, kind.__name__), got=f"{value!r} ({type(value).__name__})", fix=hint))
+        raise ConfigError(
+            explain(
+                f"{where} has the wrong type",
+                expected=_TYPE_NAMES.get(kind, kind.__name__),
+                got=f"{value!r} ({type(value).__name__})",
+                fix=hint,
+            )
+        )
     if kind is float:
         return float(value)
     if kind is list:
@@ -131,7 +164,14 @@ def validate_options(given: Mapping[str, Any], spec: Sequence[Option], where: st
         if option.name in given:
             out[option.name] = option.check(given[option.name], where)
         elif option.required:
-            raise ConfigError(explain(f"{where} needs option {option.name!r}", expected=option.help(), got="nothing", fix=f"add {option.name} = ..."))
+            raise ConfigError(
+                explain(
+                    f"{where} needs option {option.name!r}",
+                    expected=option.help(),
+                    got="nothing",
+                    fix=f"add {option.name} = ...",
+                )
+            )
         else:
             out[option.name] = option.default
     return out
@@ -156,11 +196,20 @@ def _toml_value(value: Any) -> str:
         return f'"{escaped}"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise ConfigError(explain("value cannot be written as TOML", expected="bool, int, float, str or a list of them", got=type(value).__name__, fix="use plain values in options"))
+    raise ConfigError(
+        explain(
+            "value cannot be written as TOML",
+            expected="bool, int, float, str or a list of them",
+            got=type(value).__name__,
+            fix="use plain values in options",
+        )
+    )
 
 
 def to_toml(table: Mapping[str, Any], header: str | None = None) -> str:
-    """A flat TOML table of plain values under ``header`` (a line such as ``[[metrics]]``); None values are left out (absent = default)."""
+    """A flat TOML table of plain values under ``header`` (a line such as ``[[metrics]]``); None values are left out
+    (absent = default).
+    """
     lines = [header] if header else []
     lines += [f"{key} = {_toml_value(value)}" for key, value in table.items() if value is not None]
     return "\n".join(lines) + "\n"

@@ -37,7 +37,9 @@ def _pyplot():
     return plt
 
 
-def plot_log_snr(schedule: Schedule, path: str | Path, bands: LogSnrBands, first_sampling_step: int | None = None) -> Path:
+def plot_log_snr(
+    schedule: Schedule, path: str | Path, bands: LogSnrBands, first_sampling_step: int | None = None
+) -> Path:
     """log-SNR against t with the terminal (B2) and start (B3) thresholds shaded."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
@@ -46,14 +48,33 @@ def plot_log_snr(schedule: Schedule, path: str | Path, bands: LogSnrBands, first
     finite = np.isfinite(lam)
     ax.plot(t[finite], lam[finite], color="black", lw=1.6, label=f"{schedule.name} (T={schedule.T})")
     if not finite[-1]:
-        ax.annotate("log-SNR = -inf at T", (t[-1], lam[finite][-1]), textcoords="offset points", xytext=(-110, -14), fontsize=8)
+        ax.annotate(
+            "log-SNR = -inf at T", (t[-1], lam[finite][-1]), textcoords="offset points", xytext=(-110, -14), fontsize=8
+        )
     ax.axhspan(bands.terminal_warn, bands.terminal_pass, color="orange", alpha=0.15, label="terminal: warn band")
-    ax.axhspan(bands.terminal_warn, max(np.nanmax(lam[finite]), bands.start_max) + 2, xmin=0.9, color="red", alpha=0.12, label="terminal: fail (end keeps signal)")
-    ax.axhline(bands.terminal_pass, color="green", ls="--", lw=1, label=f"terminal pass: log-SNR_T <= {bands.terminal_pass:.2f}")
-    ax.axhline(bands.start_min, color="blue", ls=":", lw=1, label=f"start for 8-bit likelihood: >= {bands.start_min:.2f}")
+    ax.axhspan(
+        bands.terminal_warn,
+        max(np.nanmax(lam[finite]), bands.start_max) + 2,
+        xmin=0.9,
+        color="red",
+        alpha=0.12,
+        label="terminal: fail (end keeps signal)",
+    )
+    ax.axhline(
+        bands.terminal_pass,
+        color="green",
+        ls="--",
+        lw=1,
+        label=f"terminal pass: log-SNR_T <= {bands.terminal_pass:.2f}",
+    )
+    ax.axhline(
+        bands.start_min, color="blue", ls=":", lw=1, label=f"start for 8-bit likelihood: >= {bands.start_min:.2f}"
+    )
     ax.axhline(bands.start_max, color="purple", ls=":", lw=1, label=f"float32 limit: <= {bands.start_max}")
     if first_sampling_step is not None:
-        ax.axvline(first_sampling_step, color="gray", ls="-.", lw=1, label=f"first sampling step t={first_sampling_step}")
+        ax.axvline(
+            first_sampling_step, color="gray", ls="-.", lw=1, label=f"first sampling step t={first_sampling_step}"
+        )
     ax.set_xlabel("training step t")
     ax.set_ylabel("log-SNR  λ = log(α²/σ²)")
     ax.set_title("Noise schedule and SNR-endpoint thresholds")
@@ -71,7 +92,15 @@ def plot_xt_histogram(x_T: torch.Tensor, path: str | Path, title: str = "x_T aga
     values = x_T.flatten().double().numpy()
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     lo, hi = min(-4.5, np.percentile(values, 0.1)), max(4.5, np.percentile(values, 99.9))
-    ax.hist(values, bins=120, range=(lo, hi), density=True, color="steelblue", alpha=0.7, label=f"x_T (mean {values.mean():.3f}, var {values.var():.3f})")
+    ax.hist(
+        values,
+        bins=120,
+        range=(lo, hi),
+        density=True,
+        color="steelblue",
+        alpha=0.7,
+        label=f"x_T (mean {values.mean():.3f}, var {values.var():.3f})",
+    )
     grid = np.linspace(lo, hi, 400)
     ax.plot(grid, np.exp(-0.5 * grid**2) / math.sqrt(2 * math.pi), color="black", lw=1.5, label="N(0, 1)")
     ax.set_title(title)
@@ -109,11 +138,20 @@ def plot_qq(x_T: torch.Tensor, path: str | Path) -> Path:  # noqa: N803
     return Path(path)
 
 
-def plot_metric_vs_knob(knob: str, values: Sequence[float], metric: str, results: Sequence[float], path: str | Path, errors: Sequence[float] | None = None) -> Path:
+def plot_metric_vs_knob(
+    knob: str,
+    values: Sequence[float],
+    metric: str,
+    results: Sequence[float],
+    path: str | Path,
+    errors: Sequence[float] | None = None,
+) -> Path:
     """A metric against a swept knob (FID vs NFE, FID vs guidance)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=110)
-    ax.errorbar(list(values), list(results), yerr=None if errors is None else list(errors), marker="o", color="black", capsize=3)
+    ax.errorbar(
+        list(values), list(results), yerr=None if errors is None else list(errors), marker="o", color="black", capsize=3
+    )
     ax.set_xlabel(knob)
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs {knob}")

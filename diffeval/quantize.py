@@ -59,26 +59,61 @@ def to_uint8(images: torch.Tensor, *, allow_nonnegative: bool = False) -> torch.
     """
     if not torch.is_tensor(images) or images.ndim != 4:
         got = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
-        raise InputError(explain("images must be a 4-D tensor", expected="(N, C, H, W)", got=f"{got}", fix="stack images into an NCHW tensor"))
+        raise InputError(
+            explain(
+                "images must be a 4-D tensor",
+                expected="(N, C, H, W)",
+                got=f"{got}",
+                fix="stack images into an NCHW tensor",
+            )
+        )
     if images.dtype == torch.uint8:
         return images
     if not images.is_floating_point():
-        raise InputError(explain("images have an integer dtype other than uint8", expected="uint8 or float in [-1, 1]", got=str(images.dtype), fix="convert with images.to(torch.uint8)"))
+        raise InputError(
+            explain(
+                "images have an integer dtype other than uint8",
+                expected="uint8 or float in [-1, 1]",
+                got=str(images.dtype),
+                fix="convert with images.to(torch.uint8)",
+            )
+        )
     bad = ~torch.isfinite(images).flatten(1).all(1)
     if bool(bad.any()):
         first = int(torch.nonzero(bad)[0, 0])
-        raise InputError(explain("images contain NaN or inf", expected="finite values in [-1, 1]", got=f"{int(bad.sum())} of {images.shape[0]} images non-finite, the first at index {first}", fix="check the sampler or the decoding of these images"))
+        raise InputError(
+            explain(
+                "images contain NaN or inf",
+                expected="finite values in [-1, 1]",
+                got=f"{int(bad.sum())} of {images.shape[0]} images non-finite, the first at index {first}",
+                fix="check the sampler or the decoding of these images",
+            )
+        )
     lo, hi = float(images.min()), float(images.max())
     if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
-        hint = "these look like 0-255 pixels: pass them as uint8, or divide by 127.5 and subtract 1" if hi > 2 else "scale images to [-1, 1] (x * 2 - 1 for [0, 1] data), or clamp sampler outputs"
-        raise InputError(explain("float images are outside [-1, 1]", expected="values in [-1, 1]", got=f"range [{lo:.4g}, {hi:.4g}]", fix=hint))
+        hint = (
+            "these look like 0-255 pixels: pass them as uint8, or divide by 127.5 and subtract 1"
+            if hi > 2
+            else "scale images to [-1, 1] (x * 2 - 1 for [0, 1] data), or clamp sampler outputs"
+        )
+        raise InputError(
+            explain(
+                "float images are outside [-1, 1]",
+                expected="values in [-1, 1]",
+                got=f"range [{lo:.4g}, {hi:.4g}]",
+                fix=hint,
+            )
+        )
     if lo >= 0 and not allow_nonnegative:
         raise InputError(
             explain(
                 "float images look like [0, 1] data (no negative value in the batch)",
                 expected="values in [-1, 1]",
                 got=f"range [{lo:.4g}, {hi:.4g}]",
-                fix="map them with x * 2 - 1, or pass uint8 images; if they really are bright [-1, 1] images, quantize with to_uint8(x, allow_nonnegative=True)",
+                fix=(
+                    "map them with x * 2 - 1, or pass uint8 images; if they really are bright [-1, 1] images, quantize"
+                    " with to_uint8(x, allow_nonnegative=True)"
+                ),
             )
         )
     return quantize(images)

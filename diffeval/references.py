@@ -73,14 +73,46 @@ def build_reference(
     if n is None:
         indices = list(range(total))
     elif n > total:
-        raise InputError(explain(f"reference {source.name} has too few images", expected=f"at least n = {n} images (FID is only comparable at equal sample counts)", got=f"{total} images", fix=f"generate {total} samples instead, or use a larger reference set"))
+        raise InputError(
+            explain(
+                f"reference {source.name} has too few images",
+                expected=f"at least n = {n} images (FID is only comparable at equal sample counts)",
+                got=f"{total} images",
+                fix=f"generate {total} samples instead, or use a larger reference set",
+            )
+        )
     else:
         indices = list(range(total)) if n == total else seeded_subset(total, n, seed)
     for layer in (*moment_layers, *feature_layers):
         if layer not in extractor.layers:
-            raise InputError(explain(f"extractor {extractor.name!r} has no layer {layer!r}", expected=f"one of {sorted(extractor.layers)}", got=repr(layer), fix="pick a layer the extractor provides"))
+            raise InputError(
+                explain(
+                    f"extractor {extractor.name!r} has no layer {layer!r}",
+                    expected=f"one of {sorted(extractor.layers)}",
+                    got=repr(layer),
+                    fix="pick a layer the extractor provides",
+                )
+            )
     key = extractor_key(extractor)
-    meta = {"extractor": key, "resize": getattr(extractor, "resize", "none"), "quantization": GRID, "source": source.name, "subset_seed": seed if len(indices) < total else "none"}
-    collector = _Collector(key, {layer: FeatureMoments({**meta, "layer": layer}) for layer in moment_layers}, feature_layers)
-    measure(source, extractors={key: extractor}, metrics=[collector], batch_size=batch_size, indices=indices, progress=progress, compute=False)
-    return Reference(moments=collector.moments, features={k: torch.cat(v) for k, v in collector.kept.items() if v}, indices=indices)
+    meta = {
+        "extractor": key,
+        "resize": getattr(extractor, "resize", "none"),
+        "quantization": GRID,
+        "source": source.name,
+        "subset_seed": seed if len(indices) < total else "none",
+    }
+    collector = _Collector(
+        key, {layer: FeatureMoments({**meta, "layer": layer}) for layer in moment_layers}, feature_layers
+    )
+    measure(
+        source,
+        extractors={key: extractor},
+        metrics=[collector],
+        batch_size=batch_size,
+        indices=indices,
+        progress=progress,
+        compute=False,
+    )
+    return Reference(
+        moments=collector.moments, features={k: torch.cat(v) for k, v in collector.kept.items() if v}, indices=indices
+    )

@@ -34,7 +34,8 @@ _plugin_failures: dict[str, str] = {}
 
 
 def load_plugins() -> dict[str, str]:
-    """Import every plugin once (entry points, then ``$DIFFEVAL_PLUGINS``); returns ``{plugin: error}`` of those that failed.
+    """Import every plugin once (entry points, then ``$DIFFEVAL_PLUGINS``); returns ``{plugin: error}`` of those that
+    failed.
 
     A plugin that fails to import is reported in the error of any lookup that misses, never
     silently dropped.
@@ -82,9 +83,18 @@ class Registry(Generic[T]):
 
         def add(item: T) -> T:
             if not isinstance(name, str) or not name:
-                raise ConfigError(explain(f"invalid {self.kind} name", expected="a non-empty string", got=repr(name), fix="name it"))
+                raise ConfigError(
+                    explain(f"invalid {self.kind} name", expected="a non-empty string", got=repr(name), fix="name it")
+                )
             if name in self._items and not replace and self._items[name] is not item:
-                raise ConfigError(explain(f"{self.kind} {name!r} is registered twice", expected="unique names", got=f"{self._items[name]!r} and {item!r}", fix="rename one, or pass replace=True"))
+                raise ConfigError(
+                    explain(
+                        f"{self.kind} {name!r} is registered twice",
+                        expected="unique names",
+                        got=f"{self._items[name]!r} and {item!r}",
+                        fix="rename one, or pass replace=True",
+                    )
+                )
             self._items[name] = item
             return item
 
@@ -120,11 +130,18 @@ class Registry(Generic[T]):
         failures = load_plugins()
         if failures:
             hint += "; note: plugin(s) failed to load: " + "; ".join(f"{k} ({v})" for k, v in failures.items())
-        raise ConfigError(explain(f"unknown {self.kind} {name!r}", expected=f"one of {', '.join(names) or '(none registered)'}", got=repr(name), fix=hint))
+        raise ConfigError(
+            explain(
+                f"unknown {self.kind} {name!r}",
+                expected=f"one of {', '.join(names) or '(none registered)'}",
+                got=repr(name),
+                fix=hint,
+            )
+        )
 
     def create(self, name: str, **kwargs: object) -> Any:
         """Call the factory registered as ``name`` with ``kwargs`` (unknown keywords are errors)."""
-        factory: Callable[..., Any] = self.get(name)  # type: ignore[assignment]
+        factory: Callable[..., Any] = self.get(name)
         params = inspect.signature(factory).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         unknown = sorted(set(kwargs) - set(params))

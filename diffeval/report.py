@@ -32,10 +32,48 @@ import pandas as pd
 
 from diffeval.errors import InputError, explain
 
-__all__ = ["ROW_COLUMNS", "RUN_COLUMNS", "COLUMNS", "KINDS", "Report", "provenance", "make_row", "metric_row", "check_row", "load_frames", "read_csv"]
+__all__ = [
+    "ROW_COLUMNS",
+    "RUN_COLUMNS",
+    "COLUMNS",
+    "KINDS",
+    "Report",
+    "provenance",
+    "make_row",
+    "metric_row",
+    "check_row",
+    "load_frames",
+    "read_csv",
+]
 
-ROW_COLUMNS = ("name", "label", "kind", "direction", "value", "stderr", "unit", "status", "n_gen", "n_ref", "extractor", "sampler", "knob", "knob_value", "details")
-RUN_COLUMNS = ("run_id", "run_name", "seeds", "device", "wall_s", "git_commit", "diffeval_version", "torch_version", "created")
+ROW_COLUMNS = (
+    "name",
+    "label",
+    "kind",
+    "direction",
+    "value",
+    "stderr",
+    "unit",
+    "status",
+    "n_gen",
+    "n_ref",
+    "extractor",
+    "sampler",
+    "knob",
+    "knob_value",
+    "details",
+)
+RUN_COLUMNS = (
+    "run_id",
+    "run_name",
+    "seeds",
+    "device",
+    "wall_s",
+    "git_commit",
+    "diffeval_version",
+    "torch_version",
+    "created",
+)
 COLUMNS = RUN_COLUMNS + ROW_COLUMNS
 KINDS = ("metric", "baseline", "latency", "check")
 _FLOAT = ("value", "stderr", "knob_value", "wall_s")
@@ -60,11 +98,22 @@ def make_row(
     label: str | None = None,
     direction: str = "",
 ) -> dict[str, Any]:
-    """One report row; ``label`` (default: ``name``) keys it within a run; ``direction`` (lower/higher) tells the gate which way is worse."""
+    """One report row; ``label`` (default: ``name``) keys it within a run; ``direction`` (lower/higher) tells the gate
+    which way is worse.
+    """
     if kind not in KINDS:
-        raise InputError(explain("unknown row kind", expected=" / ".join(KINDS), got=repr(kind), fix="use one of the listed kinds"))
+        raise InputError(
+            explain("unknown row kind", expected=" / ".join(KINDS), got=repr(kind), fix="use one of the listed kinds")
+        )
     if direction not in ("", "lower", "higher"):
-        raise InputError(explain("unknown row direction", expected="'lower' or 'higher' (is better), or '' for checks", got=repr(direction), fix="declare the metric's direction"))
+        raise InputError(
+            explain(
+                "unknown row direction",
+                expected="'lower' or 'higher' (is better), or '' for checks",
+                got=repr(direction),
+                fix="declare the metric's direction",
+            )
+        )
     return {
         "name": name,
         "label": label or name,
@@ -84,7 +133,9 @@ def make_row(
     }
 
 
-def metric_row(metric: Any, result: Any, *, sampler: str = "", knob: str = "", knob_value: float | None = None) -> dict[str, Any]:
+def metric_row(
+    metric: Any, result: Any, *, sampler: str = "", knob: str = "", knob_value: float | None = None
+) -> dict[str, Any]:
     """The report row of a metric's :class:`~diffeval.metrics.base.MetricResult`, from the metric's own description."""
     details = dict(result.details)
     if result.convention:
@@ -110,13 +161,23 @@ def metric_row(metric: Any, result: Any, *, sampler: str = "", knob: str = "", k
 
 def check_row(result: Any, **extra: Any) -> dict[str, Any]:
     """The report row (kind ``check``) of a :class:`~diffeval.checks.base.CheckResult`."""
-    value = result.value if isinstance(result.value, (int, float)) and not isinstance(result.value, bool) else float("nan")
-    return make_row(result.name, "check", value, status=result.status, details={"threshold": result.threshold, "message": result.message, **extra})
+    value = (
+        result.value if isinstance(result.value, (int, float)) and not isinstance(result.value, bool) else float("nan")
+    )
+    return make_row(
+        result.name,
+        "check",
+        value,
+        status=result.status,
+        details={"threshold": result.threshold, "message": result.message, **extra},
+    )
 
 
 def _git_commit(folder: Path | None = None) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False, cwd=folder)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False, cwd=folder
+        )
     except (OSError, subprocess.SubprocessError):
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""
@@ -135,8 +196,18 @@ def _code_folder(code: str | None) -> Path | None:
     return Path(spec.origin).parent if spec is not None and spec.origin else None
 
 
-def provenance(config: Mapping[str, Any], device: str, *, wall_s: float | None = None, seeds: str = "", code: str | None = None, name: str | None = None) -> dict[str, Any]:
-    """Versions, git commit of the evaluated code (the factory's module, else the working dir), device, host and config."""
+def provenance(
+    config: Mapping[str, Any],
+    device: str,
+    *,
+    wall_s: float | None = None,
+    seeds: str = "",
+    code: str | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """Versions, git commit of the evaluated code (the factory's module, else the working dir), device, host and
+    config.
+    """
     import numpy
     import torch
 
@@ -152,7 +223,11 @@ def provenance(config: Mapping[str, Any], device: str, *, wall_s: float | None =
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "device": device,
-        "device_name": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else platform.processor() or platform.machine(),
+        "device_name": (
+            torch.cuda.get_device_name(torch.device(device))
+            if device.startswith("cuda")
+            else platform.processor() or platform.machine()
+        ),
         "git_commit": _git_commit(_code_folder(code)),
         "seeds": seeds,
         "world_size": int(config.get("world_size", 1)),
@@ -174,7 +249,9 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
 class Report:
     """Rows of one run plus its provenance."""
 
-    def __init__(self, rows: Sequence[Mapping[str, Any]], provenance: Mapping[str, Any], run_id: str | None = None) -> None:
+    def __init__(
+        self, rows: Sequence[Mapping[str, Any]], provenance: Mapping[str, Any], run_id: str | None = None
+    ) -> None:
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.rows = [dict(row) for row in rows]
         self.provenance = dict(provenance)
@@ -189,14 +266,23 @@ class Report:
 
     # -- writers ---------------------------------------------------------------------------
     def write(self, folder: str | Path, *, samples: Any = None, figures: Sequence[Any] = ()) -> dict[str, Path]:
-        """Write report.csv / .json / .md / .html (and the PNGs the HTML embeds: samples, the checks' ``figures``, sweeps) into ``folder``."""
+        """Write report.csv / .json / .md / .html (and the PNGs the HTML embeds: samples, the checks' ``figures``,
+        sweeps)
+        into ``folder``.
+        """
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"csv": out / "report.csv", "json": out / "report.json", "md": out / "report.md"}
         frame = self.to_frame()
         frame.to_csv(paths["csv"], index=False)
-        records = [{k: _json_value(v) for k, v in row.items()} for row in frame[list(ROW_COLUMNS)].astype(object).to_dict("records")]
-        paths["json"].write_text(json.dumps({"run_id": self.run_id, "provenance": self.provenance, "rows": records}, indent=2, default=str) + "\n")
+        records = [
+            {k: _json_value(v) for k, v in row.items()}
+            for row in frame[list(ROW_COLUMNS)].astype(object).to_dict("records")
+        ]
+        paths["json"].write_text(
+            json.dumps({"run_id": self.run_id, "provenance": self.provenance, "rows": records}, indent=2, default=str)
+            + "\n"
+        )
         paths["md"].write_text(self.to_markdown() + "\n")
         paths.update(self._write_plots(out, samples, figures))
         paths["html"] = out / "report.html"
@@ -209,7 +295,9 @@ class Report:
 
         paths: dict[str, Path] = {}
         if samples is not None and len(samples):
-            paths["samples"] = save_grid(samples[:100], out / "samples.png", nrow=10, scale=max(1, 32 // int(samples.shape[-1])))
+            paths["samples"] = save_grid(
+                samples[:100], out / "samples.png", nrow=10, scale=max(1, 32 // int(samples.shape[-1]))
+            )
         for figure in figures:
             paths[f"{figure.name}_png"] = figure.draw(out / f"{figure.name}.png")
         frame = self.to_frame()
@@ -224,38 +312,64 @@ class Report:
                 axis = "NFE"
             errors = group["stderr"].tolist() if group["stderr"].notna().any() else None
             stem = _file_stem(f"sweep_{label}")
-            paths[f"{stem}_png"] = plots.plot_metric_vs_knob(axis, x, label, group["value"].tolist(), out / f"{stem}.png", errors)
+            paths[f"{stem}_png"] = plots.plot_metric_vs_knob(
+                axis, x, label, group["value"].tolist(), out / f"{stem}.png", errors
+            )
         return paths
 
     def to_markdown(self) -> str:
         lines = [f"# diffeval report {self.run_id}", ""]
         lines += [f"- {k}: {v}" for k, v in self.provenance.items() if k != "config"]
-        lines += ["", "| label | kind | value | stderr | unit | status | n_gen | n_ref | extractor | knob |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| label | kind | value | stderr | unit | status | n_gen | n_ref | extractor | knob |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for row in self.to_frame().itertuples():
             stderr = "" if math.isnan(row.stderr) else f"{row.stderr:.4g}"
             knob = "" if not row.knob else f"{row.knob}={row.knob_value:g}"
             n_gen = "" if pd.isna(row.n_gen) else row.n_gen
             n_ref = "" if pd.isna(row.n_ref) else row.n_ref
-            lines.append(f"| {row.label} | {row.kind} | {row.value:.6g} | {stderr} | {row.unit} | {row.status} | {n_gen} | {n_ref} | {row.extractor} | {knob} |")
+            lines.append(
+                f"| {row.label} | {row.kind} | {row.value:.6g} | {stderr} | {row.unit} | {row.status} | {n_gen} |"
+                f" {n_ref} | {row.extractor} | {knob} |"
+            )
         checks = [r for r in self.rows if r["kind"] == "check" and r["status"] in ("warn", "fail")]
         if checks:
             lines += ["", "## Checks that need attention", ""]
-            lines += [f"- **{r['status'].upper()} {r['name']}**: {json.loads(r['details']).get('message', json.loads(r['details']).get('error', ''))}" for r in checks]
+            lines += [
+                f"- **{r['status'].upper()} {r['name']}**:"
+                f" {json.loads(r['details']).get('message', json.loads(r['details']).get('error', ''))}"
+                for r in checks
+            ]
         return "\n".join(lines)
 
     def to_html(self, images: Mapping[str, Path]) -> str:
         frame = self.to_frame()
-        shown = frame[["label", "kind", "value", "stderr", "unit", "status", "n_gen", "n_ref", "extractor", "knob", "knob_value"]].copy()
+        shown = frame[
+            ["label", "kind", "value", "stderr", "unit", "status", "n_gen", "n_ref", "extractor", "knob", "knob_value"]
+        ].copy()
         for col in ("n_gen", "n_ref"):
             shown[col] = shown[col].astype(object).where(shown[col].notna(), "")
         table = shown.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.6g}", classes="rows", border=0)
-        prov = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in self.provenance.items() if k != "config")
+        prov = "".join(
+            f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in self.provenance.items()
+            if k != "config"
+        )
         figures = []
         for key, path in images.items():
             data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-            figures.append(f'<figure><img alt="{html.escape(key)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(Path(path).name)}</figcaption></figure>')
+            figures.append(
+                f'<figure><img alt="{html.escape(key)}"'
+                f' src="data:image/png;base64,{data}"><figcaption>{html.escape(Path(path).name)}</figcaption></figure>'
+            )
         checks = [r for r in self.rows if r["kind"] == "check" and r["status"] in ("warn", "fail")]
-        attention = "".join(f"<li class='{r['status']}'><b>{r['status'].upper()} {html.escape(r['name'])}</b>: {html.escape(str(json.loads(r['details']).get('message', json.loads(r['details']).get('error', ''))))}</li>" for r in checks)
+        attention = "".join(
+            f"<li class='{r['status']}'><b>{r['status'].upper()} {html.escape(r['name'])}</b>: "
+            f"{html.escape(_message(r))}</li>"
+            for r in checks
+        )
         return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>diffeval report {self.run_id}</title>
 <style>
@@ -264,7 +378,8 @@ table.rows {{ border-collapse: collapse; font-size: 13px; }}
 table.rows td, table.rows th {{ padding: 3px 8px; border-bottom: 1px solid #ddd; text-align: right; }}
 table.prov th {{ text-align: left; padding-right: 1em; }} table.prov {{ font-size: 12px; }}
 li.fail {{ color: #b00020; }} li.warn {{ color: #a06000; }}
-figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }} figure img {{ max-width: 640px; border: 1px solid #ccc; }}
+figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }}
+figure img {{ max-width: 640px; border: 1px solid #ccc; }}
 </style></head><body>
 <h1>diffeval report <code>{self.run_id}</code></h1>
 <h2>Results</h2>{table}
@@ -280,14 +395,23 @@ figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }} figure i
         for r in self.rows:
             if r["kind"] == "check" and r["status"] in ("warn", "fail"):
                 details = json.loads(r["details"])
-                value = "" if r["value"] is None or (isinstance(r["value"], float) and math.isnan(r["value"])) else f"{r['value']:.6g}"
-                lines.append(f"[{r['status'].upper()}] {r['name']} = {value} ({details.get('threshold', '')}): {details.get('message', details.get('error', ''))}")
+                value = (
+                    ""
+                    if r["value"] is None or (isinstance(r["value"], float) and math.isnan(r["value"]))
+                    else f"{r['value']:.6g}"
+                )
+                lines.append(
+                    f"[{r['status'].upper()}] {r['name']} = {value} ({details.get('threshold', '')}):"
+                    f" {details.get('message', details.get('error', ''))}"
+                )
         return lines
 
     def to_text(self) -> str:
         """A plain table for the terminal."""
         frame = self.to_frame()
-        cols = ["label", "kind", "value", "stderr", "unit", "status", "n_gen", "n_ref"] + (["knob", "knob_value"] if (frame["knob"] != "").any() else [])
+        cols = ["label", "kind", "value", "stderr", "unit", "status", "n_gen", "n_ref"] + (
+            ["knob", "knob_value"] if (frame["knob"] != "").any() else []
+        )
         return frame[cols].to_string(index=False, float_format=lambda v: f"{v:.5g}", na_rep="")
 
     @classmethod
@@ -295,14 +419,30 @@ figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }} figure i
         """Read a report.json written by :meth:`write`."""
         try:
             data = json.loads(Path(path).read_text())
-            rows = [_upgrade_row({k: (float("nan") if k in _FLOAT and v is None else v) for k, v in row.items()}) for row in data["rows"]]
+            rows = [
+                _upgrade_row({k: float("nan") if k in _FLOAT and v is None else v for k, v in row.items()})
+                for row in data["rows"]
+            ]
             for row in rows:
                 missing = set(ROW_COLUMNS) - set(row)
                 if missing:
                     raise KeyError(f"row lacks {sorted(missing)}")
             return cls(rows, data["provenance"], run_id=data["run_id"])
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise InputError(explain(f"cannot read report {path}", expected="a report.json written by diffeval", got=f"{type(error).__name__}: {error}", fix="point to the report.json of a diffeval run")) from None
+            raise InputError(
+                explain(
+                    f"cannot read report {path}",
+                    expected="a report.json written by diffeval",
+                    got=f"{type(error).__name__}: {error}",
+                    fix="point to the report.json of a diffeval run",
+                )
+            ) from None
+
+
+def _message(row: Mapping[str, Any]) -> str:
+    """A check row's message (or a failed run's error)."""
+    details = json.loads(row["details"])
+    return str(details.get("message", details.get("error", "")))
 
 
 def _file_stem(text: str) -> str:
@@ -313,7 +453,10 @@ def _file_stem(text: str) -> str:
 
 
 def _upgrade_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A row of a report written before rows carried ``label`` and ``direction``: label = name; a metric's direction from the registry."""
+    """A row of a report written before rows carried ``label`` and ``direction``: label = name; a metric's direction
+    from
+    the registry.
+    """
     row = dict(row)
     row.setdefault("label", row.get("name"))
     if "direction" not in row:
@@ -340,7 +483,14 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     frame = pd.read_csv(Path(path), dtype=str, keep_default_na=False)
     missing = set(COLUMNS) - set(frame.columns)
     if missing:
-        raise InputError(explain(f"{path} is not a diffeval report.csv", expected=f"columns {list(COLUMNS)}", got=f"missing {sorted(missing)}", fix="point to a report.csv written by diffeval"))
+        raise InputError(
+            explain(
+                f"{path} is not a diffeval report.csv",
+                expected=f"columns {list(COLUMNS)}",
+                got=f"missing {sorted(missing)}",
+                fix="point to a report.csv written by diffeval",
+            )
+        )
     frame = frame.replace({"": None})
     return _typed(frame)
 
@@ -349,5 +499,7 @@ def load_frames(paths: Iterable[str | Path]) -> pd.DataFrame:
     """Several runs' report.json (or report.csv) files as one frame, for comparison."""
     frames = [read_csv(p) if str(p).endswith(".csv") else Report.load(p).to_frame() for p in paths]
     if not frames:
-        raise InputError(explain("no reports to load", expected="at least one report path", got="none", fix="pass report.json files"))
+        raise InputError(
+            explain("no reports to load", expected="at least one report path", got="none", fix="pass report.json files")
+        )
     return pd.concat(frames, ignore_index=True)

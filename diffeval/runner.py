@@ -32,7 +32,16 @@ from diffeval.report import Report, check_row, make_row, metric_row, provenance
 from diffeval.sources import open_images, open_source
 from diffeval.subjects import Subject, build_subject, cond_fn
 
-__all__ = ["run_config", "RunOutcome", "RunFailed", "build_metrics", "latency_rows", "check_writable", "data_metric_rows", "bpd_of_config"]
+__all__ = [
+    "run_config",
+    "RunOutcome",
+    "RunFailed",
+    "build_metrics",
+    "latency_rows",
+    "check_writable",
+    "data_metric_rows",
+    "bpd_of_config",
+]
 
 
 class RunFailed(DiffevalError):
@@ -75,9 +84,21 @@ class _Extractors:
 
 
 def build_metrics(cfg: RunConfig, info: Any, progress: bool = False) -> tuple[list[Metric], dict[str, Any]]:
-    """Every ``[[metrics]]`` entry built from its registered class; returns the metrics and the shared extractors by key."""
+    """Every ``[[metrics]]`` entry built from its registered class; returns the metrics and the shared extractors by
+    key.
+    """
     extractors = _Extractors(cfg)
-    ctx = BuildContext(n=cfg.n, seed=cfg.seed, device=str(resolve_device(cfg.device)), batch_size=cfg.batch_size, extractor=extractors, open_source=lambda spec: open_source(spec, cfg.base_dir), info=info, base_dir=cfg.base_dir, progress=progress)
+    ctx = BuildContext(
+        n=cfg.n,
+        seed=cfg.seed,
+        device=str(resolve_device(cfg.device)),
+        batch_size=cfg.batch_size,
+        extractor=extractors,
+        open_source=lambda spec: open_source(spec, cfg.base_dir),
+        info=info,
+        base_dir=cfg.base_dir,
+        progress=progress,
+    )
     metrics = [metric_class(spec.name).from_config(spec.options, ctx) for spec in cfg.metrics]
     check_labels(metrics)
     return metrics, extractors.table()
@@ -87,27 +108,54 @@ def latency_rows(latency: Any, sampler: str, extra: dict[str, Any]) -> list[dict
     """NFE, per-step latency (median, IQR) and throughput of an evaluation, with their directions."""
     return [
         make_row("nfe", "latency", latency.nfe, unit="evals/sample", sampler=sampler, direction="lower", **extra),
-        make_row("step_latency_ms", "latency", latency.step_ms_median, unit="ms", sampler=sampler, details={"iqr_ms": latency.step_ms_iqr, "batch_size": latency.batch_size, "statistic": "median"}, direction="lower", **extra),
-        make_row("throughput", "latency", latency.images_per_s, unit="images/s", sampler=sampler, details={"sampling_wall_s": latency.sampling_wall_s}, direction="higher", **extra),
+        make_row(
+            "step_latency_ms",
+            "latency",
+            latency.step_ms_median,
+            unit="ms",
+            sampler=sampler,
+            details={"iqr_ms": latency.step_ms_iqr, "batch_size": latency.batch_size, "statistic": "median"},
+            direction="lower",
+            **extra,
+        ),
+        make_row(
+            "throughput",
+            "latency",
+            latency.images_per_s,
+            unit="images/s",
+            sampler=sampler,
+            details={"sampling_wall_s": latency.sampling_wall_s},
+            direction="higher",
+            **extra,
+        ),
     ]
 
 
-def _sample_rows(result: EvaluationResult, metrics: list[Metric], sampler_label: str, extra: dict[str, Any]) -> list[dict[str, Any]]:
+def _sample_rows(
+    result: EvaluationResult, metrics: list[Metric], sampler_label: str, extra: dict[str, Any]
+) -> list[dict[str, Any]]:
     rows = [metric_row(m, result.metrics[m.label], sampler=sampler_label, **extra) for m in metrics]
     return rows + latency_rows(result.latency, sampler_label, extra)
 
 
-def data_metric_rows(metrics: list[Metric], cfg: RunConfig, sampler_label: str, progress: bool = False) -> list[dict[str, Any]]:
+def data_metric_rows(
+    metrics: list[Metric], cfg: RunConfig, sampler_label: str, progress: bool = False
+) -> list[dict[str, Any]]:
     """Data metrics (bits/dim): each measured on its own data source."""
     rows = []
     for metric in metrics:
-        out = measure(metric.source, metrics=[metric], batch_size=cfg.batch_size, indices=metric.indices, progress=progress)[metric.label]  # type: ignore[attr-defined]
+        out = measure(
+            metric.source, metrics=[metric], batch_size=cfg.batch_size, indices=metric.indices, progress=progress
+        )[metric.label]
         rows.append(metric_row(metric, out, sampler=sampler_label))
     return rows
 
 
-def bpd_of_config(cfg: RunConfig, overrides: dict[str, Any], *, device: str | None = None, batch_size: int | None = None) -> Any:
-    """Bits/dim of data under ``cfg``'s sampler's declared model: the config's ``bpd`` metric options, with ``overrides``.
+def bpd_of_config(
+    cfg: RunConfig, overrides: dict[str, Any], *, device: str | None = None, batch_size: int | None = None
+) -> Any:
+    """Bits/dim of data under ``cfg``'s sampler's declared model: the config's ``bpd`` metric options, with
+    ``overrides``.
 
     Changing the estimator keeps only the data, count and seed of the config's options.
     """
@@ -124,10 +172,25 @@ def bpd_of_config(cfg: RunConfig, overrides: dict[str, Any], *, device: str | No
         base.pop("strata", None)
     options = {k: v for k, v in {**base, **overrides}.items() if v is not None}
     if "data" not in options:
-        raise ConfigError(explain("bits/dim needs data", expected="--data SPEC, or a [[metrics]] bpd entry with data in the config", got=f"neither in {cfg.source}", fix="pass --data (an image folder, an .npz batch or a data set)"))
+        raise ConfigError(
+            explain(
+                "bits/dim needs data",
+                expected="--data SPEC, or a [[metrics]] bpd entry with data in the config",
+                got=f"neither in {cfg.source}",
+                fix="pass --data (an image folder, an .npz batch or a data set)",
+            )
+        )
     options = validate_options(options, BitsPerDim.options, "bpd")
     subject = build_subject(cfg)
-    ctx = BuildContext(n=cfg.n, seed=cfg.seed, device=str(resolve_device(cfg.device)), batch_size=cfg.batch_size, open_source=lambda spec: open_source(spec, cfg.base_dir), info=subject.info, base_dir=cfg.base_dir)
+    ctx = BuildContext(
+        n=cfg.n,
+        seed=cfg.seed,
+        device=str(resolve_device(cfg.device)),
+        batch_size=cfg.batch_size,
+        open_source=lambda spec: open_source(spec, cfg.base_dir),
+        info=subject.info,
+        base_dir=cfg.base_dir,
+    )
     metric = BitsPerDim.from_config(options, ctx)
     return measure(metric.source, metrics=[metric], batch_size=cfg.batch_size, indices=metric.indices)[metric.label]
 
@@ -140,7 +203,14 @@ def check_writable(out: Path) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
-        raise ConfigError(explain(f"output folder {out} is not writable", expected="a folder diffeval can create files in", got=f"{type(error).__name__}: {error}", fix="pass --out with a writable folder")) from None
+        raise ConfigError(
+            explain(
+                f"output folder {out} is not writable",
+                expected="a folder diffeval can create files in",
+                got=f"{type(error).__name__}: {error}",
+                fix="pass --out with a writable folder",
+            )
+        ) from None
 
 
 def _checks(cfg: RunConfig, subject: Subject) -> tuple[list[CheckResult], list[Figure]]:
@@ -165,11 +235,23 @@ def _checks(cfg: RunConfig, subject: Subject) -> tuple[list[CheckResult], list[F
 def _image_shape(cfg: RunConfig, subject: Subject) -> tuple[int, ...]:
     shape = cfg.image_shape or subject.info.image_shape
     if shape is None:
-        raise ConfigError(explain("image shape unknown", expected="[run] image_shape = [C, H, W] or a sampler that declares image_shape", got="neither", fix="add image_shape to [run]"))
+        raise ConfigError(
+            explain(
+                "image shape unknown",
+                expected="[run] image_shape = [C, H, W] or a sampler that declares image_shape",
+                got="neither",
+                fix="add image_shape to [run]",
+            )
+        )
     return tuple(shape)
 
 
-def run_config(cfg: RunConfig, out: str | Path, progress: bool = False, extra_rows: Callable[[Any], list[dict[str, Any]]] | None = None) -> RunOutcome:
+def run_config(
+    cfg: RunConfig,
+    out: str | Path,
+    progress: bool = False,
+    extra_rows: Callable[[Any], list[dict[str, Any]]] | None = None,
+) -> RunOutcome:
     """Run every check, data metric and sample metric of ``cfg`` (per sweep value); write the report into ``out``."""
     out = Path(out)
     check_writable(out)
@@ -208,16 +290,29 @@ def run_config(cfg: RunConfig, out: str | Path, progress: bool = False, extra_ro
             conditions = cond_fn(cfg)
             sweep_values = cfg.sweep.values if cfg.sweep else [None]
             for value in sweep_values:
-                knob = {} if value is None else {cfg.sweep.knob: value}  # type: ignore[union-attr]
-                stage = "sampling" + (f" at {cfg.sweep.knob} = {value}" if value is not None else "")  # type: ignore[union-attr]
-                run_sampler = subject.sampler if value is None else subject.make(knob)  # type: ignore[misc]
+                knob = {} if value is None else {cfg.sweep.knob: value}
+                stage = "sampling" + (f" at {cfg.sweep.knob} = {value}" if value is not None else "")
+                run_sampler = subject.sampler if value is None else subject.make(knob)
                 for metric in sample_metrics:
                     metric.reset()
-                result = evaluate_sharded(run_sampler, seeds=range(cfg.seed, cfg.seed + cfg.n), image_shape=shape, extractors=extractors, metrics=sample_metrics, batch_size=cfg.batch_size, device=device, cond_fn=conditions, progress=progress and w.rank == 0, on_batch=on_batch)
+                result = evaluate_sharded(
+                    run_sampler,
+                    seeds=range(cfg.seed, cfg.seed + cfg.n),
+                    image_shape=shape,
+                    extractors=extractors,
+                    metrics=sample_metrics,
+                    batch_size=cfg.batch_size,
+                    device=device,
+                    cond_fn=conditions,
+                    progress=progress and w.rank == 0,
+                    on_batch=on_batch,
+                )
                 if result is None:  # not rank 0: rank 0 merges and reports
                     continue
-                extra = {"knob": cfg.sweep.knob, "knob_value": float(value)} if value is not None else {}  # type: ignore[union-attr]
-                rows += _sample_rows(result, sample_metrics, result.sampler.label() if result.sampler else sampler_label, extra)
+                extra = {"knob": cfg.sweep.knob, "knob_value": float(value)} if value is not None else {}
+                rows += _sample_rows(
+                    result, sample_metrics, result.sampler.label() if result.sampler else sampler_label, extra
+                )
                 if samples is None:
                     samples = result.samples
         if extra_rows is not None and w.rank == 0:
@@ -227,13 +322,32 @@ def run_config(cfg: RunConfig, out: str | Path, progress: bool = False, extra_ro
         interrupted = isinstance(error, KeyboardInterrupt)
         if isinstance(error, RankFailed) and w.rank != 0:
             raise RunFailed(str(error), {}) from None
-        where = f"{stage}" + (f", batch {current['batch']} (seeds {current['seeds']})" if stage.startswith("sampling") and current["batch"] >= 0 else "")
-        rows.append(make_row("run_interrupted" if interrupted else "run_error", "check", float("nan"), status="fail", details={"stage": where, "error": f"{type(error).__name__}: {error}"}))
-        report = Report(rows, provenance(config_dict, str(device), wall_s=time.perf_counter() - t0, seeds=seeds_label, code=code))
+        where = f"{stage}" + (
+            f", batch {current['batch']} (seeds {current['seeds']})"
+            if stage.startswith("sampling") and current["batch"] >= 0
+            else ""
+        )
+        rows.append(
+            make_row(
+                "run_interrupted" if interrupted else "run_error",
+                "check",
+                float("nan"),
+                status="fail",
+                details={"stage": where, "error": f"{type(error).__name__}: {error}"},
+            )
+        )
+        report = Report(
+            rows, provenance(config_dict, str(device), wall_s=time.perf_counter() - t0, seeds=seeds_label, code=code)
+        )
         paths = report.write(out) if w.rank == 0 else {}
-        message = f"run {'interrupted' if interrupted else 'failed'} during {where}: {type(error).__name__}: {error}." + (f" The {len(rows) - 1} rows computed before are in {paths['json']}" if paths else "")
+        message = (
+            f"run {'interrupted' if interrupted else 'failed'} during {where}: {type(error).__name__}: {error}."
+            + (f" The {len(rows) - 1} rows computed before are in {paths['json']}" if paths else "")
+        )
         raise RunFailed(message, paths, interrupted) from (None if interrupted else error)
-    report = Report(rows, provenance(config_dict, str(device), wall_s=time.perf_counter() - t0, seeds=seeds_label, code=code))
+    report = Report(
+        rows, provenance(config_dict, str(device), wall_s=time.perf_counter() - t0, seeds=seeds_label, code=code)
+    )
     if w.rank != 0:
         return RunOutcome(report, {}, None, [])
     paths = report.write(out, samples=samples, figures=figures)

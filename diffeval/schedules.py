@@ -130,7 +130,7 @@ class Schedule:
 
     log_snr: torch.Tensor
     name: str = "custom"
-    model_times: torch.Tensor = field(default=None)  # type: ignore[assignment]
+    model_times: torch.Tensor = field(default=None)
     log_snr_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
     model_time_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
 
@@ -287,7 +287,9 @@ def scaled_linear(T: int = 1000, beta_start: float = 0.00085, beta_end: float = 
 
 @PRESETS.register("cosine")
 def cosine(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Schedule:
-    """Nichol & Dhariwal cosine: ``f(u) = cos(((u+s)/(1+s)) pi/2)**2``, ``beta_i = min(1 - f((i+1)/T)/f(i/T), max_beta)``."""
+    """Nichol & Dhariwal cosine: ``f(u) = cos(((u+s)/(1+s)) pi/2)**2``, ``beta_i = min(1 - f((i+1)/T)/f(i/T),
+    max_beta)``.
+    """
     _check_T(T)
 
     def f(u: np.ndarray) -> np.ndarray:
@@ -347,7 +349,13 @@ def edm(sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, T: 
 
     u = torch.linspace(0, 1, T, dtype=torch.float64)
     lam = log_snr_fn(u)
-    return Schedule(log_snr=lam, name="edm", model_times=torch.exp(-0.5 * lam), log_snr_fn=log_snr_fn, model_time_fn=lambda v: torch.exp(-0.5 * log_snr_fn(v)))
+    return Schedule(
+        log_snr=lam,
+        name="edm",
+        model_times=torch.exp(-0.5 * lam),
+        log_snr_fn=log_snr_fn,
+        model_time_fn=lambda v: torch.exp(-0.5 * log_snr_fn(v)),
+    )
 
 
 def _check_T(T: int) -> None:

@@ -33,9 +33,18 @@ class SeedRNG:
         seeds = list(seeds)
         for s in seeds:
             if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= MAX_SEED:
-                raise SamplerError(explain("invalid seed", expected=f"integers in [0, {MAX_SEED}]", got=repr(s), fix="pass non-negative integer seeds"))
+                raise SamplerError(
+                    explain(
+                        "invalid seed",
+                        expected=f"integers in [0, {MAX_SEED}]",
+                        got=repr(s),
+                        fix="pass non-negative integer seeds",
+                    )
+                )
         if not seeds:
-            raise SamplerError(explain("no seeds given", expected="at least one seed", got="[]", fix="pass seeds=range(n)"))
+            raise SamplerError(
+                explain("no seeds given", expected="at least one seed", got="[]", fix="pass seeds=range(n)")
+            )
         self.seeds = seeds
         self.device = torch.device(device)
         self.generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
@@ -45,18 +54,29 @@ class SeedRNG:
 
     def randn(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Noise of shape ``(len(seeds), *shape)``, drawn in float32 then cast to ``dtype``."""
-        draws = [torch.randn(tuple(shape), generator=g, device=self.device, dtype=torch.float32) for g in self.generators]
+        draws = [
+            torch.randn(tuple(shape), generator=g, device=self.device, dtype=torch.float32) for g in self.generators
+        ]
         return torch.stack(draws).to(dtype)
 
     def rand(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Uniform [0, 1) draws of shape ``(len(seeds), *shape)``."""
-        draws = [torch.rand(tuple(shape), generator=g, device=self.device, dtype=torch.float32) for g in self.generators]
+        draws = [
+            torch.rand(tuple(shape), generator=g, device=self.device, dtype=torch.float32) for g in self.generators
+        ]
         return torch.stack(draws).to(dtype)
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         """Noise shaped like ``x`` (one row per seed), on ``x``'s device and dtype."""
         if x.shape[0] != len(self.generators):
-            raise SamplerError(explain("batch size does not match the number of seeds", expected=f"{len(self.generators)} samples", got=f"{x.shape[0]}", fix="draw noise and rng from the same seeds"))
+            raise SamplerError(
+                explain(
+                    "batch size does not match the number of seeds",
+                    expected=f"{len(self.generators)} samples",
+                    got=f"{x.shape[0]}",
+                    fix="draw noise and rng from the same seeds",
+                )
+            )
         return self.randn(x.shape[1:], dtype=x.dtype).to(x.device)
 
     def derived(self, offset: int) -> SeedRNG:
@@ -64,6 +84,8 @@ class SeedRNG:
         return SeedRNG([(s + offset) % (MAX_SEED + 1) for s in self.seeds], self.device)
 
 
-def seeded_noise(seeds: Sequence[int], shape: Sequence[int], device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def seeded_noise(
+    seeds: Sequence[int], shape: Sequence[int], device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Unit Gaussian noise ``(len(seeds), *shape)``, one generator per seed."""
     return SeedRNG(seeds, device).randn(shape, dtype)

@@ -24,7 +24,20 @@ from diffeval.quantize import to_uint8
 from diffeval.registry import Registry
 from diffeval.stats import FeatureMoments
 
-__all__ = ["ImageSource", "TensorSource", "NpzImageSource", "FolderSource", "DATASETS", "open_input", "open_source", "open_images", "read_prompts", "iter_batches", "IMAGE_SUFFIXES", "seeded_subset"]
+__all__ = [
+    "ImageSource",
+    "TensorSource",
+    "NpzImageSource",
+    "FolderSource",
+    "DATASETS",
+    "open_input",
+    "open_source",
+    "open_images",
+    "read_prompts",
+    "iter_batches",
+    "IMAGE_SUFFIXES",
+    "seeded_subset",
+]
 
 DATASETS: Registry[Any] = Registry("data set")  # name -> opener(split: str | None) -> ImageSource
 
@@ -65,7 +78,14 @@ class NpzImageSource:
         with np.load(self.path, allow_pickle=False) as data:
             array = data["arr_0"]
         if array.dtype != np.uint8 or array.ndim not in (3, 4):
-            raise InputError(explain(f"{path}: arr_0 is not an image batch", expected="uint8 (N, H, W, C) or (N, H, W)", got=f"{array.dtype} {array.shape}", fix="save images as np.savez(path, arr_0=uint8_nhwc)"))
+            raise InputError(
+                explain(
+                    f"{path}: arr_0 is not an image batch",
+                    expected="uint8 (N, H, W, C) or (N, H, W)",
+                    got=f"{array.dtype} {array.shape}",
+                    fix="save images as np.savez(path, arr_0=uint8_nhwc)",
+                )
+            )
         if array.ndim == 3:
             array = array[..., None]
         self.images = torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
@@ -90,7 +110,14 @@ class FolderSource:
         self.name = str(self.path)
         self.files = sorted(p for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.files:
-            raise InputError(explain(f"no images in folder {path}", expected=f"files ending in {', '.join(IMAGE_SUFFIXES)}", got="none", fix="point to a folder of image files"))
+            raise InputError(
+                explain(
+                    f"no images in folder {path}",
+                    expected=f"files ending in {', '.join(IMAGE_SUFFIXES)}",
+                    got="none",
+                    fix="point to a folder of image files",
+                )
+            )
         with Image.open(self.files[0]) as first:
             self.size = first.size
         self.mode = "L" if all(self._mode(p) in ("L", "1") for p in self.files[:64]) else "RGB"
@@ -113,7 +140,12 @@ class FolderSource:
             with Image.open(self.files[i]) as image:
                 if image.size != self.size:
                     raise InputError(
-                        explain(f"image {self.files[i]} has another size than the rest of {self.path}", expected=f"{self.size[0]}x{self.size[1]}", got=f"{image.size[0]}x{image.size[1]}", fix="resize all images to one size first")
+                        explain(
+                            f"image {self.files[i]} has another size than the rest of {self.path}",
+                            expected=f"{self.size[0]}x{self.size[1]}",
+                            got=f"{image.size[0]}x{image.size[1]}",
+                            fix="resize all images to one size first",
+                        )
                     )
                 array = np.asarray(image.convert(self.mode))
             arrays.append(array[..., None] if array.ndim == 2 else array)
@@ -121,28 +153,61 @@ class FolderSource:
 
 
 def open_input(path: str | Path) -> ImageSource | FeatureMoments:
-    """A folder or ``.npz`` image batch as an :class:`ImageSource`, or ``.npz`` statistics as :class:`FeatureMoments`."""
+    """A folder or ``.npz`` image batch as an :class:`ImageSource`, or ``.npz`` statistics as
+    :class:`FeatureMoments`.
+    """
     path = Path(path)
     if path.is_dir():
         return FolderSource(path)
     if not path.is_file():
-        raise InputError(explain(f"input {path} does not exist", expected="an image folder or an .npz file", got="nothing at that path", fix="check the path"))
+        raise InputError(
+            explain(
+                f"input {path} does not exist",
+                expected="an image folder or an .npz file",
+                got="nothing at that path",
+                fix="check the path",
+            )
+        )
     if path.suffix != ".npz":
-        raise InputError(explain(f"unsupported input {path}", expected="an image folder, an .npz image batch (arr_0) or .npz statistics (mu, sigma)", got=f"a {path.suffix or 'suffix-less'} file", fix="convert it to one of those"))
+        raise InputError(
+            explain(
+                f"unsupported input {path}",
+                expected="an image folder, an .npz image batch (arr_0) or .npz statistics (mu, sigma)",
+                got=f"a {path.suffix or 'suffix-less'} file",
+                fix="convert it to one of those",
+            )
+        )
     try:
         with np.load(path, allow_pickle=False) as data:
             keys = set(data.files)
     except (OSError, ValueError) as error:
-        raise InputError(explain(f"cannot read {path}", expected="a NumPy .npz archive", got=f"{type(error).__name__}: {error}", fix="re-save the file with numpy.savez")) from None
+        raise InputError(
+            explain(
+                f"cannot read {path}",
+                expected="a NumPy .npz archive",
+                got=f"{type(error).__name__}: {error}",
+                fix="re-save the file with numpy.savez",
+            )
+        ) from None
     if "arr_0" in keys:
         return NpzImageSource(path)
     if {"mu", "sigma"} & keys:
         return FeatureMoments.load(path)
-    raise InputError(explain(f"{path} holds neither images nor statistics", expected="key arr_0 (images) or mu and sigma (statistics)", got=f"keys {sorted(keys)}", fix="save images as arr_0 or statistics as mu/sigma/n"))
+    raise InputError(
+        explain(
+            f"{path} holds neither images nor statistics",
+            expected="key arr_0 (images) or mu and sigma (statistics)",
+            got=f"keys {sorted(keys)}",
+            fix="save images as arr_0 or statistics as mu/sigma/n",
+        )
+    )
 
 
 def open_source(spec: str | Path, base_dir: str | Path | None = None) -> ImageSource | FeatureMoments:
-    """A spec → images or statistics: an existing path (folder, .npz images, .npz statistics), else a registered data set ``name[:split]``."""
+    """A spec → images or statistics: an existing path (folder, .npz images, .npz statistics), else a registered data
+    set
+    ``name[:split]``.
+    """
     text = str(spec)
     path = Path(text)
     if not path.is_absolute() and base_dir is not None:
@@ -154,7 +219,14 @@ def open_source(spec: str | Path, base_dir: str | Path | None = None) -> ImageSo
         return DATASETS.get(name)(split or None)
     if ":" in text or not path.suffix:
         sets = ", ".join(DATASETS.names()) or "(none registered)"
-        raise InputError(explain(f"input {text!r} is neither an existing path nor a registered data set", expected=f"an image folder, an .npz file, or one of the data sets {sets} (as name or name:split)", got=f"no file or folder at {path}", fix="check the path (relative paths are resolved against the config's folder)"))
+        raise InputError(
+            explain(
+                f"input {text!r} is neither an existing path nor a registered data set",
+                expected=f"an image folder, an .npz file, or one of the data sets {sets} (as name or name:split)",
+                got=f"no file or folder at {path}",
+                fix="check the path (relative paths are resolved against the config's folder)",
+            )
+        )
     return open_input(path)
 
 
@@ -162,19 +234,32 @@ def open_images(spec: str | Path, base_dir: str | Path | None = None, who: str =
     """:func:`open_source`, refusing statistics (for data and reference images)."""
     source = open_source(spec, base_dir)
     if isinstance(source, FeatureMoments):
-        raise InputError(explain(f"{spec} holds statistics, not images", expected=f"images for {who} (a folder, an .npz image batch or a data set)", got="mu/sigma statistics", fix="point to the images themselves"))
+        raise InputError(
+            explain(
+                f"{spec} holds statistics, not images",
+                expected=f"images for {who} (a folder, an .npz image batch or a data set)",
+                got="mu/sigma statistics",
+                fix="point to the images themselves",
+            )
+        )
     return source
 
 
 def seeded_subset(n_total: int, n: int, seed: int) -> list[int]:
     """``n`` distinct indices of ``range(n_total)``, drawn with a seeded generator, in ascending order."""
     if n > n_total:
-        raise InputError(explain("subset larger than the source", expected=f"n <= {n_total}", got=f"n = {n}", fix="ask for fewer images"))
+        raise InputError(
+            explain(
+                "subset larger than the source", expected=f"n <= {n_total}", got=f"n = {n}", fix="ask for fewer images"
+            )
+        )
     perm = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n]
     return sorted(perm.tolist())
 
 
-def iter_batches(source: ImageSource, batch_size: int, indices: Sequence[int] | None = None) -> Iterator[tuple[list[int], torch.Tensor]]:
+def iter_batches(
+    source: ImageSource, batch_size: int, indices: Sequence[int] | None = None
+) -> Iterator[tuple[list[int], torch.Tensor]]:
     """Yield ``(indices, uint8 images)`` batches of a source, in index order."""
     order = list(range(len(source))) if indices is None else list(indices)
     for start in range(0, len(order), batch_size):
@@ -187,10 +272,24 @@ def read_prompts(path: str | Path) -> list[str]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
-        raise InputError(explain(f"cannot read prompts file {path}", expected="a UTF-8 text file, one prompt per line", got=f"{type(error).__name__}: {error}", fix="check the path")) from None
+        raise InputError(
+            explain(
+                f"cannot read prompts file {path}",
+                expected="a UTF-8 text file, one prompt per line",
+                got=f"{type(error).__name__}: {error}",
+                fix="check the path",
+            )
+        ) from None
     while lines and not lines[-1].strip():
         lines.pop()
     blank = [i + 1 for i, line in enumerate(lines) if not line.strip()]
     if blank:
-        raise InputError(explain(f"prompts file {path} has blank lines", expected="one non-empty prompt per line", got=f"blank line(s) {blank[:5]}", fix="remove the blank lines so prompt i pairs with image i"))
+        raise InputError(
+            explain(
+                f"prompts file {path} has blank lines",
+                expected="one non-empty prompt per line",
+                got=f"blank line(s) {blank[:5]}",
+                fix="remove the blank lines so prompt i pairs with image i",
+            )
+        )
     return lines

@@ -34,7 +34,8 @@ def _first_bad(mask: torch.Tensor) -> tuple[int, ...]:
 
 
 def check_gaussian(mu: Any, sigma: Any, who: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate a mean and a covariance (finite, matching shapes, symmetric, positive semi-definite); returns them in float64.
+    """Validate a mean and a covariance (finite, matching shapes, symmetric, positive semi-definite); returns them in
+    float64.
 
     Each defect is an :class:`InputError` naming the statistics (``who``), where the
     defect is, and the fix — a NaN, a non-symmetric or an indefinite covariance would
@@ -42,24 +43,58 @@ def check_gaussian(mu: Any, sigma: Any, who: str) -> tuple[torch.Tensor, torch.T
     diag(1, -1, 1) gave 0.0 against the identity).
     """
     mu_t = torch.as_tensor(np.asarray(mu, dtype=np.float64) if not torch.is_tensor(mu) else mu).to(torch.float64)
-    sigma_t = torch.as_tensor(np.asarray(sigma, dtype=np.float64) if not torch.is_tensor(sigma) else sigma).to(torch.float64).to(mu_t.device)
+    sigma_t = (
+        torch.as_tensor(np.asarray(sigma, dtype=np.float64) if not torch.is_tensor(sigma) else sigma)
+        .to(torch.float64)
+        .to(mu_t.device)
+    )
     d = mu_t.numel()
     if mu_t.ndim != 1 or sigma_t.shape != (d, d):
-        raise InputError(explain(f"{who}: mu/sigma shapes do not match", expected="mu (d,), sigma (d, d)", got=f"{tuple(mu_t.shape)}, {tuple(sigma_t.shape)}", fix="pass the mean vector and covariance matrix of one feature layer"))
+        raise InputError(
+            explain(
+                f"{who}: mu/sigma shapes do not match",
+                expected="mu (d,), sigma (d, d)",
+                got=f"{tuple(mu_t.shape)}, {tuple(sigma_t.shape)}",
+                fix="pass the mean vector and covariance matrix of one feature layer",
+            )
+        )
     for name, t in (("mu", mu_t), ("sigma", sigma_t)):
         bad = ~torch.isfinite(t)
         if bool(bad.any()):
-            raise InputError(explain(f"{who}: {name} contains NaN or inf", expected="finite statistics", got=f"{int(bad.sum())} non-finite value(s), the first at index {_first_bad(bad)}", fix="recompute the statistics from finite features (a NaN feature row poisons the whole covariance)"))
+            raise InputError(
+                explain(
+                    f"{who}: {name} contains NaN or inf",
+                    expected="finite statistics",
+                    got=f"{int(bad.sum())} non-finite value(s), the first at index {_first_bad(bad)}",
+                    fix=(
+                        "recompute the statistics from finite features (a NaN feature row poisons the whole covariance)"
+                    ),
+                )
+            )
     scale = float(sigma_t.abs().max()) if d else 0.0
     asym = float((sigma_t - sigma_t.T).abs().max()) if d else 0.0
     if asym > SYMMETRY_TOL * max(scale, 1e-300):
         i, j = _first_bad((sigma_t - sigma_t.T).abs() == asym)
-        raise InputError(explain(f"{who}: sigma is not symmetric", expected=f"a covariance matrix (|S - S^T| <= {SYMMETRY_TOL:g} max|S|)", got=f"S[{i},{j}] = {float(sigma_t[i, j]):.6g} but S[{j},{i}] = {float(sigma_t[j, i]):.6g}", fix="pass a covariance (e.g. numpy.cov of the features), not a transposed or edited matrix"))
+        raise InputError(
+            explain(
+                f"{who}: sigma is not symmetric",
+                expected=f"a covariance matrix (|S - S^T| <= {SYMMETRY_TOL:g} max|S|)",
+                got=f"S[{i},{j}] = {float(sigma_t[i, j]):.6g} but S[{j},{i}] = {float(sigma_t[j, i]):.6g}",
+                fix="pass a covariance (e.g. numpy.cov of the features), not a transposed or edited matrix",
+            )
+        )
     sigma_t = 0.5 * (sigma_t + sigma_t.T)
     diag = sigma_t.diagonal()
     if d and (bool((diag < 0).any()) or not _psd(sigma_t, PSD_TOL * max(float(diag.max()), 0.0))):
         low = float(torch.linalg.eigvalsh(sigma_t).min())
-        raise InputError(explain(f"{who}: sigma is not positive semi-definite", expected=f"eigenvalues >= -{PSD_TOL:g} x max variance", got=f"smallest eigenvalue {low:.6g} (max variance {float(diag.max()):.6g})", fix="a covariance cannot have negative variance along any direction: recompute it from the features"))
+        raise InputError(
+            explain(
+                f"{who}: sigma is not positive semi-definite",
+                expected=f"eigenvalues >= -{PSD_TOL:g} x max variance",
+                got=f"smallest eigenvalue {low:.6g} (max variance {float(diag.max()):.6g})",
+                fix="a covariance cannot have negative variance along any direction: recompute it from the features",
+            )
+        )
     return mu_t, sigma_t
 
 
@@ -97,16 +132,35 @@ class FeatureMoments:
         """Add a batch of features (N, d); non-finite features are an :class:`InputError`."""
         if not torch.is_tensor(features) or features.ndim != 2:
             got = tuple(features.shape) if torch.is_tensor(features) else type(features).__name__
-            raise InputError(explain("features must be a 2-D tensor", expected="(N, d)", got=f"{got}", fix="flatten each sample's features to one row"))
+            raise InputError(
+                explain(
+                    "features must be a 2-D tensor",
+                    expected="(N, d)",
+                    got=f"{got}",
+                    fix="flatten each sample's features to one row",
+                )
+            )
         if self.sum is not None and features.shape[1] != self.sum.numel():
             raise InputError(
-                explain("feature dimension changed between batches", expected=f"d = {self.sum.numel()}", got=f"d = {features.shape[1]}", fix="use one extractor layer per statistic")
+                explain(
+                    "feature dimension changed between batches",
+                    expected=f"d = {self.sum.numel()}",
+                    got=f"d = {features.shape[1]}",
+                    fix="use one extractor layer per statistic",
+                )
             )
         f = features.detach().to(torch.float64)
         if f.is_cuda:  # checked when the statistics are read, so the GPU never waits here
             self.nonfinite_rows = self.nonfinite_rows + (~torch.isfinite(f)).any(1).sum()
         elif not bool(torch.isfinite(f).all()):
-            raise InputError(explain("features contain NaN or inf", expected="finite features", got="non-finite values", fix="check the images fed to the extractor"))
+            raise InputError(
+                explain(
+                    "features contain NaN or inf",
+                    expected="finite features",
+                    got="non-finite values",
+                    fix="check the images fed to the extractor",
+                )
+            )
         if f.shape[0] == 0:
             return
         if self.sum is None:
@@ -121,46 +175,74 @@ class FeatureMoments:
 
     def _shifted_sums(self, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """This shard's sums about another shift: ``z = y + delta``, ``delta = a - b``."""
-        delta = self.shift.to(shift.device) - shift  # type: ignore[union-attr]
-        s = self.sum.to(shift.device)  # type: ignore[union-attr]
-        s_outer = self.sum_outer.to(shift.device)  # type: ignore[union-attr]
-        return s + self.n * delta, s_outer + torch.outer(s, delta) + torch.outer(delta, s) + self.n * torch.outer(delta, delta)
+        delta = self.shift.to(shift.device) - shift
+        s = self.sum.to(shift.device)
+        s_outer = self.sum_outer.to(shift.device)
+        return s + self.n * delta, s_outer + torch.outer(s, delta) + torch.outer(delta, s) + self.n * torch.outer(
+            delta, delta
+        )
 
     def merge(self, other: FeatureMoments) -> FeatureMoments:
         """Add another shard's sums into this one (in place); returns ``self``."""
         if other.sum is None:
             return self
         if self.sum is None:
-            self.n, self.shift, self.sum, self.sum_outer = other.n, other.shift.clone(), other.sum.clone(), other.sum_outer.clone()  # type: ignore[union-attr]
+            self.n, self.shift, self.sum, self.sum_outer = (
+                other.n,
+                other.shift.clone(),
+                other.sum.clone(),
+                other.sum_outer.clone(),
+            )
             return self
         if other.sum.numel() != self.sum.numel():
-            raise InputError(explain("cannot merge statistics of different dimension", expected=f"d = {self.dim}", got=f"d = {other.dim}", fix="merge shards of the same extractor layer"))
-        s, s_outer = other._shifted_sums(self.shift)  # type: ignore[arg-type]
-        self.nonfinite_rows = self.nonfinite_rows + (other.nonfinite_rows.to(self.sum.device) if torch.is_tensor(other.nonfinite_rows) else other.nonfinite_rows)
+            raise InputError(
+                explain(
+                    "cannot merge statistics of different dimension",
+                    expected=f"d = {self.dim}",
+                    got=f"d = {other.dim}",
+                    fix="merge shards of the same extractor layer",
+                )
+            )
+        s, s_outer = other._shifted_sums(self.shift)
+        self.nonfinite_rows = self.nonfinite_rows + (
+            other.nonfinite_rows.to(self.sum.device) if torch.is_tensor(other.nonfinite_rows) else other.nonfinite_rows
+        )
         self.n += other.n
         self.sum += s
-        self.sum_outer += s_outer  # type: ignore[operator]
+        self.sum_outer += s_outer
         return self
 
     def _require(self, n_min: int) -> None:
         bad = int(self.nonfinite_rows)
         if bad:
-            raise InputError(explain("features contain NaN or inf", expected="finite features", got=f"{bad} non-finite feature rows", fix="check the images fed to the extractor"))
+            raise InputError(
+                explain(
+                    "features contain NaN or inf",
+                    expected="finite features",
+                    got=f"{bad} non-finite feature rows",
+                    fix="check the images fed to the extractor",
+                )
+            )
         if self.n < n_min:
             raise InputError(
-                explain("too few samples for these statistics", expected=f"at least {n_min} samples", got=f"{self.n}", fix="evaluate more samples")
+                explain(
+                    "too few samples for these statistics",
+                    expected=f"at least {n_min} samples",
+                    got=f"{self.n}",
+                    fix="evaluate more samples",
+                )
             )
 
     @property
     def mean(self) -> torch.Tensor:
         self._require(1)
-        return self.shift + self.sum / self.n  # type: ignore[operator]
+        return self.shift + self.sum / self.n
 
     @property
     def cov(self) -> torch.Tensor:
         """Unbiased covariance (ddof = 1): ``(sum y y^T - (sum y)(sum y)^T / n) / (n - 1)``."""
         self._require(2)
-        cov = (self.sum_outer - torch.outer(self.sum, self.sum) / self.n) / (self.n - 1)  # type: ignore[arg-type,operator]
+        cov = (self.sum_outer - torch.outer(self.sum, self.sum) / self.n) / (self.n - 1)
         return 0.5 * (cov + cov.T)
 
     # -- files --------------------------------------------------------------------
@@ -176,11 +258,20 @@ class FeatureMoments:
         )
 
     @classmethod
-    def from_mean_cov(cls, mu: Any, sigma: Any, n: int, meta: dict[str, Any] | None = None, who: str = "statistics") -> FeatureMoments:
+    def from_mean_cov(
+        cls, mu: Any, sigma: Any, n: int, meta: dict[str, Any] | None = None, who: str = "statistics"
+    ) -> FeatureMoments:
         """Rebuild the sums from a mean, an unbiased covariance and a count (validated by :func:`check_gaussian`)."""
         mu_t, sigma_t = check_gaussian(mu, sigma, who)
         if n < 2:
-            raise InputError(explain("statistics need a sample count", expected="n >= 2", got=f"{n}", fix="pass the number of images behind mu and sigma"))
+            raise InputError(
+                explain(
+                    "statistics need a sample count",
+                    expected="n >= 2",
+                    got=f"{n}",
+                    fix="pass the number of images behind mu and sigma",
+                )
+            )
         moments = cls(meta)
         moments.n = int(n)
         moments.shift = mu_t.clone()
@@ -194,7 +285,14 @@ class FeatureMoments:
         with np.load(Path(path), allow_pickle=False) as data:
             missing = {"mu", "sigma"} - set(data.files)
             if missing:
-                raise InputError(explain(f"statistics file {path} lacks keys {sorted(missing)}", expected="keys mu and sigma", got=f"keys {sorted(data.files)}", fix="save statistics with FeatureMoments.save or pytorch-fid's format"))
+                raise InputError(
+                    explain(
+                        f"statistics file {path} lacks keys {sorted(missing)}",
+                        expected="keys mu and sigma",
+                        got=f"keys {sorted(data.files)}",
+                        fix="save statistics with FeatureMoments.save or pytorch-fid's format",
+                    )
+                )
             if "n" not in data.files:
                 raise InputError(
                     explain(

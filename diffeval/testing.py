@@ -42,11 +42,20 @@ from diffeval.seeds import SeedRNG
 __all__ = ["check_sampler", "assert_conforms", "check_metric", "assert_metric_conforms"]
 
 
-def _draw(sampler: Any, seeds: Sequence[int], image_shape: Sequence[int], device: str, cond_fn: Callable[[list[int]], Any] | None, timer: StepTimer | None = None) -> torch.Tensor:
+def _draw(
+    sampler: Any,
+    seeds: Sequence[int],
+    image_shape: Sequence[int],
+    device: str,
+    cond_fn: Callable[[list[int]], Any] | None,
+    timer: StepTimer | None = None,
+) -> torch.Tensor:
     rng = SeedRNG(list(seeds), device)
     noise = rng.randn(tuple(image_shape))
     with torch.no_grad():
-        return sampler(noise, cond_fn(list(seeds)) if cond_fn else None, rng=rng, timer=timer if timer is not None else StepTimer())
+        return sampler(
+            noise, cond_fn(list(seeds)) if cond_fn else None, rng=rng, timer=timer if timer is not None else StepTimer()
+        )
 
 
 def _attempt(results: list[CheckResult], name: str, threshold: str, fn: Callable[[], tuple[bool, float, str]]) -> None:
@@ -57,7 +66,16 @@ def _attempt(results: list[CheckResult], name: str, threshold: str, fn: Callable
     results.append(CheckResult(name, "pass" if ok else "fail", value, threshold, message))
 
 
-def check_sampler(sampler: Any, *, image_shape: Sequence[int], seeds: Sequence[int] = (0, 1, 2, 3), device: str = "cpu", cond_fn: Callable[[list[int]], Any] | None = None, expected_nfe: int | None = None, atol: float = 1e-4) -> list[CheckResult]:
+def check_sampler(
+    sampler: Any,
+    *,
+    image_shape: Sequence[int],
+    seeds: Sequence[int] = (0, 1, 2, 3),
+    device: str = "cpu",
+    cond_fn: Callable[[list[int]], Any] | None = None,
+    expected_nfe: int | None = None,
+    atol: float = 1e-4,
+) -> list[CheckResult]:
     """Run the sampler conformance checks; every problem is a failed :class:`CheckResult`, never an exception."""
     seeds = list(seeds)
     results: list[CheckResult] = []
@@ -67,14 +85,24 @@ def check_sampler(sampler: Any, *, image_shape: Sequence[int], seeds: Sequence[i
         info = describe(sampler)
         first["info"] = info
         problems = info.problems()
-        return not problems, float(len(problems)), "; ".join(problems) or f"{info.label()}: schedule {getattr(info.schedule, 'name', None)!r}, prediction {info.prediction!r}, steps {info.steps}"
+        summary = f"{info.label()}: schedule {getattr(info.schedule, 'name', None)!r}, prediction {info.prediction!r}"
+        return not problems, float(len(problems)), "; ".join(problems) or f"{summary}, steps {info.steps}"
 
     def shape_and_range() -> tuple[bool, float, str]:
         timer = StepTimer()
         out = _draw(sampler, seeds, image_shape, device, cond_fn, timer)
         first["out"], first["timer"] = out, timer
-        ok = tuple(out.shape) == (len(seeds), *image_shape) and out.is_floating_point() and bool(torch.isfinite(out).all()) and float(out.abs().max()) <= 1 + 1e-3
-        return ok, float(out.abs().max()), f"output {tuple(out.shape)} {out.dtype}, max |x| {float(out.abs().max()):.4g}"
+        ok = (
+            tuple(out.shape) == (len(seeds), *image_shape)
+            and out.is_floating_point()
+            and bool(torch.isfinite(out).all())
+            and float(out.abs().max()) <= 1 + 1e-3
+        )
+        return (
+            ok,
+            float(out.abs().max()),
+            f"output {tuple(out.shape)} {out.dtype}, max |x| {float(out.abs().max()):.4g}",
+        )
 
     def determinism() -> tuple[bool, float, str]:
         again = _draw(sampler, seeds, image_shape, device, cond_fn)
@@ -83,9 +111,22 @@ def check_sampler(sampler: Any, *, image_shape: Sequence[int], seeds: Sequence[i
 
     def batch_independence() -> tuple[bool, float, str]:
         half = len(seeds) // 2 or 1
-        parts = torch.cat([_draw(sampler, seeds[:half], image_shape, device, cond_fn), _draw(sampler, seeds[half:], image_shape, device, cond_fn)]) if len(seeds) > 1 else first["out"]
+        parts = (
+            torch.cat(
+                [
+                    _draw(sampler, seeds[:half], image_shape, device, cond_fn),
+                    _draw(sampler, seeds[half:], image_shape, device, cond_fn),
+                ]
+            )
+            if len(seeds) > 1
+            else first["out"]
+        )
         diff = float((parts - first["out"]).abs().max())
-        return diff <= atol, diff, f"batches of {half} and {len(seeds) - half} vs one batch of {len(seeds)}: max diff {diff:.3g}"
+        return (
+            diff <= atol,
+            diff,
+            f"batches of {half} and {len(seeds) - half} vs one batch of {len(seeds)}: max diff {diff:.3g}",
+        )
 
     def nfe() -> tuple[bool, float, str]:
         timer = first.get("timer") or StepTimer()
@@ -95,7 +136,13 @@ def check_sampler(sampler: Any, *, image_shape: Sequence[int], seeds: Sequence[i
         info = first.get("info")
         steps = getattr(info, "steps", None)
         ok = (value > 0 if expected_nfe is None else value == expected_nfe) and (steps is None or value >= steps)
-        return ok, value, f"the caller's timer counted {value:g} evaluations" + ("" if expected_nfe is None else f" (expected {expected_nfe})") + ("" if steps is None else f", declared steps {steps}")
+        return (
+            ok,
+            value,
+            f"the caller's timer counted {value:g} evaluations"
+            + ("" if expected_nfe is None else f" (expected {expected_nfe})")
+            + ("" if steps is None else f", declared steps {steps}"),
+        )
 
     def timer_used() -> tuple[bool, float, str]:
         before = {k: id(v) for k, v in vars(sampler).items() if k != "last_run"} if hasattr(sampler, "__dict__") else {}
@@ -104,7 +151,15 @@ def check_sampler(sampler: Any, *, image_shape: Sequence[int], seeds: Sequence[i
         after = {k: id(v) for k, v in vars(sampler).items() if k != "last_run"} if hasattr(sampler, "__dict__") else {}
         changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
         ok = timer.stats.nfe > 0 and not changed
-        return ok, float(len(changed)), ("reports into the caller's timer; attributes unchanged" if ok else f"timer nfe {timer.stats.nfe}; attributes changed by the call: {changed}")
+        return (
+            ok,
+            float(len(changed)),
+            (
+                "reports into the caller's timer; attributes unchanged"
+                if ok
+                else f"timer nfe {timer.stats.nfe}; attributes changed by the call: {changed}"
+            ),
+        )
 
     _attempt(results, "declaration", "describe() -> sound SamplerInfo", declaration)
     _attempt(results, "shape_and_range", "float (N, C, H, W) within [-1, 1]", shape_and_range)
@@ -117,7 +172,14 @@ def check_sampler(sampler: Any, *, image_shape: Sequence[int], seeds: Sequence[i
 
 
 def _ordered(results: list[CheckResult]) -> list[CheckResult]:
-    order = ["declaration", "shape_and_range", "seed_determinism", "batch_size_independence", "nfe_counted", "timer_used"]
+    order = [
+        "declaration",
+        "shape_and_range",
+        "seed_determinism",
+        "batch_size_independence",
+        "nfe_counted",
+        "timer_used",
+    ]
     return sorted(results, key=lambda r: order.index(r.name))
 
 
@@ -131,7 +193,14 @@ def assert_conforms(sampler: Any, **kwargs: Any) -> None:
 # -- metrics ------------------------------------------------------------------------------------------
 def _close(a: MetricResult, b: MetricResult, rtol: float) -> tuple[bool, float]:
     diff = abs(a.value - b.value) / max(abs(b.value), 1e-300) if a.value != b.value else 0.0
-    same_se = (a.stderr is None and b.stderr is None) or (a.stderr is not None and b.stderr is not None and (math.isclose(a.stderr, b.stderr, rel_tol=max(rtol, 1e-9), abs_tol=1e-12) or (math.isnan(a.stderr) and math.isnan(b.stderr))))
+    same_se = (a.stderr is None and b.stderr is None) or (
+        a.stderr is not None
+        and b.stderr is not None
+        and (
+            math.isclose(a.stderr, b.stderr, rel_tol=max(rtol, 1e-9), abs_tol=1e-12)
+            or (math.isnan(a.stderr) and math.isnan(b.stderr))
+        )
+    )
     return diff <= rtol and same_se and a.n_gen == b.n_gen and a.n_ref == b.n_ref, diff
 
 
@@ -188,7 +257,11 @@ def check_metric(make: Callable[[], Metric], batches: Sequence[Batch], *, rtol: 
         unknown = set(metric.config_options()) - {o.name for o in metric.options}
         if unknown:
             problems.append(f"config_options() has undeclared keys {sorted(unknown)}")
-        return not problems, float(len(problems)), "; ".join(problems) or f"{metric.label}: {metric.direction} is better"
+        return (
+            not problems,
+            float(len(problems)),
+            "; ".join(problems) or f"{metric.label}: {metric.direction} is better",
+        )
 
     def streaming() -> tuple[bool, float, str]:
         ref["stream"] = _fed(make, batches).compute()
@@ -201,7 +274,11 @@ def check_metric(make: Callable[[], Metric], batches: Sequence[Batch], *, rtol: 
         a, b = _fed(make, batches[:cut]), _fed(make, batches[cut:])
         a.merge_state(b.state())
         ok, diff = _close(a.compute(), ref["stream"], rtol)
-        return ok, diff, f"shards of {cut} and {len(batches) - cut} batches merged through state(): relative difference {diff:.3g}"
+        return (
+            ok,
+            diff,
+            f"shards of {cut} and {len(batches) - cut} batches merged through state(): relative difference {diff:.3g}",
+        )
 
     def batch_sizes() -> tuple[bool, float, str]:
         whole = Batch.concat(batches)
@@ -224,8 +301,14 @@ def check_metric(make: Callable[[], Metric], batches: Sequence[Batch], *, rtol: 
         table = dict(tomllib.loads(text)["metrics"][0])
         table.pop("name")
         back = validate_options(table, type(metric).options, f"metric {metric.name!r}")
-        expected = validate_options({k: v for k, v in options.items() if v is not None}, type(metric).options, f"metric {metric.name!r}")
-        return back == expected, 0.0, "options survive TOML -> config validation" if back == expected else f"{expected} came back as {back}"
+        expected = validate_options(
+            {k: v for k, v in options.items() if v is not None}, type(metric).options, f"metric {metric.name!r}"
+        )
+        return (
+            back == expected,
+            0.0,
+            "options survive TOML -> config validation" if back == expected else f"{expected} came back as {back}",
+        )
 
     def float64_state() -> tuple[bool, float, str]:
         metric = _fed(make, batches[:1])

@@ -19,7 +19,17 @@ import torch
 
 from diffeval.errors import WeightsError, explain
 
-__all__ = ["sha256_file", "verify_sha256", "load_state_dict", "PublishedWeights", "resolve", "offline", "candidate_paths", "OFFLINE_ENV", "WEIGHTS_DIR_ENV"]
+__all__ = [
+    "sha256_file",
+    "verify_sha256",
+    "load_state_dict",
+    "PublishedWeights",
+    "resolve",
+    "offline",
+    "candidate_paths",
+    "OFFLINE_ENV",
+    "WEIGHTS_DIR_ENV",
+]
 
 
 def sha256_file(path: str | Path) -> str:
@@ -35,7 +45,9 @@ def verify_sha256(path: str | Path, expected: str, fix: str) -> None:
     """Raise :class:`WeightsError` if ``path`` is missing or its SHA-256 is not ``expected``."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(explain(f"weight file {path} not found", expected="an existing file", got="nothing at that path", fix=fix))
+        raise WeightsError(
+            explain(f"weight file {path} not found", expected="an existing file", got="nothing at that path", fix=fix)
+        )
     actual = sha256_file(path)
     if actual != expected.lower():
         raise WeightsError(
@@ -69,7 +81,12 @@ def load_state_dict(path: str | Path, sha256: str | None, fix: str) -> dict[str,
         ) from None
     if not isinstance(state, dict):
         raise WeightsError(
-            explain(f"weight file {path} holds no state dict", expected="dict of tensors", got=type(state).__name__, fix="save model.state_dict(), not the model")
+            explain(
+                f"weight file {path} holds no state dict",
+                expected="dict of tensors",
+                got=type(state).__name__,
+                fix="save model.state_dict(), not the model",
+            )
         )
     return state
 
@@ -126,7 +143,14 @@ def resolve(spec: PublishedWeights, path: str | Path | None = None) -> tuple[Pat
     if path is not None:
         explicit = Path(path)
         if not explicit.is_file():
-            raise WeightsError(explain(f"weight file {explicit} not found", expected="an existing file", got="nothing at that path", fix="check the --weights path"))
+            raise WeightsError(
+                explain(
+                    f"weight file {explicit} not found",
+                    expected="an existing file",
+                    got="nothing at that path",
+                    fix="check the --weights path",
+                )
+            )
         return explicit, False
     candidates = candidate_paths(spec)
     for candidate in candidates:

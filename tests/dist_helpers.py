@@ -15,7 +15,11 @@ def metrics_for_demo():
     extractor = DigitsFeatureExtractor()
     reference = reference_moments(extractor, n=32)
     features = extractor(load_digits("test").images[:64])["features"]
-    metrics = [FID(reference, "demo-digits", "features"), InceptionScore("demo-digits", "logits", splits=4), KID(features, "demo-digits", "features", subsets=10, subset_size=16)]
+    metrics = [
+        FID(reference, "demo-digits", "features"),
+        InceptionScore("demo-digits", "logits", splits=4),
+        KID(features, "demo-digits", "features", subsets=10, subset_size=16),
+    ]
     return extractor, metrics
 
 
@@ -27,15 +31,29 @@ def worker(rank, world_size, init_file, out_file, mode):
 
         sampler = demo_sampler(steps=4, eta=1.0)
         if mode == "fail" and rank == 1:
+
             def broken(x, t, *cond):
                 raise RuntimeError("simulated CUDA error on this rank")
 
             sampler = sampler.replace(model=broken)
         extractor, metrics = metrics_for_demo()
         try:
-            result = evaluate_sharded(sampler, seeds=range(32), image_shape=(1, 8, 8), extractors=[extractor], metrics=metrics, batch_size=8)
+            result = evaluate_sharded(
+                sampler, seeds=range(32), image_shape=(1, 8, 8), extractors=[extractor], metrics=metrics, batch_size=8
+            )
             if rank == 0:
-                json.dump({"metrics": {label.split("@")[0]: {"value": r.value, "stderr": r.stderr} for label, r in result.metrics.items()}, "n": result.n, "nfe": result.latency.nfe}, open(out_file, "w"), default=str)
+                json.dump(
+                    {
+                        "metrics": {
+                            label.split("@")[0]: {"value": r.value, "stderr": r.stderr}
+                            for label, r in result.metrics.items()
+                        },
+                        "n": result.n,
+                        "nfe": result.latency.nfe,
+                    },
+                    open(out_file, "w"),
+                    default=str,
+                )
         except RankFailed as error:
             if rank == 0:
                 json.dump({"error": str(error)}, open(out_file, "w"))

@@ -15,8 +15,9 @@ import torch
 def build_random_inception_state(seed: int = 0) -> dict[str, torch.Tensor]:
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    with mock.patch("torch_fidelity.feature_extractor_inceptionv3.torch.load", return_value={}), mock.patch.object(
-        FeatureExtractorInceptionV3, "load_state_dict", lambda self, state, *a, **k: None
+    with (
+        mock.patch("torch_fidelity.feature_extractor_inceptionv3.torch.load", return_value={}),
+        mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state, *a, **k: None),
     ):
         net = FeatureExtractorInceptionV3("inception-random", ["2048"], feature_extractor_weights_path="unused")
     gen = torch.Generator().manual_seed(seed)

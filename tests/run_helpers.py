@@ -43,11 +43,15 @@ def torch_version():  # keeps torch imported for the helper module
 
 def constant_sampler(level: float = 0.0):
     """Every image is the constant ``level`` (for metrics whose value is known in closed form)."""
-    return CallableSampler(lambda noise, cond: torch.full_like(noise, level), name="constant", nfe=1, image_shape=(1, 8, 8))
+    return CallableSampler(
+        lambda noise, cond: torch.full_like(noise, level), name="constant", nfe=1, image_shape=(1, 8, 8)
+    )
 
 
 def analytic_sampler(steps: int = 10):
-    """The generalized sampler over the exact eps* of N(0, 0.25) data on a 50-step linear schedule (closed-form bits/dim)."""
+    """The generalized sampler over the exact eps* of N(0, 0.25) data on a 50-step linear schedule (closed-form
+    bits/dim).
+    """
     from diffeval import schedules
     from diffeval.samplers import GeneralizedSampler
 

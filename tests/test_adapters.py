@@ -13,7 +13,7 @@ from diffeval.testing import assert_conforms, check_sampler
 
 diffusers = pytest.importorskip("diffusers")
 
-from diffeval.samplers.diffusers import DiffusersPipelineSampler, DiffusersSchedulerSampler, images_to_signed  # noqa: E402
+from diffeval.samplers.diffusers import DiffusersPipelineSampler, DiffusersSchedulerSampler, images_to_signed  # noqa: E402, I001
 
 SHAPE = (1, 8, 8)
 
@@ -21,8 +21,15 @@ SHAPE = (1, 8, 8)
 def tiny_unet(seed=0, **extra):
     torch.manual_seed(seed)
     return diffusers.UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32), layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8, **extra,
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        **extra,
     ).eval()
 
 
@@ -50,7 +57,12 @@ def test_pipeline_sampler_conforms_and_equals_the_pipeline(pipeline_cls):
     seeds = [5, 6, 7]
     rng = SeedRNG(seeds)
     ours = sampler(rng.randn(SHAPE), rng=rng)
-    direct = pipe(batch_size=3, generator=[torch.Generator().manual_seed(s) for s in seeds], num_inference_steps=5, output_type="np").images
+    direct = pipe(
+        batch_size=3,
+        generator=[torch.Generator().manual_seed(s) for s in seeds],
+        num_inference_steps=5,
+        output_type="np",
+    ).images
     torch.testing.assert_close(ours, torch.from_numpy(direct).permute(0, 3, 1, 2).float() * 2 - 1, rtol=0, atol=0)
     assert len(sampler.last_run.step_s) == 5
 
@@ -72,8 +84,13 @@ def test_metrics_checks_and_latency_through_adapters():
 
     extractor = DigitsFeatureExtractor()
     sampler = DiffusersSchedulerSampler(SCHEDULERS["ddim"](), tiny_unet(), num_inference_steps=4)
-    metrics = [FID(reference_moments(extractor, n=32), "demo-digits", "features"), InceptionScore("demo-digits", "logits", splits=2)]
-    result = evaluate(sampler, seeds=range(32), image_shape=SHAPE, extractors=[extractor], metrics=metrics, batch_size=16)
+    metrics = [
+        FID(reference_moments(extractor, n=32), "demo-digits", "features"),
+        InceptionScore("demo-digits", "logits", splits=2),
+    ]
+    result = evaluate(
+        sampler, seeds=range(32), image_shape=SHAPE, extractors=[extractor], metrics=metrics, batch_size=16
+    )
     assert np.isfinite(result["fid"].value) and result["fid"].value > 0
     assert 1.0 <= result["inception_score"].value <= 10.0
     assert result.latency.nfe == 4
@@ -82,9 +99,25 @@ def test_metrics_checks_and_latency_through_adapters():
 
 
 def test_snr_checks_through_scheduler_configs():
-    sd = DiffusersSchedulerSampler(SCHEDULERS["ddpm"](beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012), tiny_unet(), num_inference_steps=4)
-    assert {r.name: r.status for r in check_snr_endpoints(sd.schedule, prediction=sd.prediction)}["terminal_snr"] == "warn"
-    zero = DiffusersSchedulerSampler(SCHEDULERS["ddim"](beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True, prediction_type="epsilon"), tiny_unet(), num_inference_steps=4)
+    sd = DiffusersSchedulerSampler(
+        SCHEDULERS["ddpm"](beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+        tiny_unet(),
+        num_inference_steps=4,
+    )
+    assert {r.name: r.status for r in check_snr_endpoints(sd.schedule, prediction=sd.prediction)}[
+        "terminal_snr"
+    ] == "warn"
+    zero = DiffusersSchedulerSampler(
+        SCHEDULERS["ddim"](
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            rescale_betas_zero_snr=True,
+            prediction_type="epsilon",
+        ),
+        tiny_unet(),
+        num_inference_steps=4,
+    )
     assert zero.schedule.zero_terminal_snr  # diffusers stores 2**-24; the config says zero
     statuses = {r.name: r.status for r in check_snr_endpoints(zero.schedule, prediction=zero.prediction)}
     assert statuses["zero_terminal_snr_prediction"] == "fail" and statuses["terminal_snr"] == "pass"
@@ -94,7 +127,13 @@ def test_scheduler_without_alphas_cumprod_skips_checks(tmp_path):
     from diffeval.config import parse_config
     from diffeval.runner import run_config
 
-    cfg = parse_config({"run": {"n": 4, "batch_size": 4, "image_shape": [1, 8, 8]}, "sampler": {"factory": "adapter_helpers:flow_sampler"}, "checks": {"snr_endpoints": True, "xt_normality": {"data": "digits:test"}}})
+    cfg = parse_config(
+        {
+            "run": {"n": 4, "batch_size": 4, "image_shape": [1, 8, 8]},
+            "sampler": {"factory": "adapter_helpers:flow_sampler"},
+            "checks": {"snr_endpoints": True, "xt_normality": {"data": "digits:test"}},
+        }
+    )
     outcome = run_config(cfg, tmp_path)
     rows = {r["name"]: r for r in outcome.report.rows}
     assert rows["snr_endpoints"]["status"] == "skip" and rows["xt_normality"]["status"] == "skip"
@@ -120,8 +159,16 @@ def test_conditional_unet_with_stub_text_encoder():
     """Text-to-image path: a conditional UNet2DConditionModel and a stub text encoder, prompts as cond."""
     torch.manual_seed(0)
     unet = diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32), layers_per_block=1, cross_attention_dim=16,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), norm_num_groups=8, attention_head_dim=4,
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        cross_attention_dim=16,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        norm_num_groups=8,
+        attention_head_dim=4,
     ).eval()
 
     def encode(prompts):  # stub text encoder: a deterministic embedding per prompt
@@ -137,7 +184,9 @@ def test_conditional_unet_with_stub_text_encoder():
     b = sampler(rng.randn(SHAPE), ["a zero", "a zero"], rng=rng)
     assert not torch.equal(a, b)  # the prompt reaches the model
     with pytest.raises(SamplerError, match="no cond_fn"):
-        DiffusersSchedulerSampler(SCHEDULERS["ddim"](), tiny_unet(), num_inference_steps=2)(rng.randn(SHAPE), ["x", "y"])
+        DiffusersSchedulerSampler(SCHEDULERS["ddim"](), tiny_unet(), num_inference_steps=2)(
+            rng.randn(SHAPE), ["x", "y"]
+        )
 
 
 # -- k-diffusion ---------------------------------------------------------------------------------------
@@ -154,7 +203,9 @@ class EpsModel(torch.nn.Module):
         return self.unet(x, t).sample
 
 
-@pytest.mark.parametrize("fn, nfe", [("sample_euler", 5), ("sample_euler_ancestral", 5), ("sample_heun", 9), ("sample_dpmpp_2m", 5)])
+@pytest.mark.parametrize(
+    "fn, nfe", [("sample_euler", 5), ("sample_euler_ancestral", 5), ("sample_heun", 9), ("sample_dpmpp_2m", 5)]
+)
 def test_kdiffusion_samplers_conform(fn, nfe):
     K = _kdiffusion()  # noqa: N806
     from diffeval.samplers.kdiffusion import KDiffusionSampler
@@ -205,14 +256,54 @@ def tiny_sd_pipeline(tmp_path_factory):
     (folder / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
     torch.manual_seed(0)
-    text_encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1)).eval()
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1, cross_attention_dim=16,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), norm_num_groups=8, attention_head_dim=4,
+    text_encoder = transformers.CLIPTextModel(
+        transformers.CLIPTextConfig(
+            vocab_size=len(vocab),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
     ).eval()
-    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"), up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=8, sample_size=16).eval()
-    scheduler = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False)
-    pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        cross_attention_dim=16,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        norm_num_groups=8,
+        attention_head_dim=4,
+    ).eval()
+    vae = diffusers.AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        norm_num_groups=8,
+        sample_size=16,
+    ).eval()
+    scheduler = diffusers.DDIMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False
+    )
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -222,17 +313,57 @@ def test_text_to_image_pipeline(tiny_sd_pipeline):
     latent = (4, 8, 8)
     prompts = lambda seeds: ["a cat" if s % 2 else "a dog" for s in seeds]  # noqa: E731
     sampler = DiffusersPipelineSampler(pipe, num_inference_steps=3, guidance_scale=3.0, height=16, width=16)
-    results = {r.name: r for r in check_sampler(sampler, image_shape=latent, cond_fn=prompts, expected_nfe=6)}  # CFG: 2 evaluations per step
+    results = {
+        r.name: r for r in check_sampler(sampler, image_shape=latent, cond_fn=prompts, expected_nfe=6)
+    }  # CFG: 2 evaluations per step
     assert all(r.status == "pass" for n, r in results.items() if n != "shape_and_range"), results
     seeds = [3, 4]
     rng = SeedRNG(seeds)
     noise = rng.randn(latent)
     ours = sampler(noise, prompts(seeds), rng=rng)
     assert ours.shape == (2, 3, 16, 16)  # latents in, decoded images out
-    direct = pipe(prompt=prompts(seeds), latents=noise.clone(), num_inference_steps=3, guidance_scale=3.0, height=16, width=16, output_type="np", generator=[torch.Generator().manual_seed(s) for s in seeds]).images
+    direct = pipe(
+        prompt=prompts(seeds),
+        latents=noise.clone(),
+        num_inference_steps=3,
+        guidance_scale=3.0,
+        height=16,
+        width=16,
+        output_type="np",
+        generator=[torch.Generator().manual_seed(s) for s in seeds],
+    ).images
     torch.testing.assert_close(ours, torch.from_numpy(direct).permute(0, 3, 1, 2).float() * 2 - 1, rtol=0, atol=0)
     with pytest.raises(SamplerError, match="needs one prompt per sample"):
         sampler(noise, None, rng=SeedRNG(seeds))
-    statuses = {r.name: r.status for r in check_snr_endpoints(sampler.schedule, prediction=sampler.prediction, steps=3, spacing=sampler.spacing)}
+    statuses = {
+        r.name: r.status
+        for r in check_snr_endpoints(sampler.schedule, prediction=sampler.prediction, steps=3, spacing=sampler.spacing)
+    }
     assert statuses["terminal_snr"] == "warn"  # SD keeps SNR_T = 0.0047
     assert statuses["sampler_spacing"] == "fail"  # leading spacing, 3 steps: sampling starts at t = 667 of 1000
+
+
+def test_kdiffusion_prediction_comes_from_the_wrapper_not_its_name():
+    K = _kdiffusion()  # noqa: N806
+    from diffeval.samplers.kdiffusion import KDiffusionSampler
+
+    alphas = diffusers.DDPMScheduler(num_train_timesteps=1000).alphas_cumprod
+
+    class EpsAlikeName(K.external.DiscreteVDDPMDenoiser):  # a v-wrapper whose name says "Eps"
+        pass
+
+    class VeryCustomDenoiser(torch.nn.Module):  # not a k-diffusion wrapper, name starts with "V"
+        sigma_min, sigma_max = 0.01, 80.0
+
+        def forward(self, x, sigma, **kwargs):
+            return torch.zeros_like(x)
+
+    v = KDiffusionSampler(K.sampling.sample_euler, EpsAlikeName(EpsModel().eval(), alphas, quantize=True), steps=3)
+    assert v.prediction == "v" and v.describe().model is not None
+    custom = KDiffusionSampler(K.sampling.sample_euler, VeryCustomDenoiser(), steps=3)
+    assert custom.prediction is None and custom.describe().model is None  # the old name rule said "v"
+    assert KDiffusionSampler(K.sampling.sample_euler, VeryCustomDenoiser(), steps=3, prediction="x0").prediction == "x0"
+    with pytest.raises(SamplerError, match="contradicts the denoiser"):
+        KDiffusionSampler(
+            K.sampling.sample_euler, EpsAlikeName(EpsModel().eval(), alphas, quantize=True), steps=3, prediction="eps"
+        )

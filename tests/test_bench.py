@@ -63,7 +63,26 @@ def test_bad_input():
 
 
 def test_bench_cli_writes_latency_rows(tmp_path, capsys):
-    assert main(["bench", "demo", "--steps", "2", "--batch-size", "1", "2", "--repeats", "1", "--warmup", "0", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "demo",
+                "--steps",
+                "2",
+                "--batch-size",
+                "1",
+                "2",
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "images/s" in out
     rows = json.loads((tmp_path / "report.json").read_text())["rows"]

@@ -10,7 +10,15 @@ from diffeval import schedules
 from diffeval.cli import main
 from diffeval.errors import ConfigError, InputError, SamplerError
 from diffeval.metrics import Batch
-from diffeval.metrics.bpd import BitsPerDim, discretized_gaussian_log_likelihood, gaussian_decoder_nll, prior_kl, vdm_nll, vdm_weight, vlb_nll
+from diffeval.metrics.bpd import (
+    BitsPerDim,
+    discretized_gaussian_log_likelihood,
+    gaussian_decoder_nll,
+    prior_kl,
+    vdm_nll,
+    vdm_weight,
+    vlb_nll,
+)
 from diffeval.samplers import SeedRNG
 
 S2 = 0.25  # data N(0, s^2 I), s = 0.5
@@ -21,13 +29,17 @@ def test_decoder_reference_values():
     x = torch.zeros(1, dtype=torch.float64)
     log_scale = torch.full((1,), math.log(1 / 255), dtype=torch.float64)
     assert float(discretized_gaussian_log_likelihood(x, x, log_scale, "tanh")) == pytest.approx(-0.3821627573, abs=1e-9)
-    assert float(discretized_gaussian_log_likelihood(x, x, log_scale, "exact")) == pytest.approx(-0.3817151463, abs=1e-9)
+    assert float(discretized_gaussian_log_likelihood(x, x, log_scale, "exact")) == pytest.approx(
+        -0.3817151463, abs=1e-9
+    )
 
 
 def test_decoder_is_a_distribution_over_the_256_levels():
     grid = torch.arange(256, dtype=torch.float64) / 127.5 - 1
     for mean in (-0.93, 0.0, 0.41):
-        logp = discretized_gaussian_log_likelihood(grid, torch.full_like(grid, mean), torch.full_like(grid, math.log(0.05)))
+        logp = discretized_gaussian_log_likelihood(
+            grid, torch.full_like(grid, mean), torch.full_like(grid, math.log(0.05))
+        )
         assert float(logp.exp().sum()) == pytest.approx(1.0, abs=1e-9)
 
 
@@ -60,9 +72,18 @@ def test_vdm_components_deterministic_midpoint_rule():
     a2 = torch.sigmoid(lam)
     mse = a2 * S2 / (a2 * S2 + (1 - a2))  # E||eps - eps*||^2 per dim = Var(eps | z_u)
     ours_diff = float((0.5 * weight * mse).mean())
-    ours_prior = float(prior_kl(torch.tensor(math.sqrt(S2), dtype=torch.float64), float(torch.sigmoid(sch.log_snr_fn(torch.tensor(1.0, dtype=torch.float64))))))
+    ours_prior = float(
+        prior_kl(
+            torch.tensor(math.sqrt(S2), dtype=torch.float64),
+            float(torch.sigmoid(sch.log_snr_fn(torch.tensor(1.0, dtype=torch.float64)))),
+        )
+    )
     lam_0 = float(sch.log_snr_fn(torch.tensor(0.0, dtype=torch.float64)))
-    ours_recon = float(gaussian_decoder_nll(torch.zeros(1, dtype=torch.float64), torch.full((1,), math.exp(-lam_0 / 2), dtype=torch.float64), lam_0))
+    ours_recon = float(
+        gaussian_decoder_nll(
+            torch.zeros(1, dtype=torch.float64), torch.full((1,), math.exp(-lam_0 / 2), dtype=torch.float64), lam_0
+        )
+    )
     assert ours_diff == pytest.approx(l_diff, abs=1e-8)
     assert ours_prior == pytest.approx(l_prior, abs=1e-12)
     assert ours_recon == pytest.approx(l_recon, abs=1e-12)
@@ -84,7 +105,20 @@ def test_vdm_monte_carlo_within_4_standard_errors():
 def test_vdm_antithetic_batch_of_one_is_correct():
     sch = schedules.vdm()
     x0 = torch.randn(400, 1, 2, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * math.sqrt(S2)
-    values = [float(vdm_nll(_vdm_eps_star(sch), sch, x0[i : i + 1], "eps", rng=SeedRNG([i]), t_sampling="antithetic", decoder="gaussian").bpd) for i in range(400)]
+    values = [
+        float(
+            vdm_nll(
+                _vdm_eps_star(sch),
+                sch,
+                x0[i : i + 1],
+                "eps",
+                rng=SeedRNG([i]),
+                t_sampling="antithetic",
+                decoder="gaussian",
+            ).bpd
+        )
+        for i in range(400)
+    ]
     mean, se = np.mean(values), np.std(values) / math.sqrt(len(values))
     assert abs(mean - 1.0471095351) < 4 * se
 
@@ -99,7 +133,9 @@ def _discrete_eps_star(schedule):
 
 
 def _discrete_analytic(schedule):
-    """Analytic VLB for data N(0, s^2) with the exact posterior-mean predictor, fixed-small variances, Gaussian decoder."""
+    """Analytic VLB for data N(0, s^2) with the exact posterior-mean predictor, fixed-small variances, Gaussian
+    decoder.
+    """
     ab = schedule.alpha_bar.numpy()
     snr = ab / (1 - ab)
     post_var = S2 * (1 - ab) / (ab * S2 + (1 - ab))  # E(x0 - E[x0|x_t])^2
@@ -115,10 +151,14 @@ def test_discrete_vlb_matches_its_analytic_value():
     want = _discrete_analytic(sch)
     n = 1500
     x0 = torch.randn(n, 1, 4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * math.sqrt(S2)
-    est = vlb_nll(_discrete_eps_star(sch), sch, x0, "eps", rng=SeedRNG(range(n)), strata=40, decoder="gaussian", clip_x0=False)
+    est = vlb_nll(
+        _discrete_eps_star(sch), sch, x0, "eps", rng=SeedRNG(range(n)), strata=40, decoder="gaussian", clip_x0=False
+    )
     mean, se = float(est.bpd.mean()), float(est.bpd.std() / math.sqrt(n))
     assert abs(mean - want) < 3 * se, (mean, se, want)
-    assert want > 1.0470955852  # a bound: above the exact NLL 0.5 log2(2 pi e s^2) (the linear schedule starts at log-SNR 9.2, a loose decoder)
+    assert (
+        want > 1.0470955852
+    )  # a bound: above the exact NLL 0.5 log2(2 pi e s^2) (the linear schedule starts at log-SNR 9.2, a loose decoder)
 
 
 def test_discrete_vlb_all_terms_and_stratified_agree_with_the_analytic_value():
@@ -126,10 +166,17 @@ def test_discrete_vlb_all_terms_and_stratified_agree_with_the_analytic_value():
     want = _discrete_analytic(sch)
     n = 600
     x0 = torch.randn(n, 1, 2, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * math.sqrt(S2)
-    full = vlb_nll(_discrete_eps_star(sch), sch, x0, "eps", rng=SeedRNG(range(n)), strata=None, decoder="gaussian", clip_x0=False)
+    full = vlb_nll(
+        _discrete_eps_star(sch), sch, x0, "eps", rng=SeedRNG(range(n)), strata=None, decoder="gaussian", clip_x0=False
+    )
     assert full.terms.shape == (n, 49)
     torch.testing.assert_close(full.terms.sum(1), full.components["diffusion"])
-    for est in (full, vlb_nll(_discrete_eps_star(sch), sch, x0, "eps", rng=SeedRNG(range(n)), strata=7, decoder="gaussian", clip_x0=False)):
+    for est in (
+        full,
+        vlb_nll(
+            _discrete_eps_star(sch), sch, x0, "eps", rng=SeedRNG(range(n)), strata=7, decoder="gaussian", clip_x0=False
+        ),
+    ):
         mean, se = float(est.bpd.mean()), float(est.bpd.std() / math.sqrt(n))
         assert abs(mean - want) < 3 * se, (mean, se, want)
 
@@ -182,7 +229,13 @@ def test_bpd_bad_input(demo_parts):
     with pytest.raises(ConfigError, match=r"\['n_t'\] do not apply to the vlb estimator"):
         BitsPerDim(model, sch, strata=5, n_t=2)
     with pytest.raises(InputError, match="not differentiable"):
-        broken = schedules.from_log_snr(schedules.vdm().log_snr, name="kinked", model_times=schedules.vdm().model_times, log_snr_fn=lambda u: -13.3 + 18.3 * u.detach(), model_time_fn=lambda u: u)
+        broken = schedules.from_log_snr(
+            schedules.vdm().log_snr,
+            name="kinked",
+            model_times=schedules.vdm().model_times,
+            log_snr_fn=lambda u: -13.3 + 18.3 * u.detach(),
+            model_time_fn=lambda u: u,
+        )
         vdm_weight(broken, torch.tensor([0.5]))
 
 

@@ -8,7 +8,17 @@ import pytest
 import torch
 
 from diffeval import schedules
-from diffeval.checks import CheckResult, check_snr_endpoints, check_terminal_eps_variance, check_xt_batch, check_xt_normality, loss_profile, preprocessing, saturation_by_guidance, worst
+from diffeval.checks import (
+    CheckResult,
+    check_snr_endpoints,
+    check_terminal_eps_variance,
+    check_xt_batch,
+    check_xt_normality,
+    loss_profile,
+    preprocessing,
+    saturation_by_guidance,
+    worst,
+)
 from diffeval.checks.xt_normality import forward_samples
 from diffeval.cli import main
 from diffeval.demo.bundle import demo_sampler, load_denoiser
@@ -24,7 +34,13 @@ def _by_name(results):
 # -- SNR endpoints -----------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "name, bits, status",
-    [("linear", 2.911e-5, "pass"), ("cosine", 1.75e-9, "pass"), ("edm", 1.127e-4, "pass"), ("scaled_linear", 3.369e-3, "warn"), ("vdm", 4.844e-3, "warn")],
+    [
+        ("linear", 2.911e-5, "pass"),
+        ("cosine", 1.75e-9, "pass"),
+        ("edm", 1.127e-4, "pass"),
+        ("scaled_linear", 3.369e-3, "warn"),
+        ("vdm", 4.844e-3, "warn"),
+    ],
 )
 def test_terminal_verdicts_match_theory(name, bits, status):
     r = _by_name(check_snr_endpoints(schedules.get(name)))
@@ -38,7 +54,12 @@ def test_b2_thresholds_are_the_stated_log_snr():
     def verdict(lam_T):  # noqa: N803
         return _by_name(check_snr_endpoints(schedules.from_log_snr([5.0, lam_T])))["terminal_snr"].status
 
-    assert (verdict(-6.58043), verdict(-6.58042), verdict(-4.27160), verdict(-4.27159)) == ("pass", "warn", "warn", "fail")
+    assert (verdict(-6.58043), verdict(-6.58042), verdict(-4.27160), verdict(-4.27159)) == (
+        "pass",
+        "warn",
+        "warn",
+        "fail",
+    )
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine", "scaled_linear"])
@@ -47,7 +68,10 @@ def test_zero_terminal_snr_needs_v_prediction(name):
     eps = _by_name(check_snr_endpoints(z, prediction="eps"))
     v = _by_name(check_snr_endpoints(z, prediction="v"))
     assert eps["terminal_snr"].status == "pass" and v["terminal_snr"].status == "pass"
-    assert eps["zero_terminal_snr_prediction"].status == "fail" and "v-prediction" in eps["zero_terminal_snr_prediction"].message
+    assert (
+        eps["zero_terminal_snr_prediction"].status == "fail"
+        and "v-prediction" in eps["zero_terminal_snr_prediction"].message
+    )
     assert v["zero_terminal_snr_prediction"].status == "pass"
     assert _by_name(check_snr_endpoints(z))["zero_terminal_snr_prediction"].status == "warn"
 
@@ -64,7 +88,10 @@ def test_sampler_spacing():
     leading = _by_name(check_snr_endpoints(lin, steps=50, spacing="leading"))["sampler_spacing"]
     assert leading.status == "warn" and leading.value == 981 and "trailing" in leading.message
     z = schedules.rescale_zero_terminal_snr(schedules.scaled_linear())
-    assert _by_name(check_snr_endpoints(z, prediction="v", steps=50, spacing="leading"))["sampler_spacing"].status == "fail"
+    assert (
+        _by_name(check_snr_endpoints(z, prediction="v", steps=50, spacing="leading"))["sampler_spacing"].status
+        == "fail"
+    )
     with pytest.raises(InputError, match="both steps and spacing"):
         check_snr_endpoints(lin, steps=50)
 
@@ -74,7 +101,9 @@ def test_raw_inputs_and_b1():
     from_array = _by_name(check_snr_endpoints(sd.alpha_bar.numpy()))
     assert from_array["terminal_snr"].status == "warn"
     cfg = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000}
-    assert _by_name(check_snr_endpoints(cfg))["terminal_snr"].value == pytest.approx(from_array["terminal_snr"].value, rel=1e-9)
+    assert _by_name(check_snr_endpoints(cfg))["terminal_snr"].value == pytest.approx(
+        from_array["terminal_snr"].value, rel=1e-9
+    )
     non_monotone = np.array([0.9, 0.8, 0.85, 0.1])
     r = check_snr_endpoints(non_monotone)
     assert r[0].name == "schedule_validity" and r[0].status == "fail" and "t=2->3" in r[0].message
@@ -200,7 +229,13 @@ def test_loss_profile_beats_trivial_predictors(digits):
 
 
 def test_saturation_grows_with_guidance():
-    results = saturation_by_guidance(lambda w: demo_sampler(steps=20, guidance_scale=w), [1.0, 4.0, 10.0], range(48), (1, 8, 8), cond_fn=lambda s: torch.tensor([x % 10 for x in s]))
+    results = saturation_by_guidance(
+        lambda w: demo_sampler(steps=20, guidance_scale=w),
+        [1.0, 4.0, 10.0],
+        range(48),
+        (1, 8, 8),
+        cond_fn=lambda s: torch.tensor([x % 10 for x in s]),
+    )
     values = [r.value for r in results]
     assert values[0] < values[1] < values[2] and results[0].status == "pass"
     assert results[2].name == "x0_saturation[guidance=10]"
@@ -211,7 +246,22 @@ def test_diagnose_digits_passes_signed_and_fails_raw(tmp_path, capsys):
     assert main(["diagnose", "--schedule", "linear", "--data", "digits", "--out", str(tmp_path / "ok")]) == 0
     for png in ("log_snr.png", "xt_histogram.png", "xt_qq.png"):
         assert (tmp_path / "ok" / png).stat().st_size > 10_000
-    assert main(["diagnose", "--schedule", "linear", "--data", "digits", "--preprocess", "raw", "--out", str(tmp_path / "bad")]) == 1
+    assert (
+        main(
+            [
+                "diagnose",
+                "--schedule",
+                "linear",
+                "--data",
+                "digits",
+                "--preprocess",
+                "raw",
+                "--out",
+                str(tmp_path / "bad"),
+            ]
+        )
+        == 1
+    )
     out = capsys.readouterr().out
     assert "[FAIL] xT_mean" in out and "divide by 127.5" in out
 
@@ -220,8 +270,15 @@ def test_diagnose_schedule_sources_and_bad_files(tmp_path, capsys):
     np.save(tmp_path / "ab.npy", schedules.scaled_linear().alpha_bar.numpy())
     assert main(["diagnose", "--alphas", str(tmp_path / "ab.npy"), "--out", str(tmp_path / "a"), "--json"]) == 0
     assert {r["name"]: r["status"] for r in json.loads(capsys.readouterr().out)}["terminal_snr"] == "warn"
-    (tmp_path / "cfg.json").write_text(json.dumps({"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "rescale_betas_zero_snr": True}))
-    assert main(["diagnose", "--config", str(tmp_path / "cfg.json"), "--prediction", "eps", "--out", str(tmp_path / "c")]) == 1
+    (tmp_path / "cfg.json").write_text(
+        json.dumps(
+            {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "rescale_betas_zero_snr": True}
+        )
+    )
+    assert (
+        main(["diagnose", "--config", str(tmp_path / "cfg.json"), "--prediction", "eps", "--out", str(tmp_path / "c")])
+        == 1
+    )
     np.save(tmp_path / "bad.npy", np.zeros((4, 4)))
     assert main(["diagnose", "--alphas", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "b")]) == 2
     assert "wrong shape" in capsys.readouterr().err
@@ -231,7 +288,10 @@ def test_diagnose_schedule_sources_and_bad_files(tmp_path, capsys):
 
 
 def test_demo_raw_pixels_bug_is_caught(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--n", "40", "--steps", "10", "--no-progress", "--bug", "raw-pixels"]) == 1
+    assert (
+        main(["demo", "--out", str(tmp_path), "--n", "40", "--steps", "10", "--no-progress", "--bug", "raw-pixels"])
+        == 1
+    )
     assert "FAILED checks: x0_range, mid_t_energy" in capsys.readouterr().err
 
 

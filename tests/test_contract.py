@@ -50,7 +50,9 @@ class MeanPixel(Metric):
         if not bool(torch.isfinite(images).all()):
             raise InputError("images contain NaN")
         means = images.flatten(1).mean(1)
-        self.sums += torch.stack([torch.tensor(float(means.numel()), dtype=torch.float64), means.sum(), (means**2).sum()])
+        self.sums += torch.stack(
+            [torch.tensor(float(means.numel()), dtype=torch.float64), means.sum(), (means**2).sum()]
+        )
 
     def merge(self, other):
         self.sums += other.sums
@@ -109,7 +111,9 @@ def test_a_new_metric_flows_from_config_to_gate_with_no_edit_elsewhere(tmp_path,
         assert row["value"] == pytest.approx(expected, abs=1e-12)
         runs[name] = str(outcome.paths["json"])
     assert main(["gate", "--baseline", runs["base"], "--candidate", runs["brighter"]]) == 0
-    assert main(["gate", "--baseline", runs["base"], "--candidate", runs["darker"]]) == 1  # lower is worse for this metric
+    assert (
+        main(["gate", "--baseline", runs["base"], "--candidate", runs["darker"]]) == 1
+    )  # lower is worse for this metric
     table = capsys.readouterr().out
     assert "mean_pixel_test" in table and "REGRESSION" in table
 
@@ -124,7 +128,15 @@ def test_conformance_of_every_registered_metric(name):
     results = check_metric(*_example(METRICS.get(name)))
     failed = [str(r) for r in results if r.status != "pass"]
     assert not failed, failed
-    assert {r.name for r in results} == {"declaration", "streaming_equals_one_shot", "merged_shards_equal_single_pass", "batch_size_independence", "options_round_trip", "float64_state", "non_finite_refused"}
+    assert {r.name for r in results} == {
+        "declaration",
+        "streaming_equals_one_shot",
+        "merged_shards_equal_single_pass",
+        "batch_size_independence",
+        "options_round_trip",
+        "float64_state",
+        "non_finite_refused",
+    }
 
 
 def test_conformance_catches_a_broken_metric():
@@ -152,20 +164,44 @@ class ScheduleLength(Check):
     def run(self, ctx):
         T = ctx.info.schedule.T  # noqa: N806
         ok = T <= self.settings["max_T"]
-        return CheckOutcome([CheckResult(self.name, "pass" if ok else "fail", float(T), f"T <= {self.settings['max_T']}", "fine" if ok else "too long. Fix: shorten it")])
+        return CheckOutcome(
+            [
+                CheckResult(
+                    self.name,
+                    "pass" if ok else "fail",
+                    float(T),
+                    f"T <= {self.settings['max_T']}",
+                    "fine" if ok else "too long. Fix: shorten it",
+                )
+            ]
+        )
 
 
 def test_a_new_check_flows_from_config_to_report_and_skips_without_its_needs(tmp_path):
     register_check(ScheduleLength)
     try:
-        demo = parse_config({"run": {"n": 4, "batch_size": 4}, "sampler": {"factory": "demo", "kwargs": {"steps": 2}}, "checks": {"schedule_length_test": {"max_T": 10}}})
+        demo = parse_config(
+            {
+                "run": {"n": 4, "batch_size": 4},
+                "sampler": {"factory": "demo", "kwargs": {"steps": 2}},
+                "checks": {"schedule_length_test": {"max_T": 10}},
+            }
+        )
         row = next(r for r in run_config(demo, tmp_path / "a").report.rows if r["name"] == "schedule_length_test")
         assert row["status"] == "fail" and row["value"] == 1000
-        bare = parse_config({"run": {"n": 4, "batch_size": 4}, "sampler": {"factory": "run_helpers:noise_sampler"}, "checks": {"schedule_length_test": True}})
+        bare = parse_config(
+            {
+                "run": {"n": 4, "batch_size": 4},
+                "sampler": {"factory": "run_helpers:noise_sampler"},
+                "checks": {"schedule_length_test": True},
+            }
+        )
         row = next(r for r in run_config(bare, tmp_path / "b").report.rows if r["name"] == "schedule_length_test")
         assert row["status"] == "skip" and "exposes no schedule" in json.loads(row["details"])["message"]
         with pytest.raises(ConfigError, match="'max_t': did you mean 'max_T'"):
-            parse_config({"run": {"n": 4}, "sampler": {"factory": "demo"}, "checks": {"schedule_length_test": {"max_t": 3}}})
+            parse_config(
+                {"run": {"n": 4}, "sampler": {"factory": "demo"}, "checks": {"schedule_length_test": {"max_t": 3}}}
+            )
     finally:
         CHECKS.unregister(ScheduleLength.name)
 
@@ -210,7 +246,9 @@ def test_two_fids_with_different_extractors_give_two_rows_and_the_gate_compares_
     try:
         paths = {}
         for steps in (8, 2):
-            outcome = run_config(load_config(_write(tmp_path, f"s{steps}.toml", TWO_FIDS.format(steps=steps))), tmp_path / f"s{steps}")
+            outcome = run_config(
+                load_config(_write(tmp_path, f"s{steps}.toml", TWO_FIDS.format(steps=steps))), tmp_path / f"s{steps}"
+            )
             fids = [r for r in outcome.report.rows if r["name"] == "fid"]
             assert sorted(r["label"] for r in fids) == ["fid@demo-digits:features", "fid@pixels-test:pixels"]
             assert len({r["value"] for r in fids}) == 2
@@ -223,7 +261,9 @@ def test_two_fids_with_different_extractors_give_two_rows_and_the_gate_compares_
         assert main(["gate", "--baseline", paths[8], "--candidate", paths[2], "--rules", str(rules)]) == 1
         out = capsys.readouterr().out
         assert out.count("REGRESSION") == 2
-        label_rule = _write(tmp_path, "l.toml", '[relative]\n"fid@pixels-test:pixels" = "+1000%"\n')  # a label applies to its row only
+        label_rule = _write(
+            tmp_path, "l.toml", '[relative]\n"fid@pixels-test:pixels" = "+1000%"\n'
+        )  # a label applies to its row only
         assert main(["gate", "--baseline", paths[8], "--candidate", paths[2], "--rules", str(label_rule)]) == 0
         assert "fid@demo-digits:features" not in capsys.readouterr().out
         dup = TWO_FIDS.format(steps=2).replace('extractor = "pixels-test"', 'extractor = "demo-digits"')
@@ -235,14 +275,28 @@ def test_two_fids_with_different_extractors_give_two_rows_and_the_gate_compares_
 
 # -- config options come from the metric's declaration --------------------------------------------
 def test_config_accepts_exactly_what_the_metric_accepts():
-    cfg = parse_config({"run": {"n": 4}, "sampler": {"factory": "demo"}, "metrics": [{"name": "bpd", "data": "digits:test", "clip_x0": False}]})
+    cfg = parse_config(
+        {
+            "run": {"n": 4},
+            "sampler": {"factory": "demo"},
+            "metrics": [{"name": "bpd", "data": "digits:test", "clip_x0": False}],
+        }
+    )
     assert cfg.metrics[0].options["clip_x0"] is False  # refused by the old hand-kept table
     with pytest.raises(ConfigError, match="'subset_sise': did you mean 'subset_size'"):
-        parse_config({"run": {"n": 4}, "sampler": {"factory": "demo"}, "metrics": [{"name": "kid", "reference": "x", "subset_sise": 10}]})
+        parse_config(
+            {
+                "run": {"n": 4},
+                "sampler": {"factory": "demo"},
+                "metrics": [{"name": "kid", "reference": "x", "subset_sise": 10}],
+            }
+        )
     with pytest.raises(ConfigError, match="unknown metric 'fidd'.*did you mean 'fid'"):
         parse_config({"run": {"n": 4}, "sampler": {"factory": "demo"}, "metrics": [{"name": "fidd"}]})
     with pytest.raises(ConfigError, match="wrong type"):
-        parse_config({"run": {"n": 4}, "sampler": {"factory": "demo"}, "metrics": [{"name": "inception_score", "splits": "ten"}]})
+        parse_config(
+            {"run": {"n": 4}, "sampler": {"factory": "demo"}, "metrics": [{"name": "inception_score", "splits": "ten"}]}
+        )
     with pytest.raises(ConfigError, match="needs option 'reference'"):
         parse_config({"run": {"n": 4}, "sampler": {"factory": "demo"}, "metrics": [{"name": "fid"}]})
 
@@ -263,7 +317,9 @@ def test_bad_statistics_are_clear_errors(tmp_path):
     with pytest.raises(InputError, match="not symmetric"):
         frechet_distance(torch.zeros(4), skew, torch.zeros(4), eye)  # was 0.0
     with pytest.raises(InputError, match="not positive semi-definite.*smallest eigenvalue -1"):
-        frechet_distance(torch.zeros(3), torch.diag(torch.tensor([1.0, -1.0, 1.0])), torch.zeros(3), torch.eye(3))  # was 0.0
+        frechet_distance(
+            torch.zeros(3), torch.diag(torch.tensor([1.0, -1.0, 1.0])), torch.zeros(3), torch.eye(3)
+        )  # was 0.0
     with pytest.raises(InputError, match="mu contains NaN"):
         frechet_distance(torch.tensor([0.0, float("nan")]), torch.eye(2), torch.zeros(2), torch.eye(2))
     np.savez(tmp_path / "bad.npz", mu=np.zeros(3), sigma=np.diag([1.0, -1.0, 1.0]), n=10)
@@ -303,7 +359,13 @@ def test_inception_score_shuffle_option_reproduces_both_conventions():
     unshuffled = InceptionScore("x", "f", splits=4, shuffle=False)
     unshuffled.update(Batch(features={"x": {"f": logits}}))
     assert unshuffled.compute().value != pytest.approx(inception_score(logits, 4, shuffle=True)[0], rel=1e-6)
-    cfg = parse_config({"run": {"n": 4}, "sampler": {"factory": "demo"}, "metrics": [{"name": "inception_score", "extractor": "demo-digits", "shuffle": False}]})
+    cfg = parse_config(
+        {
+            "run": {"n": 4},
+            "sampler": {"factory": "demo"},
+            "metrics": [{"name": "inception_score", "extractor": "demo-digits", "shuffle": False}],
+        }
+    )
     assert cfg.metrics[0].options["shuffle"] is False
 
 
@@ -336,8 +398,16 @@ def test_the_harness_never_mutates_a_sampler():
     assert evaluate(sampler, seeds=range(6), batch_size=4).latency.step_ms_median > 0
     measure_latency(sampler, image_shape=(1, 8, 8), batch_size=2, warmup=0, repeats=1)
     measure_hook_overhead(sampler, image_shape=(1, 8, 8), repeats=1)
-    saturation_by_guidance(lambda w: Frozen(demo_sampler(steps=3, guidance_scale=w)), [2.0], range(4), (1, 8, 8), cond_fn=lambda s: torch.tensor(s) % 10)
-    assert evaluate(lambda noise, cond: noise.clamp(-1, 1), seeds=range(3), image_shape=(1, 2, 2)).n == 3  # a plain function is wrapped
+    saturation_by_guidance(
+        lambda w: Frozen(demo_sampler(steps=3, guidance_scale=w)),
+        [2.0],
+        range(4),
+        (1, 8, 8),
+        cond_fn=lambda s: torch.tensor(s) % 10,
+    )
+    assert (
+        evaluate(lambda noise, cond: noise.clamp(-1, 1), seeds=range(3), image_shape=(1, 2, 2)).n == 3
+    )  # a plain function is wrapped
 
 
 # -- structure: one home each, no cycles, the demo is a plugin -------------------------------------
@@ -354,7 +424,10 @@ def _imports(path: Path) -> set[str]:
             if node.level:
                 base = ".".join(here.split(".")[: -node.level] + [node.module])
             names |= {f"{base}.{a.name}" for a in node.names} | {base}
-    modules = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__") for p in PACKAGE.rglob("*.py")}
+    modules = {
+        ".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        for p in PACKAGE.rglob("*.py")
+    }
     found = set()
     for name in names:
         while name and name not in modules:
@@ -394,7 +467,11 @@ def test_the_import_graph_is_acyclic():
 
 
 def test_only_the_demo_imports_the_demo():
-    offenders = sorted(mod for mod, deps in _graph().items() if not mod.startswith("diffeval.demo") and any(d.startswith("diffeval.demo") for d in deps))
+    offenders = sorted(
+        mod
+        for mod, deps in _graph().items()
+        if not mod.startswith("diffeval.demo") and any(d.startswith("diffeval.demo") for d in deps)
+    )
     assert not offenders, offenders
 
 
@@ -408,7 +485,12 @@ def test_one_home_for_the_8bit_grid_and_the_seeded_noise():
                 homes.setdefault("127.5", set()).add(path.name)
             if isinstance(node, ast.ClassDef) and node.name in ("SeedRNG", "Denoiser", "Registry"):
                 homes.setdefault(node.name, set()).add(path.name)
-    assert homes == {"127.5": {"quantize.py"}, "SeedRNG": {"seeds.py"}, "Denoiser": {"denoiser.py"}, "Registry": {"registry.py"}}
+    assert homes == {
+        "127.5": {"quantize.py"},
+        "SeedRNG": {"seeds.py"},
+        "Denoiser": {"denoiser.py"},
+        "Registry": {"registry.py"},
+    }
 
 
 def test_the_readme_layout_table_matches_the_tree():
@@ -419,8 +501,12 @@ def test_the_readme_layout_table_matches_the_tree():
         listed |= {p.strip() for p in cell.replace("`", "").split(",")}
     for entry in listed:
         assert (PACKAGE.parent / entry).exists(), f"README layout lists {entry}, which does not exist"
-    modules = {str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
-    folders = {str(p.relative_to(PACKAGE.parent)) + "/" for p in PACKAGE.iterdir() if p.is_dir() and not p.name.startswith("_")}
+    modules = {
+        str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py")
+    }
+    folders = {
+        str(p.relative_to(PACKAGE.parent)) + "/" for p in PACKAGE.iterdir() if p.is_dir() and not p.name.startswith("_")
+    }
     missing = sorted((modules | folders) - listed)
     assert not missing, f"not in the README layout table: {missing}"
 
@@ -430,7 +516,10 @@ def test_one_exit_code_mapping(tmp_path, capsys, monkeypatch):
     from diffeval import cli
 
     np.savez(tmp_path / "stats.npz", mu=np.zeros(4), sigma=np.eye(4), n=10)
-    assert main(["diagnose", "--schedule", "linear", "--data", str(tmp_path / "stats.npz"), "--out", str(tmp_path / "d")]) == 2  # was a TypeError, exit 1
+    assert (
+        main(["diagnose", "--schedule", "linear", "--data", str(tmp_path / "stats.npz"), "--out", str(tmp_path / "d")])
+        == 2
+    )  # was a TypeError, exit 1
     assert "holds statistics, not images" in capsys.readouterr().err
 
     def boom(args):
@@ -450,7 +539,18 @@ def test_one_exit_code_mapping(tmp_path, capsys, monkeypatch):
 
 def test_diagnose_is_a_checks_only_run_through_the_same_report(tmp_path, capsys):
     cfg_json = tmp_path / "scheduler_config.json"
-    cfg_json.write_text(json.dumps({"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000, "timestep_spacing": "leading", "prediction_type": "epsilon"}))
+    cfg_json.write_text(
+        json.dumps(
+            {
+                "beta_schedule": "scaled_linear",
+                "beta_start": 0.00085,
+                "beta_end": 0.012,
+                "num_train_timesteps": 1000,
+                "timestep_spacing": "leading",
+                "prediction_type": "epsilon",
+            }
+        )
+    )
     assert main(["diagnose", "--config", str(cfg_json), "--steps", "50", "--out", str(tmp_path / "o")]) == 0
     report = Report.load(tmp_path / "o" / "report.json")
     rows = {r["name"]: r for r in report.rows}

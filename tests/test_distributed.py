@@ -11,7 +11,11 @@ from diffeval.evaluate import evaluate
 
 
 def test_shard_blocks():
-    assert shard(range(10), 0, 3) == [0, 1, 2, 3] and shard(range(10), 1, 3) == [4, 5, 6] and shard(range(10), 2, 3) == [7, 8, 9]
+    assert (
+        shard(range(10), 0, 3) == [0, 1, 2, 3]
+        and shard(range(10), 1, 3) == [4, 5, 6]
+        and shard(range(10), 2, 3) == [7, 8, 9]
+    )
     assert sum((shard(range(7), r, 4) for r in range(4)), []) == list(range(7))
 
 
@@ -27,7 +31,14 @@ def test_two_gloo_ranks_equal_single_process(tmp_path):
     got = _spawn(tmp_path, "ok")
     assert "crash" not in got, got.get("crash")
     extractor, metrics = metrics_for_demo()
-    single = evaluate(demo_sampler(steps=4, eta=1.0), seeds=range(32), image_shape=(1, 8, 8), extractors=[extractor], metrics=metrics, batch_size=8)
+    single = evaluate(
+        demo_sampler(steps=4, eta=1.0),
+        seeds=range(32),
+        image_shape=(1, 8, 8),
+        extractors=[extractor],
+        metrics=metrics,
+        batch_size=8,
+    )
     assert got["n"] == 32 and got["nfe"] == 4
     assert got["metrics"]["fid"]["value"] == pytest.approx(single["fid"].value, rel=1e-9)
     assert got["metrics"]["inception_score"]["value"] == pytest.approx(single["inception_score"].value, rel=1e-12)
@@ -36,4 +47,8 @@ def test_two_gloo_ranks_equal_single_process(tmp_path):
 
 def test_a_failing_rank_is_named(tmp_path):
     got = _spawn(tmp_path, "fail")  # every rank raises RankFailed (the worker records rank 0's message)
-    assert "rank 1 failed" in got["error"] and "simulated CUDA error" in got["error"] and "no report was written as complete" in got["error"]
+    assert (
+        "rank 1 failed" in got["error"]
+        and "simulated CUDA error" in got["error"]
+        and "no report was written as complete" in got["error"]
+    )

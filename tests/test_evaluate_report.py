@@ -39,7 +39,14 @@ def test_fid_is_batch_size_independent():
     values = []
     for batch_size in (1, 5, 32):
         metric = FID(_reference(), "pixels", "features")
-        result = evaluate(sampler, seeds=range(32), image_shape=(1, 4, 4), extractors=[PixelFeatures()], metrics=[metric], batch_size=batch_size)
+        result = evaluate(
+            sampler,
+            seeds=range(32),
+            image_shape=(1, 4, 4),
+            extractors=[PixelFeatures()],
+            metrics=[metric],
+            batch_size=batch_size,
+        )
         values.append(result["fid"].value)
         assert result.latency.nfe == 8 and result.latency.batches == math.ceil(32 / batch_size)
     assert values[0] == pytest.approx(values[1], rel=1e-9) and values[0] == pytest.approx(values[2], rel=1e-9)

@@ -111,16 +111,49 @@ def test_fid_subsamples_a_larger_reference_to_match(digit_sets):
 
 def test_fid_refuses_unmatched_statistics_and_too_few_images(digit_sets, tmp_path, capsys):
     gen, ref = digit_sets
-    assert main(["ref", str(ref), "--out", str(tmp_path / "ref_stats.npz"), "--features", "demo-digits", "--no-progress", "--json"]) == 0
+    assert (
+        main(
+            [
+                "ref",
+                str(ref),
+                "--out",
+                str(tmp_path / "ref_stats.npz"),
+                "--features",
+                "demo-digits",
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )
     stats = FeatureMoments.load(tmp_path / "ref_stats.npz")
     assert stats.n == 360 and stats.meta["extractor"] == "demo-digits" and stats.meta["layer"] == "features"
     capsys.readouterr()
     assert main(["fid", str(gen), str(tmp_path / "ref_stats.npz"), "--features", "demo-digits", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "d(d+5)/(2N)" in err and "--allow-unmatched" in err
-    assert main(["fid", str(gen), str(tmp_path / "ref_stats.npz"), "--features", "demo-digits", "--no-progress", "--allow-unmatched", "--json"]) == 0
+    assert (
+        main(
+            [
+                "fid",
+                str(gen),
+                str(tmp_path / "ref_stats.npz"),
+                "--features",
+                "demo-digits",
+                "--no-progress",
+                "--allow-unmatched",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
-    assert out["matched"] is False and out["n_gen"] == 100 and out["n_ref"] == 360 and out["features"] == "demo-digits:features"
+    assert (
+        out["matched"] is False
+        and out["n_gen"] == 100
+        and out["n_ref"] == 360
+        and out["features"] == "demo-digits:features"
+    )
     # statistics of another extractor are refused
     assert main(["fid", str(tmp_path / "ref_stats.npz"), str(tmp_path / "ref_stats.npz"), "--no-progress"]) == 2
     assert "another feature extractor" in capsys.readouterr().err
@@ -137,8 +170,12 @@ def test_fid_of_a_set_with_itself_is_zero_and_stats_equal_images(digit_sets, tmp
     assert main(["ref", str(gen), "--out", str(tmp_path / "g.npz"), "--features", "demo-digits", "--no-progress"]) == 0
     capsys.readouterr()
     images = fid_between(str(gen), str(ref), features="demo-digits", n=80)
-    main(["ref", str(gen), "--out", str(tmp_path / "g40.npz"), "--features", "demo-digits", "--n", "80", "--no-progress"])
-    main(["ref", str(ref), "--out", str(tmp_path / "r40.npz"), "--features", "demo-digits", "--n", "80", "--no-progress"])
+    main(
+        ["ref", str(gen), "--out", str(tmp_path / "g40.npz"), "--features", "demo-digits", "--n", "80", "--no-progress"]
+    )
+    main(
+        ["ref", str(ref), "--out", str(tmp_path / "r40.npz"), "--features", "demo-digits", "--n", "80", "--no-progress"]
+    )
     capsys.readouterr()
     stats = fid_between(str(tmp_path / "g40.npz"), str(tmp_path / "r40.npz"), features="demo-digits")
     assert stats["fid"] == pytest.approx(images["fid"], rel=1e-9)
@@ -157,12 +194,29 @@ def test_inception_cli_with_explicit_random_weights(tmp_path, capsys):
     g = np.random.RandomState(0)
     np.savez(tmp_path / "a.npz", arr_0=g.randint(0, 256, (12, 16, 16, 3)).astype(np.uint8))
     np.savez(tmp_path / "b.npz", arr_0=g.randint(0, 128, (12, 16, 16, 3)).astype(np.uint8))
-    assert main(["fid", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--weights", str(weights), "--json", "--no-progress", "--batch-size", "6"]) == 0
+    assert (
+        main(
+            [
+                "fid",
+                str(tmp_path / "a.npz"),
+                str(tmp_path / "b.npz"),
+                "--weights",
+                str(weights),
+                "--json",
+                "--no-progress",
+                "--batch-size",
+                "6",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["fid"] > 0 and out["n_gen"] == 12
     from diffeval.weights import sha256_file
 
-    assert out["features"] == f"inception-v3[sha256:{sha256_file(weights)[:12]}]:2048"  # the weight file is named in the output
+    assert (
+        out["features"] == f"inception-v3[sha256:{sha256_file(weights)[:12]}]:2048"
+    )  # the weight file is named in the output
 
 
 # -- CLIP ---------------------------------------------------------------------------------------
@@ -194,15 +248,34 @@ def test_clip_score_command_matches_manual_computation(tmp_path, tiny_clip, caps
     folder = _write_folder(tmp_path / "imgs", images)
     prompts = ["a red cube", "a dog", "two cats", "a tree", "the sea", "a digit seven"]
     (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
-    assert main(["clip-score", str(folder), str(tmp_path / "prompts.txt"), "--model", "diffeval-tiny-clip", "--pretrained", str(tiny_clip), "--json", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "clip-score",
+                str(folder),
+                str(tmp_path / "prompts.txt"),
+                "--model",
+                "diffeval-tiny-clip",
+                "--pretrained",
+                str(tiny_clip),
+                "--json",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     # manual: open_clip's own preprocessing on PIL images, then cosine
     model, _, preprocess = open_clip.create_model_and_transforms("diffeval-tiny-clip", pretrained=str(tiny_clip))
     tok = open_clip.get_tokenizer("diffeval-tiny-clip")
     with torch.no_grad():
         img = torch.stack([preprocess(Image.open(folder / f"{i:04d}.png")) for i in range(6)])
-        cos = torch.nn.functional.cosine_similarity(model.encode_image(img).double(), model.encode_text(tok(prompts)).double())
-    assert out["clip_score"] == pytest.approx(max(float(100 * cos.mean()), 0.0), abs=0.5)  # tensor vs PIL bicubic resize
+        cos = torch.nn.functional.cosine_similarity(
+            model.encode_image(img).double(), model.encode_text(tok(prompts)).double()
+        )
+    assert out["clip_score"] == pytest.approx(
+        max(float(100 * cos.mean()), 0.0), abs=0.5
+    )  # tensor vs PIL bicubic resize
     assert out["clip_score_hessel"] == pytest.approx(float((2.5 * cos.clamp_min(0)).mean()), abs=0.02)
     assert out["n_gen"] == 6
 
@@ -210,7 +283,21 @@ def test_clip_score_command_matches_manual_computation(tmp_path, tiny_clip, caps
 def test_clip_prompt_count_mismatch(tmp_path, tiny_clip, capsys):
     folder = _write_folder(tmp_path / "imgs", np.zeros((3, 3, 8, 8), dtype=np.uint8))
     (tmp_path / "p.txt").write_text("one\ntwo\n")
-    assert main(["clip-score", str(folder), str(tmp_path / "p.txt"), "--model", "diffeval-tiny-clip", "--pretrained", str(tiny_clip), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "clip-score",
+                str(folder),
+                str(tmp_path / "p.txt"),
+                "--model",
+                "diffeval-tiny-clip",
+                "--pretrained",
+                str(tiny_clip),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "prompt count differs" in capsys.readouterr().err
 
 

@@ -10,7 +10,17 @@ from inception_fixture import save_random_inception
 from diffeval.errors import InputError
 from diffeval.evaluate import measure
 from diffeval.features import InceptionV3Extractor
-from diffeval.metrics import FID, KID, Batch, InceptionScore, clip_score_hessel, clip_score_torchmetrics, frechet_distance, inception_score, mmd2_unbiased
+from diffeval.metrics import (
+    FID,
+    KID,
+    Batch,
+    InceptionScore,
+    clip_score_hessel,
+    clip_score_torchmetrics,
+    frechet_distance,
+    inception_score,
+    mmd2_unbiased,
+)
 from diffeval.references import build_reference
 from diffeval.sources import TensorSource
 
@@ -38,11 +48,19 @@ def test_clip_score_conventions():
 
 def test_kid_of_identical_sets_is_near_zero_and_mmd_is_symmetric():
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(40, 8, generator=g, dtype=torch.float64), torch.randn(40, 8, generator=g, dtype=torch.float64) + 1
+    x, y = (
+        torch.randn(40, 8, generator=g, dtype=torch.float64),
+        torch.randn(40, 8, generator=g, dtype=torch.float64) + 1,
+    )
     assert mmd2_unbiased(x, y) == pytest.approx(mmd2_unbiased(y, x), rel=1e-12)
     assert mmd2_unbiased(x, y) > 0.5
     # the unbiased estimator of MMD^2(P, P) has mean 0: average over many independent pairs
-    vals = [mmd2_unbiased(torch.randn(30, 8, generator=g, dtype=torch.float64), torch.randn(30, 8, generator=g, dtype=torch.float64)) for _ in range(200)]
+    vals = [
+        mmd2_unbiased(
+            torch.randn(30, 8, generator=g, dtype=torch.float64), torch.randn(30, 8, generator=g, dtype=torch.float64)
+        )
+        for _ in range(200)
+    ]
     assert abs(np.mean(vals)) < 4 * np.std(vals) / math.sqrt(len(vals))
 
 
@@ -76,7 +94,11 @@ def _batch(features, layer="f", seeds=None):
 
 def test_is_and_kid_streaming_equal_one_shot_and_merge():
     g = torch.Generator().manual_seed(2)
-    logits, feats, ref = torch.randn(60, 5, generator=g), torch.randn(60, 6, generator=g), torch.randn(50, 6, generator=g)
+    logits, feats, ref = (
+        torch.randn(60, 5, generator=g),
+        torch.randn(60, 6, generator=g),
+        torch.randn(50, 6, generator=g),
+    )
     one_is, one_kid = InceptionScore("x", "f", splits=3), KID(ref, "x", "f", subsets=20, subset_size=25)
     one_is.update(_batch(logits))
     one_kid.update(_batch(feats))
@@ -123,13 +145,29 @@ def test_parity_with_torch_fidelity(inception_file, image_sets):
 
     gen, ref = image_sets
     theirs = torch_fidelity.calculate_metrics(
-        input1=_UInt8Dataset(gen), input2=_UInt8Dataset(ref), cuda=False, fid=True, isc=True, kid=True,
-        feature_extractor_weights_path=str(inception_file), kid_subset_size=20, kid_subsets=50, verbose=False, cache=False, batch_size=16,
+        input1=_UInt8Dataset(gen),
+        input2=_UInt8Dataset(ref),
+        cuda=False,
+        fid=True,
+        isc=True,
+        kid=True,
+        feature_extractor_weights_path=str(inception_file),
+        kid_subset_size=20,
+        kid_subsets=50,
+        verbose=False,
+        cache=False,
+        batch_size=16,
     )
     extractor = InceptionV3Extractor(weights=str(inception_file), batch_size=16)
     assert extractor.key.startswith("inception-v3[sha256:")  # a user weight file is named by its hash in every row
-    reference = build_reference(TensorSource(ref), extractor, moment_layers=["2048"], feature_layers=["2048"], batch_size=16)
-    metrics = [FID(reference.moments["2048"], extractor.key, "2048"), InceptionScore(extractor.key, "logits_unbiased"), KID(reference.features["2048"], extractor.key, "2048", subsets=50, subset_size=20)]
+    reference = build_reference(
+        TensorSource(ref), extractor, moment_layers=["2048"], feature_layers=["2048"], batch_size=16
+    )
+    metrics = [
+        FID(reference.moments["2048"], extractor.key, "2048"),
+        InceptionScore(extractor.key, "logits_unbiased"),
+        KID(reference.features["2048"], extractor.key, "2048", subsets=50, subset_size=20),
+    ]
     out = measure(TensorSource(gen), extractors=[extractor], metrics=metrics, batch_size=16)
     ours = {m.name: out[m.label] for m in metrics}
     fid_theirs, fid_ours = theirs["frechet_inception_distance"], ours["fid"].value
@@ -138,15 +176,30 @@ def test_parity_with_torch_fidelity(inception_file, image_sets):
     assert abs(ours["inception_score"].value - theirs["inception_score_mean"]) / theirs["inception_score_mean"] <= 1e-3
     # torch-fidelity evaluates the KID kernel in float32 (numpy on float32 features); diffeval in float64.
     # End to end the two agree to float32 precision; on the same float64 features, to 1e-6 (the acceptance bar).
-    assert abs(ours["kid"].value - theirs["kernel_inception_distance_mean"]) / abs(theirs["kernel_inception_distance_mean"]) <= 1e-5, (ours["kid"], theirs)
+    assert (
+        abs(ours["kid"].value - theirs["kernel_inception_distance_mean"])
+        / abs(theirs["kernel_inception_distance_mean"])
+        <= 1e-5
+    ), (ours["kid"], theirs)
     from torch_fidelity.metric_kid import kid_features_to_metric
 
     gen_features = extractor(gen)["2048"].double()
-    theirs64 = kid_features_to_metric(gen_features, reference.features["2048"].double(), kid_subsets=50, kid_subset_size=20, verbose=False)
-    assert abs(ours["kid"].value - theirs64["kernel_inception_distance_mean"]) / abs(theirs64["kernel_inception_distance_mean"]) <= 1e-6
+    theirs64 = kid_features_to_metric(
+        gen_features, reference.features["2048"].double(), kid_subsets=50, kid_subset_size=20, verbose=False
+    )
+    assert (
+        abs(ours["kid"].value - theirs64["kernel_inception_distance_mean"])
+        / abs(theirs64["kernel_inception_distance_mean"])
+        <= 1e-6
+    )
     assert ours["kid"].stderr == pytest.approx(theirs64["kernel_inception_distance_std"], rel=1e-6)
     # batch-size independence of the features (and so of every metric)
-    again = measure(TensorSource(gen), extractors=[InceptionV3Extractor(weights=str(inception_file), batch_size=7)], metrics=[FID(reference.moments["2048"], extractor.key, "2048")], batch_size=5)
+    again = measure(
+        TensorSource(gen),
+        extractors=[InceptionV3Extractor(weights=str(inception_file), batch_size=7)],
+        metrics=[FID(reference.moments["2048"], extractor.key, "2048")],
+        batch_size=5,
+    )
     assert next(iter(again.values())).value == pytest.approx(fid_ours, rel=1e-6)
 
 
@@ -190,3 +243,21 @@ def test_cuda_oom_in_feature_extraction_retries_with_smaller_batches(capsys):
     torch.testing.assert_close(out["f"], images.flatten(1).float())
     err = capsys.readouterr().err
     assert "out of memory extracting flaky features for 10 images; retrying in batches of 5" in err
+
+
+def test_reference_building_goes_through_the_oom_retry(capsys):
+    from diffeval.sources import TensorSource
+
+    class Flaky:
+        name = key = "flaky"
+        layers = {"f": 4}
+
+        def __call__(self, images):
+            if images.shape[0] > 3:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return {"f": images.flatten(1).double()}
+
+    images = torch.randint(0, 256, (10, 1, 2, 2), dtype=torch.uint8)
+    ref = build_reference(TensorSource(images), Flaky(), moment_layers=["f"], feature_layers=["f"], batch_size=10)
+    torch.testing.assert_close(ref.features["f"], images.flatten(1).double())
+    assert ref.moments["f"].n == 10 and "retrying in batches of 5" in capsys.readouterr().err

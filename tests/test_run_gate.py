@@ -40,7 +40,9 @@ reference = "digits:test"
 
 # -- configs ---------------------------------------------------------------------------------
 def test_unknown_keys_are_errors_listing_the_valid_ones(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) 'sead' in \[run\].*batch_size, device, image_shape, n, name, seed"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key\(s\) 'sead' in \[run\].*batch_size, device, image_shape, n, name, seed"
+    ):
         parse_config({"run": {"n": 4, "sead": 1}, "sampler": {"factory": "demo"}})
     with pytest.raises(ConfigError, match="unknown metric 'fidd'"):
         parse_config({"run": {"n": 4}, "sampler": {"factory": "demo"}, "metrics": [{"name": "fidd"}]})
@@ -54,14 +56,22 @@ def test_missing_import_path_and_raising_factory(tmp_path, capsys):
     cfg = _write(tmp_path, "a.toml", SMALL.replace('factory = "demo"', 'factory = "no_such_pkg.models:make"'))
     assert main(["run", str(cfg), "--out", str(tmp_path / "a"), "--no-progress"]) == 2
     assert "cannot import 'no_such_pkg.models'" in capsys.readouterr().err
-    cfg = _write(tmp_path, "b.toml", SMALL.replace('factory = "demo"', 'factory = "run_helpers:raising_factory"').replace("[sampler.kwargs]\nsteps = 5\n", ""))
+    cfg = _write(
+        tmp_path,
+        "b.toml",
+        SMALL.replace('factory = "demo"', 'factory = "run_helpers:raising_factory"').replace(
+            "[sampler.kwargs]\nsteps = 5\n", ""
+        ),
+    )
     assert main(["run", str(cfg), "--out", str(tmp_path / "b"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "raised" in err and "checkpoint not found" in err
 
 
 def test_sampler_dying_midway_keeps_the_rows_and_says_where(tmp_path, capsys):
-    text = SMALL.replace('factory = "demo"', 'factory = "run_helpers:dying_sampler"').replace("steps = 5", "die_at_call = 2")
+    text = SMALL.replace('factory = "demo"', 'factory = "run_helpers:dying_sampler"').replace(
+        "steps = 5", "die_at_call = 2"
+    )
     cfg = _write(tmp_path, "c.toml", text)
     out = tmp_path / "c"
     assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 2
@@ -152,25 +162,126 @@ def _report(path, fid=12.0, fid_se=None, clip=30.0, n=1000, extractor="inception
 
 def test_gate_pass_absolute_relative_noise(tmp_path, capsys):
     base = _report(tmp_path / "base")
-    rules = _write(tmp_path, "gate.toml", '[absolute]\nfid = "<= 12.5"\n[relative]\nfid = "+2%"\nclip_score = "-1%"\n[checks]\nmust_pass = ["terminal_snr"]\n')
-    assert main(["gate", "--baseline", str(base), "--candidate", str(_report(tmp_path / "ok", fid=12.1)), "--rules", str(rules)]) == 0
-    assert main(["gate", "--baseline", str(base), "--candidate", str(_report(tmp_path / "abs", fid=12.6)), "--rules", str(rules)]) == 1
-    assert main(["gate", "--baseline", str(base), "--candidate", str(_report(tmp_path / "rel", clip=29.0)), "--rules", str(rules)]) == 1
-    assert main(["gate", "--baseline", str(base), "--candidate", str(_report(tmp_path / "chk", check="fail")), "--rules", str(rules)]) == 1
+    rules = _write(
+        tmp_path,
+        "gate.toml",
+        '[absolute]\nfid = "<= 12.5"\n[relative]\nfid = "+2%"\nclip_score = "-1%"\n[checks]\nmust_pass ='
+        ' ["terminal_snr"]\n',
+    )
+    assert (
+        main(
+            [
+                "gate",
+                "--baseline",
+                str(base),
+                "--candidate",
+                str(_report(tmp_path / "ok", fid=12.1)),
+                "--rules",
+                str(rules),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "gate",
+                "--baseline",
+                str(base),
+                "--candidate",
+                str(_report(tmp_path / "abs", fid=12.6)),
+                "--rules",
+                str(rules),
+            ]
+        )
+        == 1
+    )
+    assert (
+        main(
+            [
+                "gate",
+                "--baseline",
+                str(base),
+                "--candidate",
+                str(_report(tmp_path / "rel", clip=29.0)),
+                "--rules",
+                str(rules),
+            ]
+        )
+        == 1
+    )
+    assert (
+        main(
+            [
+                "gate",
+                "--baseline",
+                str(base),
+                "--candidate",
+                str(_report(tmp_path / "chk", check="fail")),
+                "--rules",
+                str(rules),
+            ]
+        )
+        == 1
+    )
     # within seed noise: +3% but both runs carry SE 0.4 -> noise 2 * 0.566 = 1.13 > 0.36 change
     noisy_base = _report(tmp_path / "nb", fid=12.0, fid_se=0.4)
     rel_only = _write(tmp_path, "rel.toml", '[relative]\nfid = "+2%"\n')
-    assert main(["gate", "--baseline", str(noisy_base), "--candidate", str(_report(tmp_path / "nc", fid=12.36, fid_se=0.4)), "--rules", str(rel_only)]) == 0
-    assert main(["gate", "--baseline", str(noisy_base), "--candidate", str(_report(tmp_path / "nd", fid=14.0, fid_se=0.4)), "--rules", str(rel_only)]) == 1
+    assert (
+        main(
+            [
+                "gate",
+                "--baseline",
+                str(noisy_base),
+                "--candidate",
+                str(_report(tmp_path / "nc", fid=12.36, fid_se=0.4)),
+                "--rules",
+                str(rel_only),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "gate",
+                "--baseline",
+                str(noisy_base),
+                "--candidate",
+                str(_report(tmp_path / "nd", fid=14.0, fid_se=0.4)),
+                "--rules",
+                str(rel_only),
+            ]
+        )
+        == 1
+    )
     capsys.readouterr()
 
 
 def test_gate_errors_exit_2(tmp_path, capsys):
     base = _report(tmp_path / "base")
     rules = _write(tmp_path, "gate.toml", '[relative]\nfid = "+2%"\n')
-    assert main(["gate", "--baseline", str(base), "--candidate", str(_report(tmp_path / "n", n=500)), "--rules", str(rules)]) == 2
+    assert (
+        main(
+            ["gate", "--baseline", str(base), "--candidate", str(_report(tmp_path / "n", n=500)), "--rules", str(rules)]
+        )
+        == 2
+    )
     assert "n_gen differs" in capsys.readouterr().err
-    assert main(["gate", "--baseline", str(base), "--candidate", str(_report(tmp_path / "e", extractor="clip:ViT-B-32")), "--rules", str(rules)]) == 2
+    assert (
+        main(
+            [
+                "gate",
+                "--baseline",
+                str(base),
+                "--candidate",
+                str(_report(tmp_path / "e", extractor="clip:ViT-B-32")),
+                "--rules",
+                str(rules),
+            ]
+        )
+        == 2
+    )
     missing = _write(tmp_path, "m.toml", '[relative]\nkid = "+2%"\n')
     assert main(["gate", "--baseline", str(base), "--candidate", str(base), "--rules", str(missing)]) == 2
     assert "missing from the baseline" in capsys.readouterr().err
@@ -184,7 +295,13 @@ def test_gate_errors_exit_2(tmp_path, capsys):
     assert main(["gate", "--baseline", str(base), "--candidate", str(base), "--rules", str(wrong_way)]) == 2
     assert 'write fid = "+2%"' in capsys.readouterr().err
     failed_run = tmp_path / "failed"
-    Report([make_row("fid", "metric", 1.0, n_gen=1000, n_ref=1000, extractor="inception-v3:2048", direction="lower"), make_row("run_error", "check", float("nan"), status="fail", details={"stage": "sampling"})], {}).write(failed_run)
+    Report(
+        [
+            make_row("fid", "metric", 1.0, n_gen=1000, n_ref=1000, extractor="inception-v3:2048", direction="lower"),
+            make_row("run_error", "check", float("nan"), status="fail", details={"stage": "sampling"}),
+        ],
+        {},
+    ).write(failed_run)
     assert main(["gate", "--baseline", str(base), "--candidate", str(failed_run / "report.json")]) == 2
     with pytest.raises(SystemExit) as info:
         main(["gate", "--baseline", str(base), "--candidat", str(base)])
@@ -196,7 +313,20 @@ def test_gate_defaults_junit_and_step_summary(tmp_path, monkeypatch, capsys):
     summary = tmp_path / "summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     junit = tmp_path / "gate.xml"
-    assert main(["gate", "--baseline", str(base), "--candidate", str(_report(tmp_path / "c", fid=12.5)), "--junit", str(junit)]) == 1
+    assert (
+        main(
+            [
+                "gate",
+                "--baseline",
+                str(base),
+                "--candidate",
+                str(_report(tmp_path / "c", fid=12.5)),
+                "--junit",
+                str(junit),
+            ]
+        )
+        == 1
+    )
     xml = junit.read_text()
     assert 'failures="1"' in xml and "<failure" in xml and "fid" in xml
     assert "diffeval gate: REGRESSION" in summary.read_text()
@@ -205,7 +335,10 @@ def test_gate_defaults_junit_and_step_summary(tmp_path, monkeypatch, capsys):
 
 
 def test_gate_compares_quality_but_not_latency_across_world_sizes(tmp_path, capsys):
-    rows = [make_row("fid", "metric", 12.0, n_gen=1000, n_ref=1000, extractor="inception-v3:2048", direction="lower"), make_row("throughput", "latency", 50.0, direction="higher")]
+    rows = [
+        make_row("fid", "metric", 12.0, n_gen=1000, n_ref=1000, extractor="inception-v3:2048", direction="lower"),
+        make_row("throughput", "latency", 50.0, direction="higher"),
+    ]
     Report(rows, {"world_size": 1}).write(tmp_path / "one")
     Report(rows, {"world_size": 2}).write(tmp_path / "two")
     one, two = str(tmp_path / "one" / "report.json"), str(tmp_path / "two" / "report.json")
@@ -227,8 +360,27 @@ def test_gate_fails_closed_on_an_undirected_metric(tmp_path, capsys):
 
 
 def test_reference_statistics_checked_before_sampling(tmp_path, capsys):
-    assert main(["ref", str(_digits_npz(tmp_path)), "--out", str(tmp_path / "ref.npz"), "--features", "demo-digits", "--n", "100", "--no-progress"]) == 0
-    cfg = SMALL.replace('reference = "digits:test"', f'reference = "{tmp_path / "ref.npz"}"').replace('factory = "demo"', 'factory = "run_helpers:dying_sampler"').replace("steps = 5", "die_at_call = 1")
+    assert (
+        main(
+            [
+                "ref",
+                str(_digits_npz(tmp_path)),
+                "--out",
+                str(tmp_path / "ref.npz"),
+                "--features",
+                "demo-digits",
+                "--n",
+                "100",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    cfg = (
+        SMALL.replace('reference = "digits:test"', f'reference = "{tmp_path / "ref.npz"}"')
+        .replace('factory = "demo"', 'factory = "run_helpers:dying_sampler"')
+        .replace("steps = 5", "die_at_call = 1")
+    )
     # the sampler would die at its first call: the n mismatch (40 vs 100) must be reported first
     assert main(["run", str(_write(tmp_path, "r.toml", cfg)), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err

@@ -72,7 +72,10 @@ def test_equivalent_predictions_give_the_same_samples():
         return ab.sqrt() * eps_model(x, t) - (1 - ab).sqrt() * as_x0(x, t)
 
     noise = seeded_noise(range(6), (1, 4, 4), dtype=torch.float64)
-    outs = [GeneralizedSampler(m, sch, prediction=p, steps=25, clip_x0=False)(noise) for m, p in ((eps_model, "eps"), (as_x0, "x0"), (as_v, "v"))]
+    outs = [
+        GeneralizedSampler(m, sch, prediction=p, steps=25, clip_x0=False)(noise)
+        for m, p in ((eps_model, "eps"), (as_x0, "x0"), (as_v, "v"))
+    ]
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-7, atol=1e-7)
     torch.testing.assert_close(outs[0], outs[2], rtol=1e-7, atol=1e-7)
 
@@ -199,9 +202,17 @@ def test_the_caller_owns_the_timer_and_the_sampler_is_not_modified():
     timer = StepTimer("step")
     sampler(seeded_noise(range(2), (1, 4, 4)), timer=timer)
     assert timer.stats.nfe == 4 and len(timer.stats.step_s) == 4  # the caller's mode, not the sampler's default
-    assert {k: id(v) for k, v in vars(sampler).items() if k != "last_run"} == {k: id(v) for k, v in before.items() if k != "last_run"}
+    assert {k: id(v) for k, v in vars(sampler).items() if k != "last_run"} == {
+        k: id(v) for k, v in before.items() if k != "last_run"
+    }
     info = sampler.describe()
-    assert info.steps == 4 and info.prediction == "eps" and info.indices == tuple(int(i) for i in sampler.indices) and info.guidance and not info.problems()
+    assert (
+        info.steps == 4
+        and info.prediction == "eps"
+        and info.indices == tuple(int(i) for i in sampler.indices)
+        and info.guidance
+        and not info.problems()
+    )
     faster = sampler.replace(steps=2)
     assert faster.steps == 2 and sampler.steps == 4 and faster.model is sampler.model
     with pytest.raises(SamplerError, match="unknown knob"):

@@ -29,7 +29,11 @@ def _written_tolerance(value: float) -> float:
 def test_reference_values(name):
     s = schedules.get(name)
     alpha_bar_T, lam_1, lam_T = REFERENCE[name]
-    for got, want in ((float(s.alpha_bar[-1]), alpha_bar_T), (float(s.log_snr[0]), lam_1), (float(s.log_snr[-1]), lam_T)):
+    for got, want in (
+        (float(s.alpha_bar[-1]), alpha_bar_T),
+        (float(s.log_snr[0]), lam_1),
+        (float(s.log_snr[-1]), lam_T),
+    ):
         # 1e-8 relative, or the precision the reference was written with when that is coarser
         assert got == pytest.approx(want, rel=1e-8, abs=_written_tolerance(want)), (name, got, want)
     assert s.T == 1000
@@ -98,9 +102,13 @@ def test_zero_terminal_snr_rescale(name):
 
 
 def test_diffusers_config():
-    sd = schedules.from_diffusers_config({"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000})
+    sd = schedules.from_diffusers_config(
+        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000}
+    )
     np.testing.assert_allclose(sd.log_snr.numpy(), schedules.scaled_linear().log_snr.numpy(), rtol=1e-12)
-    zt = schedules.from_diffusers_config({"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "rescale_betas_zero_snr": True})
+    zt = schedules.from_diffusers_config(
+        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "rescale_betas_zero_snr": True}
+    )
     assert zt.zero_terminal_snr
     cos = schedules.from_diffusers_config({"beta_schedule": "squaredcos_cap_v2"})
     np.testing.assert_allclose(cos.log_snr.numpy(), schedules.cosine().log_snr.numpy())
@@ -109,7 +117,18 @@ def test_diffusers_config():
 
 
 def test_spacings():
-    assert schedules.sampling_indices(1000, 10, "trailing").tolist() == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+    assert schedules.sampling_indices(1000, 10, "trailing").tolist() == [
+        999,
+        899,
+        799,
+        699,
+        599,
+        499,
+        399,
+        299,
+        199,
+        99,
+    ]
     assert schedules.sampling_indices(1000, 10, "leading").tolist() == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
     assert schedules.sampling_indices(1000, 10, "linspace").tolist()[0] == 999
     assert schedules.sampling_indices(1000, 1000, "linspace").tolist() == list(range(999, -1, -1))

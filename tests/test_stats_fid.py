@@ -41,7 +41,12 @@ def test_identical_rank_deficient_sets_give_zero():
 def test_cholesky_and_eigh_paths_agree_with_scipy_free_reference():
     g = torch.Generator().manual_seed(0)
     a = torch.randn(300, 16, generator=g, dtype=torch.float64)
-    b = torch.randn(300, 16, generator=g, dtype=torch.float64) @ torch.randn(16, 16, generator=g, dtype=torch.float64) * 0.3 + 0.1
+    b = (
+        torch.randn(300, 16, generator=g, dtype=torch.float64)
+        @ torch.randn(16, 16, generator=g, dtype=torch.float64)
+        * 0.3
+        + 0.1
+    )
     s1, s2 = torch.cov(a.T), torch.cov(b.T)
     r = frechet_distance(a.mean(0), s1, b.mean(0), s2)
     assert r.method == "cholesky"

@@ -3,9 +3,27 @@
 Importing this package registers the built-in checks in :data:`CHECKS`.
 """
 
-from diffeval.checks.base import CHECKS, NEEDS, STATUSES, Check, CheckContext, CheckOutcome, CheckResult, Figure, register_check, run_check, worst
+from diffeval.checks.base import (
+    CHECKS,
+    NEEDS,
+    STATUSES,
+    Check,
+    CheckContext,
+    CheckOutcome,
+    CheckResult,
+    Figure,
+    register_check,
+    run_check,
+    worst,
+)
 from diffeval.checks.snr_endpoints import SnrEndpoints, check_snr_endpoints, terminal_kl_bits
-from diffeval.checks.training import Saturation, TerminalEpsVariance, check_terminal_eps_variance, loss_profile, saturation_by_guidance
+from diffeval.checks.training import (
+    Saturation,
+    TerminalEpsVariance,
+    check_terminal_eps_variance,
+    loss_profile,
+    saturation_by_guidance,
+)
 from diffeval.checks.xt_normality import XtNormality, check_xt_batch, check_xt_normality, preprocessing
 
 __all__ = [

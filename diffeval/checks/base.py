@@ -28,7 +28,19 @@ from diffeval.errors import ConfigError, InputError, explain
 from diffeval.options import Option, validate_options
 from diffeval.registry import Registry
 
-__all__ = ["CheckResult", "STATUSES", "worst", "Check", "CheckContext", "CheckOutcome", "Figure", "CHECKS", "NEEDS", "register_check", "run_check"]
+__all__ = [
+    "CheckResult",
+    "STATUSES",
+    "worst",
+    "Check",
+    "CheckContext",
+    "CheckOutcome",
+    "Figure",
+    "CHECKS",
+    "NEEDS",
+    "register_check",
+    "run_check",
+]
 
 STATUSES = ("skip", "pass", "warn", "fail")
 NEEDS = ("schedule", "prediction", "model", "sampler", "guidance")
@@ -37,7 +49,8 @@ CHECKS: Registry[type[Check]] = Registry("check", builtins="diffeval.checks")
 
 @dataclass(frozen=True)
 class CheckResult:
-    """``name``, ``status`` in {skip, pass, warn, fail}, the measured ``value``, the ``threshold`` it was held to, and a ``message`` that says what it means and the fix.
+    """``name``, ``status`` in {skip, pass, warn, fail}, the measured ``value``, the ``threshold`` it was held to, and a
+    ``message`` that says what it means and the fix.
 
     ``skip`` means the check could not apply (its reason is the message); it is never a pass.
     """
@@ -50,7 +63,14 @@ class CheckResult:
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
-            raise InputError(explain("invalid check status", expected=" / ".join(STATUSES), got=repr(self.status), fix="use skip, pass, warn or fail"))
+            raise InputError(
+                explain(
+                    "invalid check status",
+                    expected=" / ".join(STATUSES),
+                    got=repr(self.status),
+                    fix="use skip, pass, warn or fail",
+                )
+            )
 
     @property
     def failed(self) -> bool:
@@ -109,7 +129,11 @@ class CheckContext:
         if need == "model" and getattr(self.info, "model", None) is None:
             return f"{who} exposes no model"
         if need == "sampler" and (self.make_sampler is None or self.image_shape is None):
-            return "there is no sampler to draw from (a checks-only run)" if self.make_sampler is None else "the image shape is unknown ([run] image_shape)"
+            return (
+                "there is no sampler to draw from (a checks-only run)"
+                if self.make_sampler is None
+                else "the image shape is unknown ([run] image_shape)"
+            )
         if need == "guidance" and not getattr(self.info, "guidance", False):
             return f"{who} has no guidance scale to sweep"
         return None
@@ -133,7 +157,14 @@ def register_check(cls: type[Check]) -> type[Check]:
     """Class decorator: check the declaration and register ``cls`` under ``cls.name``."""
     bad_needs = sorted(set(getattr(cls, "needs", ())) - set(NEEDS))
     if not isinstance(getattr(cls, "name", None), str) or not cls.name or bad_needs:
-        raise ConfigError(explain(f"check class {cls.__name__} is not fully declared", expected=f"a name and needs among {NEEDS}", got=f"name={getattr(cls, 'name', None)!r}, unknown needs {bad_needs}", fix="declare them on the class"))
+        raise ConfigError(
+            explain(
+                f"check class {cls.__name__} is not fully declared",
+                expected=f"a name and needs among {NEEDS}",
+                got=f"name={getattr(cls, 'name', None)!r}, unknown needs {bad_needs}",
+                fix="declare them on the class",
+            )
+        )
     CHECKS.register(cls.name, cls)
     return cls
 
@@ -143,5 +174,11 @@ def run_check(check: Check, ctx: CheckContext) -> CheckOutcome:
     for need in check.needs:
         reason = ctx.missing(need)
         if reason is not None:
-            return CheckOutcome([CheckResult(check.name, "skip", float("nan"), f"needs {need}", f"skipped: {reason}; nothing was checked")])
+            return CheckOutcome(
+                [
+                    CheckResult(
+                        check.name, "skip", float("nan"), f"needs {need}", f"skipped: {reason}; nothing was checked"
+                    )
+                ]
+            )
     return check.run(ctx)

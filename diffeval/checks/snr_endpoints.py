@@ -36,7 +36,16 @@ from diffeval.checks.base import Check, CheckContext, CheckOutcome, CheckResult,
 from diffeval.denoiser import check_prediction
 from diffeval.errors import ConfigError, InputError, ScheduleError, explain
 
-__all__ = ["check_snr_endpoints", "terminal_kl_bits", "SnrEndpoints", "BANDS", "B2_PASS_BITS", "B2_WARN_BITS", "B3_MIN_LOG_SNR", "B3_MAX_LOG_SNR"]
+__all__ = [
+    "check_snr_endpoints",
+    "terminal_kl_bits",
+    "SnrEndpoints",
+    "BANDS",
+    "B2_PASS_BITS",
+    "B2_WARN_BITS",
+    "B3_MIN_LOG_SNR",
+    "B3_MAX_LOG_SNR",
+]
 
 B2_PASS_BITS = 1e-3
 B2_WARN_BITS = 1e-2
@@ -65,9 +74,23 @@ def _log_snr_from(schedule: Any) -> tuple[np.ndarray, str]:
     try:
         alpha_bar = np.asarray(schedule.detach().cpu() if torch.is_tensor(schedule) else schedule, dtype=np.float64)
     except (TypeError, ValueError):
-        raise InputError(explain("cannot read the schedule", expected="a Schedule, an alphas_cumprod array or a diffusers config dict", got=type(schedule).__name__, fix="pass one of those")) from None
+        raise InputError(
+            explain(
+                "cannot read the schedule",
+                expected="a Schedule, an alphas_cumprod array or a diffusers config dict",
+                got=type(schedule).__name__,
+                fix="pass one of those",
+            )
+        ) from None
     if alpha_bar.ndim != 1 or alpha_bar.size < 2:
-        raise InputError(explain("alphas_cumprod has the wrong shape", expected="a 1-D array with T >= 2 steps", got=f"shape {alpha_bar.shape}", fix="pass one alpha_bar value per training step"))
+        raise InputError(
+            explain(
+                "alphas_cumprod has the wrong shape",
+                expected="a 1-D array with T >= 2 steps",
+                got=f"shape {alpha_bar.shape}",
+                fix="pass one alpha_bar value per training step",
+            )
+        )
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.log(alpha_bar) - np.log1p(-alpha_bar), "alphas_cumprod"
 
@@ -84,10 +107,27 @@ def _validity(lam: np.ndarray, name: str) -> CheckResult:
         bad = ~(steps < 0)
     if bad.any() and not np.isnan(lam).any():
         i = int(np.flatnonzero(bad)[0])
-        problems.append(f"log-SNR not strictly decreasing at t={i + 1}->{i + 2} ({lam[i]:.6g} then {lam[i + 1]:.6g}; beta <= 0 there)")
+        problems.append(
+            f"log-SNR not strictly decreasing at t={i + 1}->{i + 2} ({lam[i]:.6g} then {lam[i + 1]:.6g}; beta <= 0"
+            " there)"
+        )
     if problems:
-        return CheckResult("schedule_validity", "fail", float(len(problems)), "strictly decreasing, finite except a zero-terminal end, 0 < beta <= 1", f"{name}: " + "; ".join(problems) + ". Fix: rebuild the schedule from positive betas ordered clean to noisy.")
-    return CheckResult("schedule_validity", "pass", 0.0, "strictly decreasing, finite except a zero-terminal end, 0 < beta <= 1", f"{name}: log-SNR decreases from {lam[0]:.4g} to {lam[-1]:.4g}.")
+        return CheckResult(
+            "schedule_validity",
+            "fail",
+            float(len(problems)),
+            "strictly decreasing, finite except a zero-terminal end, 0 < beta <= 1",
+            f"{name}: "
+            + "; ".join(problems)
+            + ". Fix: rebuild the schedule from positive betas ordered clean to noisy.",
+        )
+    return CheckResult(
+        "schedule_validity",
+        "pass",
+        0.0,
+        "strictly decreasing, finite except a zero-terminal end, 0 < beta <= 1",
+        f"{name}: log-SNR decreases from {lam[0]:.4g} to {lam[-1]:.4g}.",
+    )
 
 
 def _terminal(lam_T: float) -> CheckResult:  # noqa: N803
@@ -95,15 +135,22 @@ def _terminal(lam_T: float) -> CheckResult:  # noqa: N803
     threshold = f"pass <= {B2_PASS_BITS:g}, warn <= {B2_WARN_BITS:g} bits/dim worst-case prior KL"
     snr = math.exp(lam_T) if lam_T > -700 else 0.0
     if bits <= B2_PASS_BITS:
-        return CheckResult("terminal_snr", "pass", bits, threshold, f"SNR_T = {snr:.3g} (log-SNR {lam_T:.4g}): the last step destroys the data.")
+        return CheckResult(
+            "terminal_snr",
+            "pass",
+            bits,
+            threshold,
+            f"SNR_T = {snr:.3g} (log-SNR {lam_T:.4g}): the last step destroys the data.",
+        )
     status = "warn" if bits <= B2_WARN_BITS else "fail"
     return CheckResult(
         "terminal_snr",
         status,
         bits,
         threshold,
-        f"SNR_T = {snr:.3g} (log-SNR {lam_T:.4g}): x_T keeps signal, so sampling from N(0, I) starts off-distribution (mean-brightness / grey-image bias). "
-        "Fix: rescale to zero terminal SNR (schedules.rescale_zero_terminal_snr) and train with v-prediction, or extend the schedule.",
+        f"SNR_T = {snr:.3g} (log-SNR {lam_T:.4g}): x_T keeps signal, so sampling from N(0, I) starts off-distribution"
+        " (mean-brightness / grey-image bias). Fix: rescale to zero terminal SNR (schedules.rescale_zero_terminal_snr)"
+        " and train with v-prediction, or extend the schedule.",
     )
 
 
@@ -116,22 +163,62 @@ def _start(lam_1: float) -> CheckResult:
             "warn",
             lam_1,
             threshold,
-            f"sigma_1/alpha_1 = {ratio:.3g} > Delta/6 = {DELTA_8BIT / 6:.3g}: the first step blurs 8-bit data, so bits/dim is dominated by the decoder term (sampling is unaffected). Fix for likelihood work: start the schedule at log-SNR >= 13.29.",
+            f"sigma_1/alpha_1 = {ratio:.3g} > Delta/6 = {DELTA_8BIT / 6:.3g}: the first step blurs 8-bit data, so"
+            " bits/dim is dominated by the decoder term (sampling is unaffected). Fix for likelihood work: start the"
+            " schedule at log-SNR >= 13.29.",
         )
     if lam_1 > B3_MAX_LOG_SNR:
-        return CheckResult("start_snr", "warn", lam_1, threshold, f"sigma_1**2 = {1 / (1 + math.exp(lam_1)):.3g} is below float32 resolution next to alpha_1**2 ~ 1. Fix: compute in float64 or start at log-SNR <= 15.25.")
-    return CheckResult("start_snr", "pass", lam_1, threshold, f"sigma_1/alpha_1 = {ratio:.3g} <= Delta/6: fine for likelihood on 8-bit data.")
+        return CheckResult(
+            "start_snr",
+            "warn",
+            lam_1,
+            threshold,
+            f"sigma_1**2 = {1 / (1 + math.exp(lam_1)):.3g} is below float32 resolution next to alpha_1**2 ~ 1. Fix:"
+            " compute in float64 or start at log-SNR <= 15.25.",
+        )
+    return CheckResult(
+        "start_snr",
+        "pass",
+        lam_1,
+        threshold,
+        f"sigma_1/alpha_1 = {ratio:.3g} <= Delta/6: fine for likelihood on 8-bit data.",
+    )
 
 
 def _prediction(zero_terminal: bool, prediction: str | None) -> CheckResult:
     threshold = "zero terminal SNR needs v- or x0-prediction"
     if not zero_terminal:
-        return CheckResult("zero_terminal_snr_prediction", "pass", 0.0, threshold, "terminal SNR is not zero: any prediction type can recover x0 at T.")
+        return CheckResult(
+            "zero_terminal_snr_prediction",
+            "pass",
+            0.0,
+            threshold,
+            "terminal SNR is not zero: any prediction type can recover x0 at T.",
+        )
     if prediction == "eps":
-        return CheckResult("zero_terminal_snr_prediction", "fail", 1.0, threshold, "alpha_T = 0 with eps-prediction: x0 = (z - sigma eps)/alpha is undefined at T, so the first sampling step divides by zero. Fix: train with v-prediction (Lin et al. 2023).")
+        return CheckResult(
+            "zero_terminal_snr_prediction",
+            "fail",
+            1.0,
+            threshold,
+            "alpha_T = 0 with eps-prediction: x0 = (z - sigma eps)/alpha is undefined at T, so the first sampling step"
+            " divides by zero. Fix: train with v-prediction (Lin et al. 2023).",
+        )
     if prediction is None:
-        return CheckResult("zero_terminal_snr_prediction", "warn", float("nan"), threshold, "zero terminal SNR, prediction type unknown. Fix: pass prediction='v' (or 'x0') to grade it.")
-    return CheckResult("zero_terminal_snr_prediction", "pass", 0.0, threshold, f"zero terminal SNR with {prediction}-prediction: x0 is recoverable at T.")
+        return CheckResult(
+            "zero_terminal_snr_prediction",
+            "warn",
+            float("nan"),
+            threshold,
+            "zero terminal SNR, prediction type unknown. Fix: pass prediction='v' (or 'x0') to grade it.",
+        )
+    return CheckResult(
+        "zero_terminal_snr_prediction",
+        "pass",
+        0.0,
+        threshold,
+        f"zero terminal SNR with {prediction}-prediction: x0 is recoverable at T.",
+    )
 
 
 def _spacing(lam: np.ndarray, steps: int, spacing: str) -> CheckResult:
@@ -143,23 +230,39 @@ def _spacing(lam: np.ndarray, steps: int, spacing: str) -> CheckResult:
     threshold = "first sampling step = training step T"
     lam_first, lam_T = float(lam[first]), float(lam[-1])  # noqa: N806
     if first == T - 1:
-        return CheckResult("sampler_spacing", "pass", float(first + 1), threshold, f"{spacing} spacing with {steps} steps starts at t = T = {T}.")
+        return CheckResult(
+            "sampler_spacing",
+            "pass",
+            float(first + 1),
+            threshold,
+            f"{spacing} spacing with {steps} steps starts at t = T = {T}.",
+        )
     bits = terminal_kl_bits(lam_first)
     message = (
-        f"{spacing} spacing with {steps} steps starts at t = {first + 1}, not T = {T}: log-SNR {lam_first:.4g} instead of {lam_T:.4g}, "
-        f"worst-case residual-signal KL {bits:.3g} bits/dim. Fix: use 'trailing' spacing (or steps_offset so the first step is T)."
+        f"{spacing} spacing with {steps} steps starts at t = {first + 1}, not T = {T}: log-SNR {lam_first:.4g} instead"
+        f" of {lam_T:.4g}, worst-case residual-signal KL {bits:.3g} bits/dim. Fix: use 'trailing' spacing (or"
+        " steps_offset so the first step is T)."
     )
     zero_terminal = lam_T == -math.inf
     status = "fail" if zero_terminal or bits > B2_WARN_BITS else "warn"
     return CheckResult("sampler_spacing", status, float(first + 1), threshold, message)
 
 
-def check_snr_endpoints(schedule: Any, prediction: str | None = None, steps: int | None = None, spacing: str | None = None) -> list[CheckResult]:
+def check_snr_endpoints(
+    schedule: Any, prediction: str | None = None, steps: int | None = None, spacing: str | None = None
+) -> list[CheckResult]:
     """B1–B3, zero-terminal-SNR × prediction, and (when ``steps``/``spacing`` are given) the sampler spacing."""
     check_prediction(prediction, allow_none=True)
     lam, name = _log_snr_from(schedule)
     if lam.size < 2:
-        raise InputError(explain("a schedule needs at least 2 steps to be checked", expected="T >= 2", got=f"T = {lam.size}", fix="pass the full training schedule"))
+        raise InputError(
+            explain(
+                "a schedule needs at least 2 steps to be checked",
+                expected="T >= 2",
+                got=f"T = {lam.size}",
+                fix="pass the full training schedule",
+            )
+        )
     validity = _validity(lam, name)
     results = [validity]
     if validity.failed and (np.isnan(lam).any() or not np.isfinite(lam[0])):
@@ -167,7 +270,14 @@ def check_snr_endpoints(schedule: Any, prediction: str | None = None, steps: int
     lam_T = float(lam[-1])  # noqa: N806
     results += [_terminal(lam_T), _start(float(lam[0])), _prediction(lam_T == -math.inf, prediction)]
     if (steps is None) != (spacing is None):
-        raise InputError(explain("sampler spacing needs both steps and spacing", expected="steps=K and spacing='trailing'|'leading'|'linspace'", got=f"steps={steps}, spacing={spacing}", fix="pass both, or neither"))
+        raise InputError(
+            explain(
+                "sampler spacing needs both steps and spacing",
+                expected="steps=K and spacing='trailing'|'leading'|'linspace'",
+                got=f"steps={steps}, spacing={spacing}",
+                fix="pass both, or neither",
+            )
+        )
     if steps is not None:
         results.append(_spacing(lam, int(steps), str(spacing)))
     return results
@@ -177,7 +287,9 @@ def _bands() -> Any:
     from diffeval.plots import LogSnrBands
 
     # log-SNR_T at which the worst-case prior KL 0.5 log2(1 + SNR_T) reaches the pass / warn bits (THEORY.md §2)
-    return LogSnrBands(math.log(2 ** (2 * B2_PASS_BITS) - 1), math.log(2 ** (2 * B2_WARN_BITS) - 1), B3_MIN_LOG_SNR, B3_MAX_LOG_SNR)
+    return LogSnrBands(
+        math.log(2 ** (2 * B2_PASS_BITS) - 1), math.log(2 ** (2 * B2_WARN_BITS) - 1), B3_MIN_LOG_SNR, B3_MAX_LOG_SNR
+    )
 
 
 BANDS = _bands()
@@ -185,7 +297,10 @@ BANDS = _bands()
 
 @register_check
 class SnrEndpoints(Check):
-    """B1–B3, zero terminal SNR × prediction type, and the sampler's spacing, on the subject's declared schedule; plots the log-SNR curve."""
+    """B1–B3, zero terminal SNR × prediction type, and the sampler's spacing, on the subject's declared schedule; plots
+    the
+    log-SNR curve.
+    """
 
     name = "snr_endpoints"
     needs = ("schedule",)
@@ -193,7 +308,12 @@ class SnrEndpoints(Check):
     def run(self, ctx: CheckContext) -> CheckOutcome:
         info = ctx.info
         spaced = info.steps is not None and info.spacing is not None
-        results = check_snr_endpoints(info.schedule, prediction=info.prediction, steps=info.steps if spaced else None, spacing=info.spacing if spaced else None)
+        results = check_snr_endpoints(
+            info.schedule,
+            prediction=info.prediction,
+            steps=info.steps if spaced else None,
+            spacing=info.spacing if spaced else None,
+        )
         first = int(_schedules.sampling_indices(info.schedule.T, info.steps, info.spacing)[0]) + 1 if spaced else None
 
         def draw(path: Any) -> Any:

@@ -30,7 +30,16 @@ from diffeval.samplers.base import StepTimer
 from diffeval.schedules import Schedule
 from diffeval.seeds import SeedRNG
 
-__all__ = ["loss_profile", "check_terminal_eps_variance", "saturation_by_guidance", "SATURATION_WARN", "SATURATION_FAIL", "TerminalEpsVariance", "Saturation", "LABEL_RULES"]
+__all__ = [
+    "loss_profile",
+    "check_terminal_eps_variance",
+    "saturation_by_guidance",
+    "SATURATION_WARN",
+    "SATURATION_FAIL",
+    "TerminalEpsVariance",
+    "Saturation",
+    "LABEL_RULES",
+]
 
 SATURATION_WARN = 0.05
 SATURATION_FAIL = 0.25
@@ -39,12 +48,33 @@ SATURATION_FAIL = 0.25
 def _check_inputs(x0: torch.Tensor, prediction: str) -> None:
     check_prediction(prediction)
     if not torch.is_tensor(x0) or x0.ndim != 4 or x0.shape[0] == 0:
-        raise InputError(explain("data must be a non-empty NCHW tensor in model space", expected="(N, C, H, W)", got=f"{tuple(x0.shape) if torch.is_tensor(x0) else type(x0).__name__}", fix="pass preprocessed training images"))
+        raise InputError(
+            explain(
+                "data must be a non-empty NCHW tensor in model space",
+                expected="(N, C, H, W)",
+                got=f"{tuple(x0.shape) if torch.is_tensor(x0) else type(x0).__name__}",
+                fix="pass preprocessed training images",
+            )
+        )
     if not bool(torch.isfinite(x0).all()):
-        raise InputError(explain("data contains NaN or inf", expected="finite data", got="non-finite values", fix="clean the data pipeline"))
+        raise InputError(
+            explain(
+                "data contains NaN or inf",
+                expected="finite data",
+                got="non-finite values",
+                fix="clean the data pipeline",
+            )
+        )
 
 
-def _predict(model: Callable[..., torch.Tensor], prediction: str, x0: torch.Tensor, index: torch.Tensor, schedule: Schedule, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _predict(
+    model: Callable[..., torch.Tensor],
+    prediction: str,
+    x0: torch.Tensor,
+    index: torch.Tensor,
+    schedule: Schedule,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(eps, eps_hat, x0_hat, z) for x0 noised at training indices ``index`` (one per sample)."""
     denoiser = Denoiser(model, schedule, prediction)
     eps = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
@@ -53,11 +83,26 @@ def _predict(model: Callable[..., torch.Tensor], prediction: str, x0: torch.Tens
     return eps, eps_hat, x0_hat, z
 
 
-def loss_profile(model: Callable[..., torch.Tensor], schedule: Schedule, x0: torch.Tensor, prediction: str = "eps", buckets: int = 10, per_bucket: int = 256, seed: int = 0) -> list[dict[str, Any]]:
+def loss_profile(
+    model: Callable[..., torch.Tensor],
+    schedule: Schedule,
+    x0: torch.Tensor,
+    prediction: str = "eps",
+    buckets: int = 10,
+    per_bucket: int = 256,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
     """eps-MSE, x0-MSE and the VDM-weighted loss in ``buckets`` equal-width log-SNR buckets."""
     _check_inputs(x0, prediction)
     if buckets < 1 or per_bucket < 1:
-        raise InputError(explain("invalid bucket sizes", expected="buckets >= 1 and per_bucket >= 1", got=f"{buckets}, {per_bucket}", fix="use buckets=10"))
+        raise InputError(
+            explain(
+                "invalid bucket sizes",
+                expected="buckets >= 1 and per_bucket >= 1",
+                got=f"{buckets}, {per_bucket}",
+                fix="use buckets=10",
+            )
+        )
     lam = schedule.log_snr
     finite = torch.isfinite(lam)
     lo, hi = float(lam[finite].min()), float(lam[finite].max())
@@ -92,7 +137,14 @@ def loss_profile(model: Callable[..., torch.Tensor], schedule: Schedule, x0: tor
     return rows
 
 
-def check_terminal_eps_variance(model: Callable[..., torch.Tensor], schedule: Schedule, x0: torch.Tensor, prediction: str = "eps", n: int = 512, seed: int = 0) -> CheckResult:
+def check_terminal_eps_variance(
+    model: Callable[..., torch.Tensor],
+    schedule: Schedule,
+    x0: torch.Tensor,
+    prediction: str = "eps",
+    n: int = 512,
+    seed: int = 0,
+) -> CheckResult:
     """Variance of the predicted noise at t = T (~1 for a healthy model)."""
     _check_inputs(x0, prediction)
     gen = torch.Generator().manual_seed(seed)
@@ -102,14 +154,25 @@ def check_terminal_eps_variance(model: Callable[..., torch.Tensor], schedule: Sc
     var = float(eps_hat.var())
     dev = abs(var - 1)
     status = "pass" if dev <= 0.1 else "warn" if dev <= 0.25 else "fail"
-    message = "predicted noise at T has unit variance." if status == "pass" else (
-        f"Var(eps_hat) = {var:.3g} at T, where z_T is almost pure noise and eps_hat should be ~z_T. "
-        "Fix: check the model's time input (index vs continuous t), the prediction type, and that training covered t = T."
+    message = (
+        "predicted noise at T has unit variance."
+        if status == "pass"
+        else (
+            f"Var(eps_hat) = {var:.3g} at T, where z_T is almost pure noise and eps_hat should be ~z_T. Fix: check the"
+            " model's time input (index vs continuous t), the prediction type, and that training covered t = T."
+        )
     )
     return CheckResult("terminal_eps_variance", status, var, "|Var(eps_hat) - 1| <= 0.1 (warn <= 0.25)", message)
 
 
-def saturation_by_guidance(make_sampler: Callable[[float], Any], scales: Sequence[float], seeds: Sequence[int], image_shape: Sequence[int], cond_fn: Callable[[list[int]], Any] | None = None, device: str = "cpu") -> list[CheckResult]:
+def saturation_by_guidance(
+    make_sampler: Callable[[float], Any],
+    scales: Sequence[float],
+    seeds: Sequence[int],
+    image_shape: Sequence[int],
+    cond_fn: Callable[[list[int]], Any] | None = None,
+    device: str = "cpu",
+) -> list[CheckResult]:
     """Fraction of x0_hat outside [-1, 1] during sampling, one check per guidance scale.
 
     ``make_sampler(scale)`` builds a sampler that records ``x0_outside`` in the timer it
@@ -124,12 +187,30 @@ def saturation_by_guidance(make_sampler: Callable[[float], Any], scales: Sequenc
         sampler(rng.randn(tuple(image_shape)), cond_fn(seeds) if cond_fn else None, rng=rng, timer=timer)
         fraction = timer.stats.x0_outside
         if fraction is None or math.isnan(fraction):
-            raise InputError(explain("sampler does not report x0 saturation", expected="timer.stats.x0_outside set by the sampler", got="nothing", fix="use GeneralizedSampler or record x0_outside in your adapter's timer stats"))
+            raise InputError(
+                explain(
+                    "sampler does not report x0 saturation",
+                    expected="timer.stats.x0_outside set by the sampler",
+                    got="nothing",
+                    fix="use GeneralizedSampler or record x0_outside in your adapter's timer stats",
+                )
+            )
         status = "pass" if fraction <= SATURATION_WARN else "warn" if fraction <= SATURATION_FAIL else "fail"
         msg = f"{100 * fraction:.2f}% of predicted x0 values leave [-1.1, 1.1] at guidance {scale:g}."
         if status != "pass":
-            msg += " Over-guidance pushes predictions off the data range (washed-out, saturated images). Fix: lower the guidance scale, or use dynamic thresholding / CFG rescale."
-        results.append(CheckResult(f"x0_saturation[guidance={scale:g}]", status, fraction, f"<= {SATURATION_WARN:.0%} (fail > {SATURATION_FAIL:.0%})", msg))
+            msg += (
+                " Over-guidance pushes predictions off the data range (washed-out, saturated images). Fix: lower the"
+                " guidance scale, or use dynamic thresholding / CFG rescale."
+            )
+        results.append(
+            CheckResult(
+                f"x0_saturation[guidance={scale:g}]",
+                status,
+                fraction,
+                f"<= {SATURATION_WARN:.0%} (fail > {SATURATION_FAIL:.0%})",
+                msg,
+            )
+        )
     return results
 
 
@@ -140,15 +221,31 @@ class TerminalEpsVariance(Check):
     name = "terminal_eps_variance"
     needs = ("schedule", "model", "prediction")
     options = (
-        Option("data", str, doc="training-like images: a folder, an .npz image batch or a registered data set ('name:split')"),
-        Option("preprocess", str, "signed", "uint8 -> model input: signed x/127.5-1, unit x/255, raw 0-255", choices=tuple(PREPROCESSINGS)),
+        Option(
+            "data",
+            str,
+            doc="training-like images: a folder, an .npz image batch or a registered data set ('name:split')",
+        ),
+        Option(
+            "preprocess",
+            str,
+            "signed",
+            "uint8 -> model input: signed x/127.5-1, unit x/255, raw 0-255",
+            choices=tuple(PREPROCESSINGS),
+        ),
         Option("n", int, 512, "samples drawn (with replacement) from the data", minimum=2),
     )
 
     def run(self, ctx: CheckContext) -> CheckOutcome:
         o = self.settings
         x0 = load_model_inputs(ctx, o["data"], o["preprocess"], 4096)
-        return CheckOutcome([check_terminal_eps_variance(ctx.info.model, ctx.info.schedule, x0, ctx.info.prediction, n=o["n"], seed=ctx.seed)])
+        return CheckOutcome(
+            [
+                check_terminal_eps_variance(
+                    ctx.info.model, ctx.info.schedule, x0, ctx.info.prediction, n=o["n"], seed=ctx.seed
+                )
+            ]
+        )
 
 
 LABEL_RULES = ("run", "seed_mod_10")
@@ -164,7 +261,13 @@ class Saturation(Check):
         Option("scales", list, [1.0, 3.0, 8.0], "guidance scales to sample at", item=float),
         Option("n", int, 64, "samples per scale", minimum=1),
         Option("steps", int, 25, "sampling steps (at most the run's own)", minimum=1),
-        Option("cond", str, "run", "condition of the guided samples: the run's [cond], or class labels seed mod 10", choices=LABEL_RULES),
+        Option(
+            "cond",
+            str,
+            "run",
+            "condition of the guided samples: the run's [cond], or class labels seed mod 10",
+            choices=LABEL_RULES,
+        ),
     )
 
     def run(self, ctx: CheckContext) -> CheckOutcome:
@@ -172,9 +275,27 @@ class Saturation(Check):
         if o["cond"] == "seed_mod_10":
             cond_fn = lambda seeds: torch.tensor([s % 10 for s in seeds], device=ctx.device)  # noqa: E731
         elif ctx.cond_fn is None:
-            return CheckOutcome([CheckResult(self.name, "skip", float("nan"), "needs a condition", "skipped: guidance acts only on conditional samples and the run has no [cond]; set [cond] or cond = 'seed_mod_10' in this check")])
+            return CheckOutcome(
+                [
+                    CheckResult(
+                        self.name,
+                        "skip",
+                        float("nan"),
+                        "needs a condition",
+                        "skipped: guidance acts only on conditional samples and the run has no [cond]; set [cond] or"
+                        " cond = 'seed_mod_10' in this check",
+                    )
+                ]
+            )
         else:
             cond_fn = ctx.cond_fn
         steps = min(ctx.info.steps or o["steps"], o["steps"])
-        results = saturation_by_guidance(lambda w: ctx.make_sampler({"guidance_scale": w, "steps": steps}), o["scales"], range(ctx.seed, ctx.seed + o["n"]), ctx.image_shape, cond_fn=cond_fn, device=ctx.device)  # type: ignore[misc,arg-type]
+        results = saturation_by_guidance(
+            lambda w: ctx.make_sampler({"guidance_scale": w, "steps": steps}),
+            o["scales"],
+            range(ctx.seed, ctx.seed + o["n"]),
+            ctx.image_shape,
+            cond_fn=cond_fn,
+            device=ctx.device,
+        )
         return CheckOutcome(results)

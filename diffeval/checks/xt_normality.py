@@ -44,7 +44,16 @@ from diffeval.options import Option
 from diffeval.quantize import dequantize
 from diffeval.schedules import Schedule
 
-__all__ = ["check_xt_normality", "check_xt_batch", "forward_samples", "MIN_SCALARS", "PREPROCESSINGS", "preprocessing", "XtNormality", "load_model_inputs"]
+__all__ = [
+    "check_xt_normality",
+    "check_xt_batch",
+    "forward_samples",
+    "MIN_SCALARS",
+    "PREPROCESSINGS",
+    "preprocessing",
+    "XtNormality",
+    "load_model_inputs",
+]
 
 MIN_SCALARS = 20_000
 ALPHA_TEST = 1e-3
@@ -72,7 +81,14 @@ PREPROCESSINGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"signed": _
 def preprocessing(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """A named uint8 → model-input mapping: ``signed`` (x/127.5 - 1), ``unit`` (x/255) or ``raw`` (0–255)."""
     if name not in PREPROCESSINGS:
-        raise InputError(explain("unknown preprocessing", expected=" / ".join(PREPROCESSINGS), got=repr(name), fix="use 'signed' for models on [-1, 1]"))
+        raise InputError(
+            explain(
+                "unknown preprocessing",
+                expected=" / ".join(PREPROCESSINGS),
+                got=repr(name),
+                fix="use 'signed' for models on [-1, 1]",
+            )
+        )
     return PREPROCESSINGS[name]
 
 
@@ -89,21 +105,49 @@ def _as_model_input(data: Any, preprocess: Callable[[torch.Tensor], torch.Tensor
     fn = getattr(preprocess, "preprocess", preprocess)
     x = fn(data) if fn is not None else data
     if not torch.is_tensor(x):
-        raise InputError(explain("preprocessed data is not a tensor", expected="a torch.Tensor (N, ...)", got=type(x).__name__, fix="return a tensor from the preprocessing"))
+        raise InputError(
+            explain(
+                "preprocessed data is not a tensor",
+                expected="a torch.Tensor (N, ...)",
+                got=type(x).__name__,
+                fix="return a tensor from the preprocessing",
+            )
+        )
     if x.numel() == 0 or x.ndim < 2:
-        raise InputError(explain("no data to check", expected="a non-empty (N, ...) tensor", got=f"shape {tuple(x.shape)}", fix="pass real training data"))
+        raise InputError(
+            explain(
+                "no data to check",
+                expected="a non-empty (N, ...) tensor",
+                got=f"shape {tuple(x.shape)}",
+                fix="pass real training data",
+            )
+        )
     x = x.detach().to(torch.float64)
     bad = ~torch.isfinite(x)
     if bool(bad.any()):
         first = int(torch.nonzero(bad.flatten(1).any(1))[0, 0])
-        raise InputError(explain("data contains NaN or inf", expected="finite data", got=f"{int(bad.sum())} non-finite values, first in sample {first}", fix="clean the data pipeline"))
+        raise InputError(
+            explain(
+                "data contains NaN or inf",
+                expected="finite data",
+                got=f"{int(bad.sum())} non-finite values, first in sample {first}",
+                fix="clean the data pipeline",
+            )
+        )
     return x
 
 
 def forward_samples(x0: torch.Tensor, schedule: Schedule, seed: int = 0) -> ForwardSamples:
     """Draw ``x_T ~ q(x_T | x0)`` and ``x_t`` at alpha_bar ~ 0.5, float64, seeded."""
     if schedule.T < 2:
-        raise InputError(explain("x_T normality needs a schedule with at least 2 steps", expected="T >= 2", got=f"T = {schedule.T}", fix="pass the training schedule"))
+        raise InputError(
+            explain(
+                "x_T normality needs a schedule with at least 2 steps",
+                expected="T >= 2",
+                got=f"T = {schedule.T}",
+                fix="pass the training schedule",
+            )
+        )
     g = torch.Generator().manual_seed(seed)
     alpha_bar = schedule.alpha_bar
     a_T = float(alpha_bar[-1])  # noqa: N806
@@ -121,10 +165,27 @@ def _range_guard(x0: torch.Tensor) -> CheckResult:
     lo, hi = float(x0.min()), float(x0.max())
     threshold = f"[-1 - {RANGE_TOL:g}, 1 + {RANGE_TOL:g}]"
     if lo < -1 - RANGE_TOL or hi > 1 + RANGE_TOL:
-        hint = "these look like raw 0-255 pixels: divide by 127.5 and subtract 1" if hi > 2 else "rescale the data to [-1, 1]"
-        return CheckResult("x0_range", "fail", hi if hi > 1 + RANGE_TOL else lo, threshold, f"model inputs span [{lo:.4g}, {hi:.4g}], outside [-1, 1]: x_T will not be N(0, I). Fix: {hint}.")
+        hint = (
+            "these look like raw 0-255 pixels: divide by 127.5 and subtract 1"
+            if hi > 2
+            else "rescale the data to [-1, 1]"
+        )
+        return CheckResult(
+            "x0_range",
+            "fail",
+            hi if hi > 1 + RANGE_TOL else lo,
+            threshold,
+            f"model inputs span [{lo:.4g}, {hi:.4g}], outside [-1, 1]: x_T will not be N(0, I). Fix: {hint}.",
+        )
     if lo >= 0:
-        return CheckResult("x0_range", "warn", lo, threshold, f"model inputs span [{lo:.4g}, {hi:.4g}]: no negative value, which looks like [0, 1] data. Fix: map with x * 2 - 1 if the model expects [-1, 1].")
+        return CheckResult(
+            "x0_range",
+            "warn",
+            lo,
+            threshold,
+            f"model inputs span [{lo:.4g}, {hi:.4g}]: no negative value, which looks like [0, 1] data. Fix: map with x"
+            " * 2 - 1 if the model expects [-1, 1].",
+        )
     return CheckResult("x0_range", "pass", hi, threshold, f"model inputs span [{lo:.4g}, {hi:.4g}].")
 
 
@@ -133,16 +194,34 @@ def _moments(x_T: torch.Tensor, a_T: float) -> list[CheckResult]:  # noqa: N803
     mean, var = float(x_T.mean()), float(x_T.var())
     mean_tol, var_tol = MOMENT_TOL + math.sqrt(a_T), MOMENT_TOL + a_T
     if n < MIN_SCALARS:
-        msg = f"only {n} scalars; the moment test needs at least {MIN_SCALARS} (false-positive rate ~0.11 at 2,000). Fix: pass more data (>= {math.ceil(MIN_SCALARS / max(1, n // x_T.shape[0]))} samples of this size)."
+        msg = (
+            f"only {n} scalars; the moment test needs at least {MIN_SCALARS} (false-positive rate ~0.11 at 2,000). Fix:"
+            f" pass more data (>= {math.ceil(MIN_SCALARS / max(1, n // x_T.shape[0]))} samples of this size)."
+        )
         return [
             CheckResult("xT_mean", "warn", mean, f"|mean| < {mean_tol:.4g} with >= {MIN_SCALARS} scalars", msg),
             CheckResult("xT_variance", "warn", var, f"|var - 1| < {var_tol:.4g} with >= {MIN_SCALARS} scalars", msg),
         ]
-    fix = "the data reaching the model is not on the scale the schedule assumes: check the preprocessing (0-255 vs [-1, 1])."
+    fix = (
+        "the data reaching the model is not on the scale the schedule assumes: check the preprocessing (0-255 vs [-1,"
+        " 1])."
+    )
     mean_ok, var_ok = abs(mean) < mean_tol, abs(var - 1) < var_tol
     return [
-        CheckResult("xT_mean", "pass" if mean_ok else "fail", mean, f"|mean| < {mean_tol:.4g}", f"pooled mean of x_T over {n} scalars." + ("" if mean_ok else f" Expected ~0 for N(0, I). Fix: {fix}")),
-        CheckResult("xT_variance", "pass" if var_ok else "fail", var, f"|var - 1| < {var_tol:.4g}", f"pooled variance of x_T over {n} scalars." + ("" if var_ok else f" Expected ~1 for N(0, I). Fix: {fix}")),
+        CheckResult(
+            "xT_mean",
+            "pass" if mean_ok else "fail",
+            mean,
+            f"|mean| < {mean_tol:.4g}",
+            f"pooled mean of x_T over {n} scalars." + ("" if mean_ok else f" Expected ~0 for N(0, I). Fix: {fix}"),
+        ),
+        CheckResult(
+            "xT_variance",
+            "pass" if var_ok else "fail",
+            var,
+            f"|var - 1| < {var_tol:.4g}",
+            f"pooled variance of x_T over {n} scalars." + ("" if var_ok else f" Expected ~1 for N(0, I). Fix: {fix}"),
+        ),
     ]
 
 
@@ -166,7 +245,8 @@ def _reference_tests(x_T: torch.Tensor) -> list[CheckResult]:  # noqa: N803
                 "pass" if ok else "warn",
                 pvalue,
                 f"p >= {ALPHA_TEST:g} against N(0, 1) (diagnostic)",
-                f"statistic {float(res.statistic):.4g} on {values.size} scalars" + ("." if ok else ": x_T differs from N(0, 1); see the moment checks for the verdict."),
+                f"statistic {float(res.statistic):.4g} on {values.size} scalars"
+                + ("." if ok else ": x_T differs from N(0, 1); see the moment checks for the verdict."),
             )
         )
     return out
@@ -180,7 +260,14 @@ def _mid_t(x_mid: torch.Tensor, a_mid: float) -> CheckResult:
         "pass" if ok else "fail",
         energy,
         f"mean(x_t^2) <= {MID_T_LIMIT} at alpha_bar = {a_mid:.3f}",
-        "data in [-1, 1] keeps E[x_t^2] <= 1." if ok else f"E[x_t^2] = {energy:.4g} > 1 half-way through the process: the data's scale exceeds [-1, 1] (raw pixels?), hidden at T by a schedule that ends very noisy. Fix: scale the data to [-1, 1].",
+        (
+            "data in [-1, 1] keeps E[x_t^2] <= 1."
+            if ok
+            else (
+                f"E[x_t^2] = {energy:.4g} > 1 half-way through the process: the data's scale exceeds [-1, 1] (raw"
+                " pixels?), hidden at T by a schedule that ends very noisy. Fix: scale the data to [-1, 1]."
+            )
+        ),
     )
 
 
@@ -189,19 +276,42 @@ def _radius_and_correlation(x_T: torch.Tensor, a_T: float) -> list[CheckResult]:
     radius = float((flat**2).sum(1).mean() / flat.shape[1])
     tol = MOMENT_TOL + a_T
     results = [
-        CheckResult("xT_radius", "pass" if abs(radius - 1) < tol else "fail", radius, f"mean ||x_T||^2 / D in 1 ± {tol:.4g}", "per-sample energy of x_T." + ("" if abs(radius - 1) < tol else " Fix: check the data scale and the schedule's end.")),
+        CheckResult(
+            "xT_radius",
+            "pass" if abs(radius - 1) < tol else "fail",
+            radius,
+            f"mean ||x_T||^2 / D in 1 ± {tol:.4g}",
+            "per-sample energy of x_T."
+            + ("" if abs(radius - 1) < tol else " Fix: check the data scale and the schedule's end."),
+        ),
     ]
     if x_T.ndim >= 3 and x_T.shape[-1] >= 2:
         left, right = x_T[..., :-1].flatten(), x_T[..., 1:].flatten()
         rho = float(torch.corrcoef(torch.stack([left, right]))[0, 1])
         ok = abs(rho) < CORR_LIMIT
         results.append(
-            CheckResult("xT_neighbour_correlation", "pass" if ok else "fail", rho, f"|rho| < {CORR_LIMIT}", "correlation of horizontally adjacent pixels of x_T." + ("" if ok else " Image structure survives to T: the data is too large for the schedule or the schedule ends too early."))
+            CheckResult(
+                "xT_neighbour_correlation",
+                "pass" if ok else "fail",
+                rho,
+                f"|rho| < {CORR_LIMIT}",
+                "correlation of horizontally adjacent pixels of x_T."
+                + (
+                    ""
+                    if ok
+                    else (
+                        " Image structure survives to T: the data is too large for the schedule or the schedule ends"
+                        " too early."
+                    )
+                ),
+            )
         )
     return results
 
 
-def check_xt_normality(data: Any, schedule: Schedule, preprocess: Callable[[torch.Tensor], torch.Tensor] | Any | None = None, seed: int = 0) -> list[CheckResult]:
+def check_xt_normality(
+    data: Any, schedule: Schedule, preprocess: Callable[[torch.Tensor], torch.Tensor] | Any | None = None, seed: int = 0
+) -> list[CheckResult]:
     """Run q(x_T | x0) (and q(x_t | x0) at alpha_bar ~ 0.5) on real data through ``preprocess`` and check it.
 
     ``preprocess`` is the user's own data → model-input mapping (a callable, or a
@@ -210,32 +320,58 @@ def check_xt_normality(data: Any, schedule: Schedule, preprocess: Callable[[torc
     """
     x0 = _as_model_input(data, preprocess)
     fs = forward_samples(x0, schedule, seed)
-    return [_range_guard(fs.x0), *_moments(fs.x_T, fs.alpha_bar_T), *_reference_tests(fs.x_T), _mid_t(fs.x_mid, fs.alpha_bar_mid), *_radius_and_correlation(fs.x_T, fs.alpha_bar_T)]
+    return [
+        _range_guard(fs.x0),
+        *_moments(fs.x_T, fs.alpha_bar_T),
+        *_reference_tests(fs.x_T),
+        _mid_t(fs.x_mid, fs.alpha_bar_mid),
+        *_radius_and_correlation(fs.x_T, fs.alpha_bar_T),
+    ]
 
 
 def check_xt_batch(x_T: torch.Tensor, alpha_bar_T: float = 0.0) -> list[CheckResult]:  # noqa: N803
     """The x_T checks (moments, KS/CvM, radius, neighbour correlation) on a batch of x_T the user already has."""
     x = _as_model_input(x_T, None)
     if not 0.0 <= alpha_bar_T < 1.0:
-        raise InputError(explain("alpha_bar_T out of range", expected="0 <= alpha_bar_T < 1", got=repr(alpha_bar_T), fix="pass schedule.alpha_bar[-1]"))
+        raise InputError(
+            explain(
+                "alpha_bar_T out of range",
+                expected="0 <= alpha_bar_T < 1",
+                got=repr(alpha_bar_T),
+                fix="pass schedule.alpha_bar[-1]",
+            )
+        )
     return [*_moments(x, alpha_bar_T), *_reference_tests(x), *_radius_and_correlation(x, alpha_bar_T)]
 
 
 def load_model_inputs(ctx: CheckContext, spec: str, preprocess: str, limit: int) -> torch.Tensor:
     """The first ``limit`` images of ``spec`` mapped to model space by the named preprocessing."""
-    source = ctx.open_data(spec)  # type: ignore[misc]
+    source = ctx.open_data(spec)
     return preprocessing(preprocess)(source.load(range(min(len(source), limit))))
 
 
 @register_check
 class XtNormality(Check):
-    """The forward process run on real data through the stated preprocessing: does it end at N(0, I)? Plots x_T's histogram and QQ plot."""
+    """The forward process run on real data through the stated preprocessing: does it end at N(0, I)? Plots x_T's
+    histogram
+    and QQ plot.
+    """
 
     name = "xt_normality"
     needs = ("schedule",)
     options = (
-        Option("data", str, doc="training-like images: a folder, an .npz image batch or a registered data set ('name:split')"),
-        Option("preprocess", str, "signed", "uint8 -> model input: signed x/127.5-1, unit x/255, raw 0-255", choices=tuple(PREPROCESSINGS)),
+        Option(
+            "data",
+            str,
+            doc="training-like images: a folder, an .npz image batch or a registered data set ('name:split')",
+        ),
+        Option(
+            "preprocess",
+            str,
+            "signed",
+            "uint8 -> model input: signed x/127.5-1, unit x/255, raw 0-255",
+            choices=tuple(PREPROCESSINGS),
+        ),
         Option("n", int, 4096, "use at most this many images", minimum=1),
     )
 

@@ -40,7 +40,10 @@ WEIGHTS_SHA256 = {
 DEMO_SCHEDULE = "cosine"
 DEMO_PREDICTION = "eps"
 IMAGE_SHAPE = (1, 8, 8)
-_FIX = "reinstall diffeval (the bundled file is damaged), or retrain with `python -m diffeval.demo.train` and update WEIGHTS_SHA256"
+_FIX = (
+    "reinstall diffeval (the bundled file is damaged), or retrain with `python -m diffeval.demo.train` and update"
+    " WEIGHTS_SHA256"
+)
 
 
 def weight_path(name: str) -> Path:
@@ -48,7 +51,9 @@ def weight_path(name: str) -> Path:
     return Path(str(resources.files("diffeval.demo") / "weights" / name))
 
 
-def load_denoiser(path: str | Path | None = None, sha256: str | None = None, device: str | torch.device = "cpu") -> DigitsDenoiser:
+def load_denoiser(
+    path: str | Path | None = None, sha256: str | None = None, device: str | torch.device = "cpu"
+) -> DigitsDenoiser:
     """The trained demo denoiser (eps-prediction, cosine schedule), hash-verified.
 
     ``path``/``sha256`` load another file through the same checks (tests use them).
@@ -60,7 +65,9 @@ def load_denoiser(path: str | Path | None = None, sha256: str | None = None, dev
     return model.to(device).eval()
 
 
-def load_classifier(path: str | Path | None = None, sha256: str | None = None, device: str | torch.device = "cpu") -> DigitsClassifier:
+def load_classifier(
+    path: str | Path | None = None, sha256: str | None = None, device: str | torch.device = "cpu"
+) -> DigitsClassifier:
     """The trained demo classifier, hash-verified."""
     file = weight_path("classifier.pt") if path is None else Path(path)
     digest = WEIGHTS_SHA256["classifier.pt"] if path is None else sha256
@@ -69,10 +76,24 @@ def load_classifier(path: str | Path | None = None, sha256: str | None = None, d
     return model.to(device).eval()
 
 
-def demo_sampler(steps: int = 50, eta: float = 0.0, device: str | torch.device = "cpu", model: torch.nn.Module | None = None, **knobs: object) -> GeneralizedSampler:
+def demo_sampler(
+    steps: int = 50,
+    eta: float = 0.0,
+    device: str | torch.device = "cpu",
+    model: torch.nn.Module | None = None,
+    **knobs: object,
+) -> GeneralizedSampler:
     """The generalized sampler over the bundled denoiser (or ``model``, e.g. an untrained one)."""
     net = load_denoiser(device=device) if model is None else model.to(device).eval()
-    return GeneralizedSampler(net, schedules.get(DEMO_SCHEDULE), prediction=DEMO_PREDICTION, steps=steps, eta=eta, image_shape=IMAGE_SHAPE, **knobs)  # type: ignore[arg-type]
+    return GeneralizedSampler(
+        net,
+        schedules.get(DEMO_SCHEDULE),
+        prediction=DEMO_PREDICTION,
+        steps=steps,
+        eta=eta,
+        image_shape=IMAGE_SHAPE,
+        **knobs,
+    )
 
 
 class DigitsFeatureExtractor:
@@ -83,7 +104,9 @@ class DigitsFeatureExtractor:
     default_layers = {"fid": "features", "kid": "features", "inception_score": "logits"}
     channels = 1
 
-    def __init__(self, device: str | torch.device = "cpu", classifier: DigitsClassifier | None = None, weights: str | None = None) -> None:
+    def __init__(
+        self, device: str | torch.device = "cpu", classifier: DigitsClassifier | None = None, weights: str | None = None
+    ) -> None:
         self.device = torch.device(device)
         if classifier is None:
             classifier = load_classifier() if weights is None else load_classifier(weights, sha256=None)
@@ -94,7 +117,12 @@ class DigitsFeatureExtractor:
         u8 = to_uint8(images)
         if tuple(u8.shape[1:]) != IMAGE_SHAPE:
             raise InputError(
-                explain("demo-digits extractor got images of the wrong size", expected=f"(N, {', '.join(map(str, IMAGE_SHAPE))})", got=f"{tuple(u8.shape)}", fix="use 1x8x8 digit images")
+                explain(
+                    "demo-digits extractor got images of the wrong size",
+                    expected=f"(N, {', '.join(map(str, IMAGE_SHAPE))})",
+                    got=f"{tuple(u8.shape)}",
+                    fix="use 1x8x8 digit images",
+                )
             )
         x = dequantize(u8.to(self.device))
         with torch.no_grad():

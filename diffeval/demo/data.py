@@ -39,7 +39,9 @@ class Digits:
 def load_digits(split: str = "all") -> Digits:
     """The digits (``train``, ``test`` = held out, or ``all``), hash-verified."""
     if split not in SPLITS:
-        raise ConfigError(explain("unknown digits split", expected=" / ".join(SPLITS), got=repr(split), fix="use 'train' or 'test'"))
+        raise ConfigError(
+            explain("unknown digits split", expected=" / ".join(SPLITS), got=repr(split), fix="use 'train' or 'test'")
+        )
     path = resources.files("diffeval.demo") / "data" / "digits.npz"
     with resources.as_file(path) as file:
         verify_sha256(file, DIGITS_SHA256, fix="reinstall diffeval: the bundled digits file is damaged")

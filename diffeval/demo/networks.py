@@ -68,7 +68,9 @@ class DigitsDenoiser(nn.Module):
         self.conv_out = nn.Conv2d(c1, 1, 3, padding=1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        labels = torch.full((x.shape[0],), NUM_CLASSES, device=x.device, dtype=torch.long) if cond is None else cond.long()
+        labels = (
+            torch.full((x.shape[0],), NUM_CLASSES, device=x.device, dtype=torch.long) if cond is None else cond.long()
+        )
         emb = self.time_mlp(timestep_embedding(t, self.emb_dim).to(x.dtype)) + self.label_emb(labels).to(x.dtype)
         emb = nn.functional.silu(emb)
         h1 = self.down1(self.conv_in(x), emb)  # 8x8

@@ -32,7 +32,16 @@ from diffeval.samplers.callable import CallableSampler
 from diffeval.sources import TensorSource
 from diffeval.stats import FeatureMoments
 
-__all__ = ["DemoConfig", "BUGS", "demo_config", "demo_config_path", "run_demo", "reference_moments", "add_arguments", "command"]
+__all__ = [
+    "DemoConfig",
+    "BUGS",
+    "demo_config",
+    "demo_config_path",
+    "run_demo",
+    "reference_moments",
+    "add_arguments",
+    "command",
+]
 
 LAYER = "features"
 BUGS = ("raw-pixels",)
@@ -59,11 +68,25 @@ def demo_config_path() -> Path:
 def demo_config(cfg: DemoConfig) -> RunConfig:
     """``demo.toml`` with the command-line overrides applied."""
     if cfg.bug is not None and cfg.bug not in BUGS:
-        raise ConfigError(explain("unknown demo bug", expected=" / ".join(BUGS), got=repr(cfg.bug), fix="use --bug raw-pixels"))
+        raise ConfigError(
+            explain("unknown demo bug", expected=" / ".join(BUGS), got=repr(cfg.bug), fix="use --bug raw-pixels")
+        )
     base = load_config(demo_config_path())
-    checks = [CheckSpec(c.name, {**c.options, "preprocess": "raw"} if cfg.bug == "raw-pixels" and c.name in ("xt_normality", "terminal_eps_variance") else dict(c.options)) for c in base.checks]
-    sampler = replace(base.sampler, kwargs={**base.sampler.kwargs, "steps": cfg.steps, "eta": cfg.eta})  # type: ignore[arg-type]
-    return replace(base, n=cfg.n, seed=cfg.seed, batch_size=cfg.batch_size, device=cfg.device, sampler=sampler, checks=checks)
+    checks = [
+        CheckSpec(
+            c.name,
+            (
+                {**c.options, "preprocess": "raw"}
+                if cfg.bug == "raw-pixels" and c.name in ("xt_normality", "terminal_eps_variance")
+                else dict(c.options)
+            ),
+        )
+        for c in base.checks
+    ]
+    sampler = replace(base.sampler, kwargs={**base.sampler.kwargs, "steps": cfg.steps, "eta": cfg.eta})
+    return replace(
+        base, n=cfg.n, seed=cfg.seed, batch_size=cfg.batch_size, device=cfg.device, sampler=sampler, checks=checks
+    )
 
 
 def reference_moments(extractor: DigitsFeatureExtractor, layer: str = LAYER, n: int | None = None) -> FeatureMoments:
@@ -71,8 +94,18 @@ def reference_moments(extractor: DigitsFeatureExtractor, layer: str = LAYER, n: 
     return build_reference(digits_source("test"), extractor, moment_layers=[layer], n=n).moments[layer]
 
 
-def _fid_of(sampler: Any, extractor: DigitsFeatureExtractor, reference: FeatureMoments, cfg: DemoConfig) -> EvaluationResult:
-    return evaluate(sampler, seeds=range(cfg.seed, cfg.seed + cfg.n), image_shape=IMAGE_SHAPE, extractors=[extractor], metrics=[FID(reference, extractor.key, LAYER)], batch_size=cfg.batch_size, device=cfg.device)
+def _fid_of(
+    sampler: Any, extractor: DigitsFeatureExtractor, reference: FeatureMoments, cfg: DemoConfig
+) -> EvaluationResult:
+    return evaluate(
+        sampler,
+        seeds=range(cfg.seed, cfg.seed + cfg.n),
+        image_shape=IMAGE_SHAPE,
+        extractors=[extractor],
+        metrics=[FID(reference, extractor.key, LAYER)],
+        batch_size=cfg.batch_size,
+        device=cfg.device,
+    )
 
 
 def _baseline_rows(cfg: DemoConfig) -> list[dict[str, Any]]:
@@ -80,16 +113,48 @@ def _baseline_rows(cfg: DemoConfig) -> list[dict[str, Any]]:
     extractor = DigitsFeatureExtractor(device=resolve_device(cfg.device))
     reference = reference_moments(extractor, n=cfg.n)
     torch.manual_seed(cfg.seed)
-    untrained = _fid_of(demo_sampler(steps=cfg.steps, eta=cfg.eta, device=cfg.device, model=DigitsDenoiser()), extractor, reference, cfg)["fid"]
-    noise = _fid_of(CallableSampler(lambda x, cond: x.clamp(-1, 1), name="pure-noise"), extractor, reference, cfg)["fid"]
+    untrained = _fid_of(
+        demo_sampler(steps=cfg.steps, eta=cfg.eta, device=cfg.device, model=DigitsDenoiser()), extractor, reference, cfg
+    )["fid"]
+    noise = _fid_of(CallableSampler(lambda x, cond: x.clamp(-1, 1), name="pure-noise"), extractor, reference, cfg)[
+        "fid"
+    ]
     train = load_digits("train").images[: cfg.n]
-    floor = measure(TensorSource(train), extractors=[extractor], metrics=[FID(reference, extractor.key, LAYER, allow_unmatched=len(train) != reference.n)])
+    floor = measure(
+        TensorSource(train),
+        extractors=[extractor],
+        metrics=[FID(reference, extractor.key, LAYER, allow_unmatched=len(train) != reference.n)],
+    )
     floor_result = next(iter(floor.values()))
     space = f"{extractor.key}:{LAYER}"
     return [
-        make_row("fid[untrained model]", "baseline", untrained.value, n_gen=untrained.n_gen, n_ref=untrained.n_ref, extractor=space, sampler="untrained DigitsDenoiser"),
-        make_row("fid[pure noise]", "baseline", noise.value, n_gen=noise.n_gen, n_ref=noise.n_ref, extractor=space, sampler="N(0,I) clamped to [-1,1]"),
-        make_row("fid[real training digits]", "baseline", floor_result.value, n_gen=floor_result.n_gen, n_ref=floor_result.n_ref, extractor=space, sampler="real digits (train split)"),
+        make_row(
+            "fid[untrained model]",
+            "baseline",
+            untrained.value,
+            n_gen=untrained.n_gen,
+            n_ref=untrained.n_ref,
+            extractor=space,
+            sampler="untrained DigitsDenoiser",
+        ),
+        make_row(
+            "fid[pure noise]",
+            "baseline",
+            noise.value,
+            n_gen=noise.n_gen,
+            n_ref=noise.n_ref,
+            extractor=space,
+            sampler="N(0,I) clamped to [-1,1]",
+        ),
+        make_row(
+            "fid[real training digits]",
+            "baseline",
+            floor_result.value,
+            n_gen=floor_result.n_gen,
+            n_ref=floor_result.n_ref,
+            extractor=space,
+            sampler="real digits (train split)",
+        ),
     ]
 
 
@@ -102,20 +167,41 @@ def run_demo(cfg: DemoConfig) -> tuple[Report, dict[str, Path]]:
 
 def add_arguments(parser: argparse.ArgumentParser, positive_int: Any, non_negative_int: Any) -> None:
     """The ``diffeval demo`` options."""
-    parser.add_argument("--out", type=Path, default=Path("diffeval-demo"), help="output folder (default: ./diffeval-demo)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("diffeval-demo"), help="output folder (default: ./diffeval-demo)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    parser.add_argument("--n", type=positive_int, default=360, help="number of samples (default: 360 = held-out digits)")
+    parser.add_argument(
+        "--n", type=positive_int, default=360, help="number of samples (default: 360 = held-out digits)"
+    )
     parser.add_argument("--steps", type=positive_int, default=50, help="sampling steps (default: 50)")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="first seed; sample i uses seed + i (default: 0)")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="first seed; sample i uses seed + i (default: 0)"
+    )
     parser.add_argument("--batch-size", type=positive_int, default=120, help="samples per batch (default: 120)")
     parser.add_argument("--eta", type=float, default=0.0, help="0 = DDIM, 1 = DDPM ancestral (default: 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--bug", choices=BUGS, default=None, help="inject a classic bug: raw-pixels feeds the digits as 0-255 to the diagnostics (default: none)")
+    parser.add_argument(
+        "--bug",
+        choices=BUGS,
+        default=None,
+        help="inject a classic bug: raw-pixels feeds the digits as 0-255 to the diagnostics (default: none)",
+    )
 
 
 def command(args: argparse.Namespace) -> int:
     """``diffeval demo``: exit 0, 1 when a check fails, 2 on error, 130 when interrupted."""
-    cfg = DemoConfig(out=args.out, device=args.device, n=args.n, steps=args.steps, seed=args.seed, batch_size=args.batch_size, eta=args.eta, progress=not args.no_progress, bug=args.bug)
+    cfg = DemoConfig(
+        out=args.out,
+        device=args.device,
+        n=args.n,
+        steps=args.steps,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        eta=args.eta,
+        progress=not args.no_progress,
+        bug=args.bug,
+    )
     try:
         report, paths = run_demo(cfg)
     except RunFailed as failure:

@@ -35,7 +35,9 @@ def _lr_at(step: int, total: int, peak: float, warmup: int = 200) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def train_denoiser(steps: int, seed: int = 0, batch_size: int = 128, lr: float = 2e-3, ema_decay: float = 0.999, log_every: int = 500) -> DigitsDenoiser:
+def train_denoiser(
+    steps: int, seed: int = 0, batch_size: int = 128, lr: float = 2e-3, ema_decay: float = 0.999, log_every: int = 500
+) -> DigitsDenoiser:
     """eps-prediction DDPM training on the train split, cosine schedule, label dropout; returns the EMA model."""
     torch.manual_seed(seed)
     x_train = load_digits("train")

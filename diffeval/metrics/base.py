@@ -82,10 +82,24 @@ class Batch:
 
     def layer(self, extractor: str, layer: str, who: str) -> torch.Tensor:
         if extractor not in self.features:
-            raise InputError(explain(f"{who} needs features of extractor {extractor!r}", expected=f"extractor {extractor!r} in the run", got=f"extractors {sorted(self.features)}", fix=f"add the {extractor!r} extractor to the evaluation"))
+            raise InputError(
+                explain(
+                    f"{who} needs features of extractor {extractor!r}",
+                    expected=f"extractor {extractor!r} in the run",
+                    got=f"extractors {sorted(self.features)}",
+                    fix=f"add the {extractor!r} extractor to the evaluation",
+                )
+            )
         layers = self.features[extractor]
         if layer not in layers:
-            raise InputError(explain(f"extractor {extractor!r} gave no layer {layer!r}", expected=f"layer {layer!r}", got=f"layers {sorted(layers)}", fix="pick a layer the extractor provides"))
+            raise InputError(
+                explain(
+                    f"extractor {extractor!r} gave no layer {layer!r}",
+                    expected=f"layer {layer!r}",
+                    got=f"layers {sorted(layers)}",
+                    fix="pick a layer the extractor provides",
+                )
+            )
         return layers[layer]
 
     def __len__(self) -> int:
@@ -100,8 +114,11 @@ class Batch:
     def concat(batches: Sequence[Batch]) -> Batch:
         """One batch holding ``batches`` in order (features, images, seeds and list/tensor conditions concatenated)."""
         first = batches[0]
-        features = {ex: {layer: torch.cat([b.features[ex][layer] for b in batches]) for layer in layers} for ex, layers in first.features.items()}
-        images = torch.cat([b.images for b in batches]) if first.images is not None else None  # type: ignore[misc]
+        features = {
+            ex: {layer: torch.cat([b.features[ex][layer] for b in batches]) for layer in layers}
+            for ex, layers in first.features.items()
+        }
+        images = torch.cat([b.images for b in batches]) if first.images is not None else None
         cond = first.cond
         if isinstance(cond, torch.Tensor):
             cond = torch.cat([b.cond for b in batches])
@@ -115,14 +132,23 @@ class Batch:
         for size in sizes:
             sl = slice(start, start + size)
             cond = self.cond[sl] if isinstance(self.cond, (torch.Tensor, list, tuple)) else self.cond
-            out.append(Batch(features={ex: {k: v[sl] for k, v in layers.items()} for ex, layers in self.features.items()}, seeds=self.seeds[sl], cond=cond, images=None if self.images is None else self.images[sl]))
+            out.append(
+                Batch(
+                    features={ex: {k: v[sl] for k, v in layers.items()} for ex, layers in self.features.items()},
+                    seeds=self.seeds[sl],
+                    cond=cond,
+                    images=None if self.images is None else self.images[sl],
+                )
+            )
             start += size
         return out
 
 
 @dataclass(frozen=True)
 class MetricResult:
-    """What ``compute()`` returns: the value, its standard error (None where undefined), counts, convention and details."""
+    """What ``compute()`` returns: the value, its standard error (None where undefined), counts, convention and
+    details.
+    """
 
     value: float
     stderr: float | None = None
@@ -138,12 +164,17 @@ class MetricResult:
             return getattr(self, key)
         if key in self.details:
             return self.details[key]
-        raise KeyError(f"{key!r}: a MetricResult has value, stderr, n_gen, n_ref, convention, status and details {sorted(self.details)}")
+        raise KeyError(
+            f"{key!r}: a MetricResult has value, stderr, n_gen, n_ref, convention, status and details"
+            f" {sorted(self.details)}"
+        )
 
 
 @dataclass(frozen=True)
 class BuildContext:
-    """What :meth:`Metric.from_config` may use: the run's counts and seeds, shared extractors, inputs and the sampler's declaration."""
+    """What :meth:`Metric.from_config` may use: the run's counts and seeds, shared extractors, inputs and the sampler's
+    declaration.
+    """
 
     n: int
     seed: int = 0
@@ -224,7 +255,14 @@ class Metric(ABC):
         """Merge another shard's :meth:`state` into this metric (through :meth:`merge`)."""
         unknown = sorted(set(state) - set(self.state_keys))
         if unknown:
-            raise InputError(explain(f"state of {self.label} has unknown keys {unknown}", expected=f"keys {list(self.state_keys)}", got=", ".join(unknown), fix="merge states of the same metric"))
+            raise InputError(
+                explain(
+                    f"state of {self.label} has unknown keys {unknown}",
+                    expected=f"keys {list(self.state_keys)}",
+                    got=", ".join(unknown),
+                    fix="merge states of the same metric",
+                )
+            )
         other = self.empty_like()
         for key, value in state.items():
             setattr(other, key, value)
@@ -243,7 +281,14 @@ def register_metric(cls: type[Metric]) -> type[Metric]:
     if not all(isinstance(o, Option) for o in getattr(cls, "options", ())):
         problems.append("options (a tuple of diffeval.options.Option)")
     if problems:
-        raise ConfigError(explain(f"metric class {cls.__name__} is not fully declared", expected="name, direction, inputs and options as class attributes", got="missing or invalid: " + ", ".join(problems), fix="declare them on the class"))
+        raise ConfigError(
+            explain(
+                f"metric class {cls.__name__} is not fully declared",
+                expected="name, direction, inputs and options as class attributes",
+                got="missing or invalid: " + ", ".join(problems),
+                fix="declare them on the class",
+            )
+        )
     METRICS.register(cls.name, cls)
     return cls
 
@@ -271,15 +316,31 @@ def choose_layer(extractor: Any, layer: str | None, metric: str) -> str:
     """``layer``, or the extractor's default layer for ``metric``; it must be one the extractor provides."""
     chosen = layer or getattr(extractor, "default_layers", {}).get(metric)
     if chosen is None or chosen not in extractor.layers:
-        raise InputError(explain(f"extractor {extractor.name!r} has no layer {chosen!r} for {metric}", expected=f"one of {sorted(extractor.layers)}", got=repr(chosen), fix="set layer = one of those"))
+        raise InputError(
+            explain(
+                f"extractor {extractor.name!r} has no layer {chosen!r} for {metric}",
+                expected=f"one of {sorted(extractor.layers)}",
+                got=repr(chosen),
+                fix="set layer = one of those",
+            )
+        )
     return chosen
 
 
 def require_finite(t: torch.Tensor, who: str) -> None:
-    """An :class:`InputError` if ``t`` (on the CPU) holds NaN or inf; CUDA tensors are checked when the metric computes."""
+    """An :class:`InputError` if ``t`` (on the CPU) holds NaN or inf; CUDA tensors are checked when the metric
+    computes.
+    """
     if not t.is_cuda and not bool(torch.isfinite(t).all()):
         rows = int((~torch.isfinite(t)).flatten(1).any(1).sum()) if t.ndim > 1 else int((~torch.isfinite(t)).sum())
-        raise InputError(explain(f"{who} input contains NaN or inf", expected="finite values", got=f"{rows} non-finite row(s)", fix="check the images fed to the extractor (or the model)"))
+        raise InputError(
+            explain(
+                f"{who} input contains NaN or inf",
+                expected="finite values",
+                got=f"{rows} non-finite row(s)",
+                fix="check the images fed to the extractor (or the model)",
+            )
+        )
 
 
 def _to_cpu(value: Any) -> Any:

@@ -36,7 +36,16 @@ import torch
 
 from diffeval.denoiser import Denoiser, check_prediction
 from diffeval.errors import ConfigError, InputError, explain
-from diffeval.metrics.base import LABEL_OPTION, Batch, BuildContext, Metric, MetricExample, MetricResult, mean_and_stderr, register_metric
+from diffeval.metrics.base import (
+    LABEL_OPTION,
+    Batch,
+    BuildContext,
+    Metric,
+    MetricExample,
+    MetricResult,
+    mean_and_stderr,
+    register_metric,
+)
 from diffeval.options import Option
 from diffeval.quantize import dequantize, grid_offset, levels
 from diffeval.schedules import Schedule
@@ -72,7 +81,9 @@ def normal_cdf(x: torch.Tensor, approx: str = "exact") -> torch.Tensor:
     raise InputError(explain("unknown CDF", expected="exact or tanh", got=repr(approx), fix="use 'exact'"))
 
 
-def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, cdf: str = "exact") -> torch.Tensor:
+def discretized_gaussian_log_likelihood(
+    x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, cdf: str = "exact"
+) -> torch.Tensor:
     """log P(x) per element for an 8-bit x in [-1, 1]: Gaussian mass of the bin x ± 1/255, edge bins open."""
     centered = x - mean
     inv_scale = torch.exp(-log_scale)
@@ -94,18 +105,44 @@ def prior_kl(x0: torch.Tensor, alpha_sq: float) -> torch.Tensor:
 def check_8bit(x0: torch.Tensor, require_grid: bool = True) -> None:
     """Data must be finite; for discrete decoders also in [-1, 1] on the grid k/127.5 - 1."""
     if not torch.is_tensor(x0) or x0.ndim < 2 or x0.shape[0] == 0:
-        raise InputError(explain("bits/dim needs a batch of data", expected="a non-empty (N, ...) tensor", got=f"{tuple(x0.shape) if torch.is_tensor(x0) else type(x0).__name__}", fix="pass data images"))
+        raise InputError(
+            explain(
+                "bits/dim needs a batch of data",
+                expected="a non-empty (N, ...) tensor",
+                got=f"{tuple(x0.shape) if torch.is_tensor(x0) else type(x0).__name__}",
+                fix="pass data images",
+            )
+        )
     if not bool(torch.isfinite(x0).all()):
-        raise InputError(explain("data contains NaN or inf", expected="finite 8-bit data in [-1, 1]", got="non-finite values", fix="clean the data"))
+        raise InputError(
+            explain(
+                "data contains NaN or inf",
+                expected="finite 8-bit data in [-1, 1]",
+                got="non-finite values",
+                fix="clean the data",
+            )
+        )
     if not require_grid:
         return  # continuous data (Gaussian decoder): any finite values
     lo, hi = float(x0.min()), float(x0.max())
     if lo < -1 - 1e-6 or hi > 1 + 1e-6:
-        raise InputError(explain("data is outside [-1, 1]", expected="8-bit data scaled as u8 / 127.5 - 1", got=f"range [{lo:.4g}, {hi:.4g}]", fix="scale uint8 images with x / 127.5 - 1 (or pass uint8)"))
+        raise InputError(
+            explain(
+                "data is outside [-1, 1]",
+                expected="8-bit data scaled as u8 / 127.5 - 1",
+                got=f"range [{lo:.4g}, {hi:.4g}]",
+                fix="scale uint8 images with x / 127.5 - 1 (or pass uint8)",
+            )
+        )
     off = grid_offset(x0)
     if off > 1e-4:
         raise InputError(
-            explain("data is not on the 8-bit grid", expected="values k/127.5 - 1 for integer k", got=f"values up to {off:.3g} bins off the grid", fix="quantize to uint8 first, or use the continuous (gaussian) decoder and the +7 offset")
+            explain(
+                "data is not on the 8-bit grid",
+                expected="values k/127.5 - 1 for integer k",
+                got=f"values up to {off:.3g} bins off the grid",
+                fix="quantize to uint8 first, or use the continuous (gaussian) decoder and the +7 offset",
+            )
         )
 
 
@@ -138,12 +175,33 @@ def vlb_nll(
     """Discrete-time VLB per sample; ``strata=None`` sums all T-1 terms (and returns them)."""
     denoiser = Denoiser(model, schedule, prediction)
     if decoder not in ("discretized", "gaussian"):
-        raise InputError(explain("unknown VLB decoder", expected="discretized (8-bit data) or gaussian (continuous data)", got=repr(decoder), fix="use 'discretized'"))
+        raise InputError(
+            explain(
+                "unknown VLB decoder",
+                expected="discretized (8-bit data) or gaussian (continuous data)",
+                got=repr(decoder),
+                fix="use 'discretized'",
+            )
+        )
     check_8bit(x0, require_grid=decoder == "discretized")
     if schedule.T < 2:
-        raise InputError(explain("the VLB needs a schedule with at least 2 steps", expected="T >= 2", got=f"T = {schedule.T}", fix="pass the training schedule"))
+        raise InputError(
+            explain(
+                "the VLB needs a schedule with at least 2 steps",
+                expected="T >= 2",
+                got=f"T = {schedule.T}",
+                fix="pass the training schedule",
+            )
+        )
     if len(rng) != x0.shape[0]:
-        raise InputError(explain("one random stream per sample is needed", expected=f"{x0.shape[0]} seeds", got=f"{len(rng)}", fix="build SeedRNG with one seed per sample"))
+        raise InputError(
+            explain(
+                "one random stream per sample is needed",
+                expected=f"{x0.shape[0]} seeds",
+                got=f"{len(rng)}",
+                fix="build SeedRNG with one seed per sample",
+            )
+        )
     x0 = x0.double().cpu()
     n, dims = x0.shape[0], x0[0].numel()
     T = schedule.T  # noqa: N806
@@ -166,7 +224,14 @@ def vlb_nll(
         diffusion = terms.sum(1)
     else:
         if not isinstance(strata, int) or not 1 <= strata <= T - 1:
-            raise InputError(explain("invalid number of strata", expected=f"an integer in [1, T-1 = {T - 1}] or None (all terms)", got=repr(strata), fix="use strata=50"))
+            raise InputError(
+                explain(
+                    "invalid number of strata",
+                    expected=f"an integer in [1, T-1 = {T - 1}] or None (all terms)",
+                    got=repr(strata),
+                    fix="use strata=50",
+                )
+            )
         terms = None
         diffusion = torch.zeros(n, dtype=torch.float64)
         for group in np.array_split(np.arange(1, T), strata):
@@ -184,11 +249,18 @@ def vlb_nll(
     else:
         log_p = -0.5 * (math.log(2 * math.pi * var_dec) + (x0 - x0_hat) ** 2 / var_dec)
     dec = -log_p.flatten(1).sum(1)
-    return BpdEstimate(nll_nats=prior + diffusion + dec, components={"prior": prior, "diffusion": diffusion, "decoder": dec}, dims=dims, terms=terms)
+    return BpdEstimate(
+        nll_nats=prior + diffusion + dec,
+        components={"prior": prior, "diffusion": diffusion, "decoder": dec},
+        dims=dims,
+        terms=terms,
+    )
 
 
 def gaussian_decoder_nll(x: torch.Tensor, z0_scaled: torch.Tensor, lam_0: float) -> torch.Tensor:
-    """-log N(x; z_0/alpha_0, exp(-lambda_0)) per element: VDM's continuous decoder (mean over eps: 0.5 ln(2 pi e / SNR_0))."""
+    """-log N(x; z_0/alpha_0, exp(-lambda_0)) per element: VDM's continuous decoder (mean over eps: 0.5 ln(2 pi e /
+    SNR_0)).
+    """
     var = math.exp(-lam_0)
     return 0.5 * (math.log(2 * math.pi * var) + (z0_scaled - x) ** 2 / var)
 
@@ -200,7 +272,9 @@ def vdm_weight(schedule: Schedule, u: torch.Tensor) -> tuple[torch.Tensor, torch
         raise InputError(
             explain(
                 f"schedule {schedule.name!r} has no differentiable lambda(u)",
-                expected="a continuous-time schedule (log_snr_fn and model_time_fn), e.g. schedules.vdm() or schedules.edm()",
+                expected=(
+                    "a continuous-time schedule (log_snr_fn and model_time_fn), e.g. schedules.vdm() or schedules.edm()"
+                ),
                 got="a discrete schedule",
                 fix="use the discrete VLB (estimator='vlb') for discrete-time models",
             )
@@ -212,10 +286,28 @@ def vdm_weight(schedule: Schedule, u: torch.Tensor) -> tuple[torch.Tensor, torch
     except RuntimeError:  # lambda(u) was computed outside autograd (detached, NumPy, a lookup table)
         grad = None
     if grad is None or not bool(torch.isfinite(grad).all()) or not bool(torch.isfinite(lam).all()):
-        bad = float(u[~torch.isfinite(grad)][0]) if grad is not None and not bool(torch.isfinite(grad).all()) else float("nan")
-        raise InputError(explain(f"lambda(u) of {schedule.name!r} is not differentiable where the estimator needs it", expected="finite lambda and dlambda/du on [0, 1]", got=f"non-finite value or gradient (u = {bad:.4g})", fix="use a schedule with finite log-SNR on [0, 1] (no zero terminal SNR) or the discrete VLB"))
+        bad = (
+            float(u[~torch.isfinite(grad)][0])
+            if grad is not None and not bool(torch.isfinite(grad).all())
+            else float("nan")
+        )
+        raise InputError(
+            explain(
+                f"lambda(u) of {schedule.name!r} is not differentiable where the estimator needs it",
+                expected="finite lambda and dlambda/du on [0, 1]",
+                got=f"non-finite value or gradient (u = {bad:.4g})",
+                fix="use a schedule with finite log-SNR on [0, 1] (no zero terminal SNR) or the discrete VLB",
+            )
+        )
     if bool((grad >= 0).any()):
-        raise InputError(explain(f"lambda(u) of {schedule.name!r} is not decreasing", expected="dlambda/du < 0", got=f"dlambda/du >= 0 at u = {float(u[grad >= 0][0]):.4g}", fix="order the schedule from clean (u=0) to noisy (u=1)"))
+        raise InputError(
+            explain(
+                f"lambda(u) of {schedule.name!r} is not decreasing",
+                expected="dlambda/du < 0",
+                got=f"dlambda/du >= 0 at u = {float(u[grad >= 0][0]):.4g}",
+                fix="order the schedule from clean (u=0) to noisy (u=1)",
+            )
+        )
     return lam.detach(), -grad.detach()
 
 
@@ -239,9 +331,20 @@ def vdm_nll(
     """
     denoiser = Denoiser(model, schedule, prediction)
     if decoder not in ("categorical", "gaussian"):
-        raise InputError(explain("unknown VDM decoder", expected="categorical (8-bit data) or gaussian (continuous data)", got=repr(decoder), fix="use 'categorical'"))
+        raise InputError(
+            explain(
+                "unknown VDM decoder",
+                expected="categorical (8-bit data) or gaussian (continuous data)",
+                got=repr(decoder),
+                fix="use 'categorical'",
+            )
+        )
     if t_sampling not in ("stratified", "antithetic"):
-        raise InputError(explain("unknown t sampling", expected="stratified or antithetic", got=repr(t_sampling), fix="use 'stratified'"))
+        raise InputError(
+            explain(
+                "unknown t sampling", expected="stratified or antithetic", got=repr(t_sampling), fix="use 'stratified'"
+            )
+        )
     if not isinstance(n_t, int) or n_t < 1:
         raise InputError(explain("invalid n_t", expected="an integer >= 1", got=repr(n_t), fix="use n_t=1"))
     check_8bit(x0, require_grid=decoder == "categorical")
@@ -275,9 +378,18 @@ def vdm_nll(
         alpha, sigma = torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
         eps = rng.randn(x0.shape[1:], torch.float64)
         z = alpha.view(-1, *[1] * (x0.ndim - 1)) * x0 + sigma.view(-1, *[1] * (x0.ndim - 1)) * eps
-        _, eps_hat = denoiser.predict_at(z, lam, schedule.model_time_fn(u[:, j]), lambda i, j=j, lam=lam: f"u={float(u[i, j]):.4g} (log-SNR {float(lam[i]):.4g})")  # type: ignore[misc,union-attr]
+        _, eps_hat = denoiser.predict_at(
+            z,
+            lam,
+            schedule.model_time_fn(u[:, j]),
+            lambda i, j=j, lam=lam: f"u={float(u[i, j]):.4g} (log-SNR {float(lam[i]):.4g})",
+        )
         diffusion += 0.5 * weight * ((eps - eps_hat) ** 2).flatten(1).sum(1) / n_t
-    return BpdEstimate(nll_nats=prior + diffusion + recon, components={"prior": prior, "diffusion": diffusion, "decoder": recon}, dims=dims)
+    return BpdEstimate(
+        nll_nats=prior + diffusion + recon,
+        components={"prior": prior, "diffusion": diffusion, "decoder": recon},
+        dims=dims,
+    )
 
 
 _ESTIMATOR_OPTIONS = {"vlb": {"strata", "decoder", "cdf", "clip_x0"}, "vdm": {"n_t", "t_sampling", "decoder"}}
@@ -298,39 +410,128 @@ class BitsPerDim(Metric):
     unit = "bits/dim"
     inputs = "data"
     options = (
-        Option("data", str, doc="the data: an image folder, an .npz image batch or a registered data set ('name:split')"),
+        Option(
+            "data", str, doc="the data: an image folder, an .npz image batch or a registered data set ('name:split')"
+        ),
         Option("n", int, None, "use the first n images (default: all)", minimum=2, nullable=True),
-        Option("estimator", str, "vlb", "vlb: discrete-time bound; vdm: continuous-time (needs a differentiable schedule)", choices=ESTIMATORS),
-        Option("strata", int, None, "vlb: t strata of the sum over steps (default 50; see all_terms)", minimum=1, nullable=True),
+        Option(
+            "estimator",
+            str,
+            "vlb",
+            "vlb: discrete-time bound; vdm: continuous-time (needs a differentiable schedule)",
+            choices=ESTIMATORS,
+        ),
+        Option(
+            "strata",
+            int,
+            None,
+            "vlb: t strata of the sum over steps (default 50; see all_terms)",
+            minimum=1,
+            nullable=True,
+        ),
         Option("all_terms", bool, None, "vlb: sum all T-1 terms exactly (slow)", nullable=True),
-        Option("cdf", str, None, "vlb: decoder CDF, exact (erf) or improved-diffusion's tanh", choices=("exact", "tanh"), nullable=True),
+        Option(
+            "cdf",
+            str,
+            None,
+            "vlb: decoder CDF, exact (erf) or improved-diffusion's tanh",
+            choices=("exact", "tanh"),
+            nullable=True,
+        ),
         Option("clip_x0", bool, None, "vlb: clip x0_hat to [-1, 1] (default true)", nullable=True),
         Option("n_t", int, None, "vdm: t draws per sample (default 1)", minimum=1, nullable=True),
-        Option("t_sampling", str, None, "vdm: stratified (per sample, default) or antithetic (across the batch)", choices=("stratified", "antithetic"), nullable=True),
-        Option("decoder", str, None, "discretized/categorical (8-bit data, default) or gaussian (continuous data, +7 bits/dim)", choices=("discretized", "categorical", "gaussian"), nullable=True),
-        Option("seed", int, None, "seed offset of the per-sample random streams (default: the run's seed)", minimum=0, nullable=True),
+        Option(
+            "t_sampling",
+            str,
+            None,
+            "vdm: stratified (per sample, default) or antithetic (across the batch)",
+            choices=("stratified", "antithetic"),
+            nullable=True,
+        ),
+        Option(
+            "decoder",
+            str,
+            None,
+            "discretized/categorical (8-bit data, default) or gaussian (continuous data, +7 bits/dim)",
+            choices=("discretized", "categorical", "gaussian"),
+            nullable=True,
+        ),
+        Option(
+            "seed",
+            int,
+            None,
+            "seed offset of the per-sample random streams (default: the run's seed)",
+            minimum=0,
+            nullable=True,
+        ),
         LABEL_OPTION,
     )
     state_keys = ("n", "sums")
 
-    def __init__(self, model: Callable[..., torch.Tensor], schedule: Schedule, prediction: str = "eps", estimator: str = "vlb", seed: int = 0, *, label: str | None = None, data: str = "", **options: Any) -> None:
+    def __init__(
+        self,
+        model: Callable[..., torch.Tensor],
+        schedule: Schedule,
+        prediction: str = "eps",
+        estimator: str = "vlb",
+        seed: int = 0,
+        *,
+        label: str | None = None,
+        data: str = "",
+        **options: Any,
+    ) -> None:
         if estimator not in ESTIMATORS:
-            raise ConfigError(explain("unknown bits/dim estimator", expected=" / ".join(ESTIMATORS), got=repr(estimator), fix="use 'vlb' for discrete-time models, 'vdm' for continuous-time ones"))
+            raise ConfigError(
+                explain(
+                    "unknown bits/dim estimator",
+                    expected=" / ".join(ESTIMATORS),
+                    got=repr(estimator),
+                    fix="use 'vlb' for discrete-time models, 'vdm' for continuous-time ones",
+                )
+            )
         options = {k: v for k, v in options.items() if v is not None}
         if options.pop("all_terms", False):
             if "strata" in options:
-                raise ConfigError(explain("strata and all_terms both given", expected="one of them", got=f"strata = {options['strata']}, all_terms = true", fix="drop one"))
+                raise ConfigError(
+                    explain(
+                        "strata and all_terms both given",
+                        expected="one of them",
+                        got=f"strata = {options['strata']}, all_terms = true",
+                        fix="drop one",
+                    )
+                )
             options["strata"] = None
         allowed = _ESTIMATOR_OPTIONS[estimator]
         unknown = sorted(set(options) - allowed)
         if unknown:
-            raise ConfigError(explain(f"option(s) {unknown} do not apply to the {estimator} estimator", expected=f"options among {sorted(allowed)}", got=", ".join(unknown), fix="remove them, or pick the estimator they belong to"))
+            raise ConfigError(
+                explain(
+                    f"option(s) {unknown} do not apply to the {estimator} estimator",
+                    expected=f"options among {sorted(allowed)}",
+                    got=", ".join(unknown),
+                    fix="remove them, or pick the estimator they belong to",
+                )
+            )
         decoder = options.get("decoder")
         valid_decoders = {"vlb": ("discretized", "gaussian"), "vdm": ("categorical", "gaussian")}[estimator]
         if decoder is not None and decoder not in valid_decoders:
-            raise ConfigError(explain(f"decoder {decoder!r} does not apply to the {estimator} estimator", expected=" or ".join(valid_decoders), got=repr(decoder), fix=f"use decoder = {valid_decoders[0]!r}"))
+            raise ConfigError(
+                explain(
+                    f"decoder {decoder!r} does not apply to the {estimator} estimator",
+                    expected=" or ".join(valid_decoders),
+                    got=repr(decoder),
+                    fix=f"use decoder = {valid_decoders[0]!r}",
+                )
+            )
         check_prediction(prediction)
-        self.model, self.schedule, self.prediction, self.estimator, self.seed, self.settings = model, schedule, prediction, estimator, seed, options
+        self.model, self.schedule, self.prediction, self.estimator, self.seed, self.settings = (
+            model,
+            schedule,
+            prediction,
+            estimator,
+            seed,
+            options,
+        )
         self.data_spec = data
         self.space = data
         self.custom_label = label
@@ -351,7 +552,11 @@ class BitsPerDim(Metric):
     def convention_text(self) -> str:
         if self.continuous_decoder:
             return "continuous Gaussian decoder; +7 bits/dim added for 8-bit data on [-1, 1] (256 bins of width 2^-7)"
-        return "discrete decoder: discretized Gaussian over 256 bins (vlb)" if self.estimator == "vlb" else "discrete decoder: 256-way categorical (vdm)"
+        return (
+            "discrete decoder: discretized Gaussian over 256 bins (vlb)"
+            if self.estimator == "vlb"
+            else "discrete decoder: 256-way categorical (vdm)"
+        )
 
     def reset(self) -> None:
         self.n = 0
@@ -360,17 +565,26 @@ class BitsPerDim(Metric):
     def estimate(self, x0: torch.Tensor, seeds: Sequence[int]) -> BpdEstimate:
         rng = SeedRNG([self.seed * 1_000_003 + int(s) for s in seeds])
         fn = vlb_nll if self.estimator == "vlb" else vdm_nll
-        return fn(self.model, self.schedule, x0, self.prediction, rng=rng, **self.settings)  # type: ignore[operator]
+        return fn(self.model, self.schedule, x0, self.prediction, rng=rng, **self.settings)
 
     def update(self, batch: Batch) -> None:
         if batch.images is None:
-            raise InputError(explain("bits/dim needs the data images", expected="batch.images (uint8, or float on the 8-bit grid)", got="None", fix="feed data through diffeval.evaluate.measure"))
+            raise InputError(
+                explain(
+                    "bits/dim needs the data images",
+                    expected="batch.images (uint8, or float on the 8-bit grid)",
+                    got="None",
+                    fix="feed data through diffeval.evaluate.measure",
+                )
+            )
         seeds = batch.seeds if batch.seeds else list(range(self.n, self.n + batch.images.shape[0]))
         x0 = dequantize(batch.images, torch.float64) if batch.images.dtype == torch.uint8 else batch.images
         est = self.estimate(x0, seeds)
         scale = est.dims * LN2
         bpd = est.bpd
-        self.sums += torch.stack([bpd.sum(), (bpd**2).sum(), *(est.components[k].sum() / scale for k in ("prior", "diffusion", "decoder"))])
+        self.sums += torch.stack(
+            [bpd.sum(), (bpd**2).sum(), *(est.components[k].sum() / scale for k in ("prior", "diffusion", "decoder"))]
+        )
         self.n += int(bpd.numel())
 
     def merge(self, other: BitsPerDim) -> BitsPerDim:
@@ -380,15 +594,37 @@ class BitsPerDim(Metric):
 
     def compute(self) -> MetricResult:
         if self.n < 2:
-            raise InputError(explain("bits/dim needs at least 2 samples for a standard error", expected="n >= 2", got=f"{self.n}", fix="evaluate more data"))
+            raise InputError(
+                explain(
+                    "bits/dim needs at least 2 samples for a standard error",
+                    expected="n >= 2",
+                    got=f"{self.n}",
+                    fix="evaluate more data",
+                )
+            )
         s = self.sums.tolist()
         mean, stderr = mean_and_stderr(s[0], s[1], self.n)
         offset = OFFSET_BITS_SIGNED if self.continuous_decoder else 0.0
-        details = {"prior_bpd": s[2] / self.n, "diffusion_bpd": s[3] / self.n, "decoder_bpd": s[4] / self.n, "offset_bits": offset, "estimator": self.estimator, "options": dict(self.settings), "data": self.data_spec, "model": f"{self.prediction}-prediction, schedule {self.schedule.name}"}
+        details = {
+            "prior_bpd": s[2] / self.n,
+            "diffusion_bpd": s[3] / self.n,
+            "decoder_bpd": s[4] / self.n,
+            "offset_bits": offset,
+            "estimator": self.estimator,
+            "options": dict(self.settings),
+            "data": self.data_spec,
+            "model": f"{self.prediction}-prediction, schedule {self.schedule.name}",
+        }
         return MetricResult(mean + offset, stderr, n_ref=self.n, convention=self.convention_text, details=details)
 
     def config_options(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"data": self.data_spec or "<data in memory>", "n": self.n_requested, "estimator": self.estimator, "seed": self.seed, "label": self.custom_label}
+        out: dict[str, Any] = {
+            "data": self.data_spec or "<data in memory>",
+            "n": self.n_requested,
+            "estimator": self.estimator,
+            "seed": self.seed,
+            "label": self.custom_label,
+        }
         for key, value in self.settings.items():
             if key == "strata" and value is None:
                 out["all_terms"] = True
@@ -401,18 +637,51 @@ class BitsPerDim(Metric):
         info = ctx.info
         missing = [k for k in ("model", "schedule", "prediction") if getattr(info, k, None) is None]
         if missing:
-            raise ConfigError(explain("bits/dim needs the sampler's model, schedule and prediction", expected="a sampler that declares model, schedule and prediction (describe())", got=f"{getattr(info, 'name', 'the sampler')} declares no {', '.join(missing)}", fix="use an adapter that declares them (GeneralizedSampler, the diffusers adapters), or remove the bpd metric"))
-        source = ctx.open_source(options["data"])  # type: ignore[misc]
+            raise ConfigError(
+                explain(
+                    "bits/dim needs the sampler's model, schedule and prediction",
+                    expected="a sampler that declares model, schedule and prediction (describe())",
+                    got=f"{getattr(info, 'name', 'the sampler')} declares no {', '.join(missing)}",
+                    fix=(
+                        "use an adapter that declares them (GeneralizedSampler, the diffusers adapters), or remove the"
+                        " bpd metric"
+                    ),
+                )
+            )
+        source = ctx.open_source(options["data"])
         from diffeval.stats import FeatureMoments
 
         if isinstance(source, FeatureMoments):
-            raise InputError(explain(f"bits/dim data {options['data']} holds statistics", expected="data images", got="mu/sigma statistics", fix="point data to the images"))
+            raise InputError(
+                explain(
+                    f"bits/dim data {options['data']} holds statistics",
+                    expected="data images",
+                    got="mu/sigma statistics",
+                    fix="point data to the images",
+                )
+            )
         n = options["n"] if options["n"] is not None else len(source)
         if n > len(source):
-            raise InputError(explain(f"bits/dim data {options['data']} has fewer images than n", expected=f">= {n} images", got=f"{len(source)}", fix=f"set n <= {len(source)}"))
+            raise InputError(
+                explain(
+                    f"bits/dim data {options['data']} has fewer images than n",
+                    expected=f">= {n} images",
+                    got=f"{len(source)}",
+                    fix=f"set n <= {len(source)}",
+                )
+            )
         knobs = {k: options[k] for k in ("strata", "all_terms", "cdf", "clip_x0", "n_t", "t_sampling", "decoder")}
         seed = options["seed"] if options["seed"] is not None else ctx.seed
-        metric = cls(info.model, info.schedule, info.prediction, options["estimator"], seed, label=options["label"], data=options["data"], **knobs)
+        metric = cls(
+            info.model,
+            info.schedule,
+            info.prediction,
+            options["estimator"],
+            seed,
+            label=options["label"],
+            data=options["data"],
+            **knobs,
+        )
         metric.source, metric.indices, metric.n_requested = source, list(range(n)), options["n"]
         return metric
 

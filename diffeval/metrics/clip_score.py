@@ -22,7 +22,17 @@ from typing import Any
 import torch
 
 from diffeval.errors import InputError, explain
-from diffeval.metrics.base import LABEL_OPTION, Batch, BuildContext, Metric, MetricExample, MetricResult, mean_and_stderr, register_metric, require_finite
+from diffeval.metrics.base import (
+    LABEL_OPTION,
+    Batch,
+    BuildContext,
+    Metric,
+    MetricExample,
+    MetricResult,
+    mean_and_stderr,
+    register_metric,
+    require_finite,
+)
 from diffeval.options import Option
 
 __all__ = ["clip_score_torchmetrics", "clip_score_hessel", "CLIPScore", "CONVENTIONS"]
@@ -54,14 +64,37 @@ class CLIPScore(Metric):
     options = (
         Option("model", str, "ViT-B-32", "open_clip model name"),
         Option("pretrained", str, "openai", "open_clip tag or a local checkpoint path", nullable=True),
-        Option("convention", str, "torchmetrics", "torchmetrics: max(mean(100 cos), 0); clipscore: mean(2.5 max(cos, 0)) (Hessel et al.)", choices=CONVENTIONS),
+        Option(
+            "convention",
+            str,
+            "torchmetrics",
+            "torchmetrics: max(mean(100 cos), 0); clipscore: mean(2.5 max(cos, 0)) (Hessel et al.)",
+            choices=CONVENTIONS,
+        ),
         LABEL_OPTION,
     )
     state_keys = ("n", "sums")
 
-    def __init__(self, text_encoder: Callable[[list[str]], torch.Tensor], extractor: str = "clip", layer: str = "image", convention: str = "torchmetrics", *, label: str | None = None, model: str = "ViT-B-32", pretrained: str | None = "openai") -> None:
+    def __init__(
+        self,
+        text_encoder: Callable[[list[str]], torch.Tensor],
+        extractor: str = "clip",
+        layer: str = "image",
+        convention: str = "torchmetrics",
+        *,
+        label: str | None = None,
+        model: str = "ViT-B-32",
+        pretrained: str | None = "openai",
+    ) -> None:
         if convention not in CONVENTIONS:
-            raise InputError(explain("unknown CLIP score convention", expected=" / ".join(CONVENTIONS), got=repr(convention), fix="use 'torchmetrics' or 'clipscore'"))
+            raise InputError(
+                explain(
+                    "unknown CLIP score convention",
+                    expected=" / ".join(CONVENTIONS),
+                    got=repr(convention),
+                    fix="use 'torchmetrics' or 'clipscore'",
+                )
+            )
         self.text_encoder = text_encoder
         self.extractor = extractor
         self.layer = layer
@@ -77,17 +110,38 @@ class CLIPScore(Metric):
         self.sums = torch.zeros(4, dtype=torch.float64)  # Σ100cos, Σ(100cos)², Σ2.5cos+, Σ(2.5cos+)²
 
     def update(self, batch: Batch) -> None:
-        images = batch.layer(self.extractor, self.layer, "CLIP score")  # type: ignore[arg-type]
+        images = batch.layer(self.extractor, self.layer, "CLIP score")
         require_finite(images, "CLIP score")
         prompts = batch.cond
         if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
-            raise InputError(explain("CLIP score needs one prompt string per image", expected="a list of str as the condition", got=type(prompts).__name__, fix="give the prompts as the sampler's condition ([cond] prompts = 'prompts.txt')"))
+            raise InputError(
+                explain(
+                    "CLIP score needs one prompt string per image",
+                    expected="a list of str as the condition",
+                    got=type(prompts).__name__,
+                    fix="give the prompts as the sampler's condition ([cond] prompts = 'prompts.txt')",
+                )
+            )
         if len(prompts) != images.shape[0]:
-            raise InputError(explain("prompt count differs from image count", expected=f"{images.shape[0]} prompts", got=f"{len(prompts)}", fix="give exactly one prompt per image"))
+            raise InputError(
+                explain(
+                    "prompt count differs from image count",
+                    expected=f"{images.shape[0]} prompts",
+                    got=f"{len(prompts)}",
+                    fix="give exactly one prompt per image",
+                )
+            )
         text = self.text_encoder(list(prompts)).to(images.device)
         cos = torch.nn.functional.cosine_similarity(images.double(), text.double(), dim=1).cpu()
         if not bool(torch.isfinite(cos).all()):
-            raise InputError(explain("CLIP similarities are NaN or inf", expected="finite embeddings", got="non-finite cosine similarity", fix="check the images and the text encoder"))
+            raise InputError(
+                explain(
+                    "CLIP similarities are NaN or inf",
+                    expected="finite embeddings",
+                    got="non-finite cosine similarity",
+                    fix="check the images and the text encoder",
+                )
+            )
         a, b = 100 * cos, 2.5 * cos.clamp_min(0)
         self.sums += torch.stack([a.sum(), (a * a).sum(), b.sum(), (b * b).sum()])
         self.n += int(cos.numel())
@@ -99,31 +153,69 @@ class CLIPScore(Metric):
 
     def compute(self) -> MetricResult:
         if self.n < 1:
-            raise InputError(explain("CLIP score has no samples", expected=">= 1 image with a prompt", got="0", fix="evaluate some samples"))
+            raise InputError(
+                explain(
+                    "CLIP score has no samples",
+                    expected=">= 1 image with a prompt",
+                    got="0",
+                    fix="evaluate some samples",
+                )
+            )
         s = self.sums.tolist()
         tm_mean, tm_stderr = mean_and_stderr(s[0], s[1], self.n)
         hessel_mean, hessel_stderr = mean_and_stderr(s[2], s[3], self.n)
-        values = {"torchmetrics": (max(tm_mean, 0.0), tm_stderr, "torchmetrics: max(mean(100 cos), 0)"), "clipscore": (hessel_mean, hessel_stderr, "Hessel et al. CLIPScore: mean(2.5 max(cos, 0))")}
+        values = {
+            "torchmetrics": (max(tm_mean, 0.0), tm_stderr, "torchmetrics: max(mean(100 cos), 0)"),
+            "clipscore": (hessel_mean, hessel_stderr, "Hessel et al. CLIPScore: mean(2.5 max(cos, 0))"),
+        }
         value, stderr, text = values[self.convention]
         other = "clipscore" if self.convention == "torchmetrics" else "torchmetrics"
-        return MetricResult(value, stderr, n_gen=self.n, convention=text, details={f"{other}_value": values[other][0], f"{other}_stderr": values[other][1], "model": self.model, "pretrained": self.pretrained})
+        return MetricResult(
+            value,
+            stderr,
+            n_gen=self.n,
+            convention=text,
+            details={
+                f"{other}_value": values[other][0],
+                f"{other}_stderr": values[other][1],
+                "model": self.model,
+                "pretrained": self.pretrained,
+            },
+        )
 
     def config_options(self) -> dict[str, Any]:
-        return {"model": self.model, "pretrained": self.pretrained, "convention": self.convention, "label": self.given_label}
+        return {
+            "model": self.model,
+            "pretrained": self.pretrained,
+            "convention": self.convention,
+            "label": self.given_label,
+        }
 
     @classmethod
     def from_config(cls, options: dict[str, Any], ctx: BuildContext) -> CLIPScore:
-        ex = ctx.extractor("clip", model=options["model"], pretrained=options["pretrained"])  # type: ignore[misc]
-        return cls(ex.encode_text, ex.key, "image", options["convention"], label=options["label"], model=options["model"], pretrained=options["pretrained"])
+        ex = ctx.extractor("clip", model=options["model"], pretrained=options["pretrained"])
+        return cls(
+            ex.encode_text,
+            ex.key,
+            "image",
+            options["convention"],
+            label=options["label"],
+            model=options["model"],
+            pretrained=options["pretrained"],
+        )
 
     @classmethod
     def example(cls) -> MetricExample:
         def encode(prompts: list[str]) -> torch.Tensor:  # a deterministic stub text encoder
             gens = [torch.Generator().manual_seed(zlib.crc32(p.encode())) for p in prompts]
-            return torch.nn.functional.normalize(torch.stack([torch.randn(8, generator=g, dtype=torch.float64) for g in gens]), dim=1)
+            return torch.nn.functional.normalize(
+                torch.stack([torch.randn(8, generator=g, dtype=torch.float64) for g in gens]), dim=1
+            )
 
         g = torch.Generator().manual_seed(3)
         prompts = [f"prompt {i % 5}" for i in range(40)]
-        images = torch.nn.functional.normalize(encode(prompts) + 0.8 * torch.randn(40, 8, generator=g, dtype=torch.float64), dim=1)
+        images = torch.nn.functional.normalize(
+            encode(prompts) + 0.8 * torch.randn(40, 8, generator=g, dtype=torch.float64), dim=1
+        )
         batch = Batch(features={"clip": {"image": images}}, seeds=list(range(40)), cond=prompts)
         return MetricExample(lambda: cls(encode), batch.split([9, 21, 10]))

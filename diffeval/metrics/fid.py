@@ -26,11 +26,27 @@ from typing import Any
 import torch
 
 from diffeval.errors import InputError, explain
-from diffeval.metrics.base import Batch, BuildContext, Metric, MetricExample, MetricResult, choose_layer, feature_options, register_metric
+from diffeval.metrics.base import (
+    Batch,
+    BuildContext,
+    Metric,
+    MetricExample,
+    MetricResult,
+    choose_layer,
+    feature_options,
+    register_metric,
+)
 from diffeval.options import Option
 from diffeval.stats import FeatureMoments, check_gaussian
 
-__all__ = ["FrechetResult", "frechet_distance", "trace_sqrt_product", "FID", "unmatched_message", "reference_statistics"]
+__all__ = [
+    "FrechetResult",
+    "frechet_distance",
+    "trace_sqrt_product",
+    "FID",
+    "unmatched_message",
+    "reference_statistics",
+]
 
 
 @dataclass(frozen=True)
@@ -93,7 +109,9 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
     mean_term = float(((mu1 - mu2) ** 2).sum())
     trace, min_eig, clipped, method = trace_sqrt_product(sigma1, sigma2)
     value = mean_term + float(torch.trace(sigma1)) + float(torch.trace(sigma2)) - 2 * trace
-    return FrechetResult(value=value, mean_term=mean_term, trace_sqrt=trace, min_eigenvalue=min_eig, clipped_mass=clipped, method=method)
+    return FrechetResult(
+        value=value, mean_term=mean_term, trace_sqrt=trace, min_eigenvalue=min_eig, clipped_mass=clipped, method=method
+    )
 
 
 def unmatched_message(n_gen: int, n_ref: int, dim: int) -> str:
@@ -104,23 +122,35 @@ def unmatched_message(n_gen: int, n_ref: int, dim: int) -> str:
         expected=f"as many generated samples as reference samples (n_ref = {n_ref})",
         got=f"n_gen = {n_gen}",
         fix=(
-            f"FID is biased by about d(d+5)/(2N) (here d = {dim}: {bias / max(n_gen, 1):.3g} at n_gen vs {bias / max(n_ref, 1):.3g} at n_ref), "
-            f"so values are only comparable at equal N. Generate {n_ref} samples, compute the reference from {n_gen} images "
-            "(a seeded subset of a larger image set), or pass allow_unmatched=True / --allow-unmatched (the report marks the row)"
+            f"FID is biased by about d(d+5)/(2N) (here d = {dim}: {bias / max(n_gen, 1):.3g} at n_gen vs"
+            f" {bias / max(n_ref, 1):.3g} at n_ref), so values are only comparable at equal N. Generate {n_ref}"
+            f" samples, compute the reference from {n_gen} images (a seeded subset of a larger image set), or pass"
+            " allow_unmatched=True / --allow-unmatched (the report marks the row)"
         ),
     )
 
 
-def reference_statistics(spec: str, ctx: BuildContext, extractor: Any, layer: str, *, allow_unmatched: bool, reference_seed: int, who: str) -> FeatureMoments:
-    """Statistics of a reference given in a config: an ``.npz`` statistics file (checked against the extractor and the count) or images cut to the run's count."""
+def reference_statistics(
+    spec: str, ctx: BuildContext, extractor: Any, layer: str, *, allow_unmatched: bool, reference_seed: int, who: str
+) -> FeatureMoments:
+    """Statistics of a reference given in a config: an ``.npz`` statistics file (checked against the extractor and the
+    count) or images cut to the run's count.
+    """
     from diffeval.references import build_reference
 
-    source = ctx.open_source(spec)  # type: ignore[misc]
+    source = ctx.open_source(spec)
     dim = extractor.layers[layer]
     if isinstance(source, FeatureMoments):
         recorded = source.meta.get("extractor", extractor.key)
         if recorded != extractor.key or source.dim != dim or source.meta.get("layer", layer) != layer:
-            raise InputError(explain(f"reference statistics {spec} do not match the {who} feature space", expected=f"{extractor.key}:{layer} (d = {dim})", got=f"{recorded}:{source.meta.get('layer', '?')} (d = {source.dim})", fix=f"recompute them with: diffeval ref IMAGES --features {extractor.name} --out {spec}"))
+            raise InputError(
+                explain(
+                    f"reference statistics {spec} do not match the {who} feature space",
+                    expected=f"{extractor.key}:{layer} (d = {dim})",
+                    got=f"{recorded}:{source.meta.get('layer', '?')} (d = {source.dim})",
+                    fix=f"recompute them with: diffeval ref IMAGES --features {extractor.name} --out {spec}",
+                )
+            )
         if source.n != ctx.n and not allow_unmatched:
             raise InputError(unmatched_message(ctx.n, source.n, dim))
         return source
@@ -129,7 +159,15 @@ def reference_statistics(spec: str, ctx: BuildContext, extractor: Any, layer: st
         if not allow_unmatched:
             raise InputError(unmatched_message(ctx.n, len(source), dim))
         n_ref = None
-    return build_reference(source, extractor, moment_layers=[layer], n=n_ref, seed=reference_seed, batch_size=ctx.batch_size, progress=ctx.progress).moments[layer]
+    return build_reference(
+        source,
+        extractor,
+        moment_layers=[layer],
+        n=n_ref,
+        seed=reference_seed,
+        batch_size=ctx.batch_size,
+        progress=ctx.progress,
+    ).moments[layer]
 
 
 @register_metric
@@ -144,16 +182,50 @@ class FID(Metric):
     name = "fid"
     direction = "lower"
     options = (
-        Option("reference", str, doc="reference: an image folder, an .npz image batch, .npz statistics (mu, sigma, n) or a registered data set ('name:split')"),
+        Option(
+            "reference",
+            str,
+            doc=(
+                "reference: an image folder, an .npz image batch, .npz statistics (mu, sigma, n) or a registered data"
+                " set ('name:split')"
+            ),
+        ),
         *feature_options(),
-        Option("allow_unmatched", bool, False, "compute even when the generated and reference counts differ (the row says so)"),
+        Option(
+            "allow_unmatched",
+            bool,
+            False,
+            "compute even when the generated and reference counts differ (the row says so)",
+        ),
         Option("reference_seed", int, 0, "seed of the subset drawn from a larger reference image set", minimum=0),
     )
     state_keys = ("generated",)
 
-    def __init__(self, reference: FeatureMoments, extractor: str, layer: str, allow_unmatched: bool = False, *, label: str | None = None, reference_spec: str = "<statistics in memory>", extractor_name: str | None = None, reference_seed: int = 0, weights: str | None = None) -> None:
+    def __init__(
+        self,
+        reference: FeatureMoments,
+        extractor: str,
+        layer: str,
+        allow_unmatched: bool = False,
+        *,
+        label: str | None = None,
+        reference_spec: str = "<statistics in memory>",
+        extractor_name: str | None = None,
+        reference_seed: int = 0,
+        weights: str | None = None,
+    ) -> None:
         if not isinstance(reference, FeatureMoments):
-            raise InputError(explain("FID needs reference statistics", expected="a diffeval.stats.FeatureMoments", got=type(reference).__name__, fix="load them with FeatureMoments.load(path) or build them with diffeval.references.build_reference"))
+            raise InputError(
+                explain(
+                    "FID needs reference statistics",
+                    expected="a diffeval.stats.FeatureMoments",
+                    got=type(reference).__name__,
+                    fix=(
+                        "load them with FeatureMoments.load(path) or build them with"
+                        " diffeval.references.build_reference"
+                    ),
+                )
+            )
         self.reference = reference
         self.extractor = extractor
         self.layer = layer
@@ -170,7 +242,7 @@ class FID(Metric):
         self.generated = FeatureMoments({"extractor": self.extractor, "layer": self.layer})
 
     def update(self, batch: Batch) -> None:
-        self.generated.update(batch.layer(self.extractor, self.layer, "FID"))  # type: ignore[arg-type]
+        self.generated.update(batch.layer(self.extractor, self.layer, "FID"))
 
     def merge(self, other: FID) -> FID:
         self.generated.merge(other.generated)
@@ -182,18 +254,58 @@ class FID(Metric):
         if not matched and not self.allow_unmatched:
             raise InputError(unmatched_message(n_gen, n_ref, self.generated.dim or 0))
         result = frechet_distance(self.generated.mean, self.generated.cov, self.reference.mean, self.reference.cov)
-        details = {"matched": matched, "min_eigenvalue": result.min_eigenvalue, "clipped_mass": result.clipped_mass, "trace_method": result.method, "reference": self.reference_spec}
-        return MetricResult(result.value, None, n_gen=n_gen, n_ref=n_ref, convention="Fréchet distance of Gaussian fits (ddof 1), float64", status="" if matched else "unmatched-counts", details=details)
+        details = {
+            "matched": matched,
+            "min_eigenvalue": result.min_eigenvalue,
+            "clipped_mass": result.clipped_mass,
+            "trace_method": result.method,
+            "reference": self.reference_spec,
+        }
+        return MetricResult(
+            result.value,
+            None,
+            n_gen=n_gen,
+            n_ref=n_ref,
+            convention="Fréchet distance of Gaussian fits (ddof 1), float64",
+            status="" if matched else "unmatched-counts",
+            details=details,
+        )
 
     def config_options(self) -> dict[str, Any]:
-        return {"reference": self.reference_spec, "extractor": self.extractor_name, "layer": self.layer, "weights": self.weights, "label": self.custom_label, "allow_unmatched": self.allow_unmatched, "reference_seed": self.reference_seed}
+        return {
+            "reference": self.reference_spec,
+            "extractor": self.extractor_name,
+            "layer": self.layer,
+            "weights": self.weights,
+            "label": self.custom_label,
+            "allow_unmatched": self.allow_unmatched,
+            "reference_seed": self.reference_seed,
+        }
 
     @classmethod
     def from_config(cls, options: dict[str, Any], ctx: BuildContext) -> FID:
-        ex = ctx.extractor(options["extractor"], weights=options["weights"])  # type: ignore[misc]
+        ex = ctx.extractor(options["extractor"], weights=options["weights"])
         layer = choose_layer(ex, options["layer"], "fid")
-        stats = reference_statistics(options["reference"], ctx, ex, layer, allow_unmatched=options["allow_unmatched"], reference_seed=options["reference_seed"], who="FID")
-        return cls(stats, ex.key, layer, options["allow_unmatched"], label=options["label"], reference_spec=options["reference"], extractor_name=options["extractor"], reference_seed=options["reference_seed"], weights=options["weights"])
+        stats = reference_statistics(
+            options["reference"],
+            ctx,
+            ex,
+            layer,
+            allow_unmatched=options["allow_unmatched"],
+            reference_seed=options["reference_seed"],
+            who="FID",
+        )
+        return cls(
+            stats,
+            ex.key,
+            layer,
+            options["allow_unmatched"],
+            label=options["label"],
+            reference_spec=options["reference"],
+            extractor_name=options["extractor"],
+            reference_seed=options["reference_seed"],
+            weights=options["weights"],
+        )
 
     @classmethod
     def example(cls) -> MetricExample:
@@ -203,4 +315,3 @@ class FID(Metric):
         features = torch.randn(60, 6, generator=g, dtype=torch.float64) * 1.3 + 0.2
         batches = Batch(features={"x": {"f": features}}, seeds=list(range(60))).split([7, 23, 30])
         return MetricExample(lambda: cls(reference, "x", "f"), batches)
-

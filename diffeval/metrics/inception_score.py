@@ -23,16 +23,35 @@ import numpy as np
 import torch
 
 from diffeval.errors import InputError, explain
-from diffeval.metrics.base import Batch, BuildContext, Metric, MetricExample, MetricResult, choose_layer, feature_options, register_metric, require_finite
+from diffeval.metrics.base import (
+    Batch,
+    BuildContext,
+    Metric,
+    MetricExample,
+    MetricResult,
+    choose_layer,
+    feature_options,
+    register_metric,
+    require_finite,
+)
 from diffeval.options import Option
 
 __all__ = ["inception_score", "InceptionScore"]
 
 
-def inception_score(logits: torch.Tensor, splits: int = 10, shuffle: bool = True, seed: int = 2020) -> tuple[float, float]:
+def inception_score(
+    logits: torch.Tensor, splits: int = 10, shuffle: bool = True, seed: int = 2020
+) -> tuple[float, float]:
     """(mean, std) of the Inception Score over ``splits`` chunks of (N, C) logits."""
     if logits.ndim != 2 or logits.shape[0] < splits or splits < 1:
-        raise InputError(explain("Inception Score needs at least one sample per split", expected=f"(N >= splits = {splits}, C) logits", got=f"{tuple(logits.shape)}", fix="evaluate more samples or use fewer splits"))
+        raise InputError(
+            explain(
+                "Inception Score needs at least one sample per split",
+                expected=f"(N >= splits = {splits}, C) logits",
+                got=f"{tuple(logits.shape)}",
+                fix="evaluate more samples or use fewer splits",
+            )
+        )
     n = logits.shape[0]
     x = logits.detach().to(torch.float64)
     if shuffle:
@@ -58,14 +77,31 @@ class InceptionScore(Metric):
     options = (
         *feature_options(),
         Option("splits", int, 10, "number of splits", minimum=1),
-        Option("shuffle", bool, True, "shuffle rows with RandomState(seed) before splitting (torch-fidelity's default)"),
+        Option(
+            "shuffle", bool, True, "shuffle rows with RandomState(seed) before splitting (torch-fidelity's default)"
+        ),
         Option("seed", int, 2020, "seed of the shuffle", minimum=0),
     )
     state_keys = ("chunks",)
 
-    def __init__(self, extractor: str, layer: str, splits: int = 10, seed: int = 2020, shuffle: bool = True, *, label: str | None = None, extractor_name: str | None = None, weights: str | None = None) -> None:
+    def __init__(
+        self,
+        extractor: str,
+        layer: str,
+        splits: int = 10,
+        seed: int = 2020,
+        shuffle: bool = True,
+        *,
+        label: str | None = None,
+        extractor_name: str | None = None,
+        weights: str | None = None,
+    ) -> None:
         if not isinstance(splits, int) or isinstance(splits, bool) or splits < 1:
-            raise InputError(explain("invalid number of IS splits", expected="an integer >= 1", got=repr(splits), fix="use splits=10"))
+            raise InputError(
+                explain(
+                    "invalid number of IS splits", expected="an integer >= 1", got=repr(splits), fix="use splits=10"
+                )
+            )
         self.extractor = extractor
         self.layer = layer
         self.space = f"{extractor}:{layer}"
@@ -81,7 +117,7 @@ class InceptionScore(Metric):
         self.chunks: list[torch.Tensor] = []
 
     def update(self, batch: Batch) -> None:
-        logits = batch.layer(self.extractor, self.layer, "Inception Score")  # type: ignore[arg-type]
+        logits = batch.layer(self.extractor, self.layer, "Inception Score")
         require_finite(logits, "Inception Score")
         self.chunks.append(logits.detach().to(torch.float64))
 
@@ -92,21 +128,54 @@ class InceptionScore(Metric):
     def compute(self) -> MetricResult:
         logits = torch.cat([c.cpu() for c in self.chunks]) if self.chunks else torch.empty(0, 0, dtype=torch.float64)
         if not bool(torch.isfinite(logits).all()):
-            raise InputError(explain("logits contain NaN or inf", expected="finite logits", got="non-finite values", fix="check the images fed to the extractor"))
+            raise InputError(
+                explain(
+                    "logits contain NaN or inf",
+                    expected="finite logits",
+                    got="non-finite values",
+                    fix="check the images fed to the extractor",
+                )
+            )
         mean, std = inception_score(logits, self.splits, self.shuffle, self.seed)
         order = f"shuffled (RandomState({self.seed}))" if self.shuffle else "unshuffled"
-        return MetricResult(mean, std, n_gen=int(logits.shape[0]), convention=f"torch-fidelity: softmax in float64, {order}, {self.splits} splits", details={"splits": self.splits, "shuffle": self.shuffle, "stderr_is": "std over splits (ddof 0)"})
+        return MetricResult(
+            mean,
+            std,
+            n_gen=int(logits.shape[0]),
+            convention=f"torch-fidelity: softmax in float64, {order}, {self.splits} splits",
+            details={"splits": self.splits, "shuffle": self.shuffle, "stderr_is": "std over splits (ddof 0)"},
+        )
 
     def config_options(self) -> dict[str, Any]:
-        return {"extractor": self.extractor_name, "layer": self.layer, "weights": self.weights, "label": self.custom_label, "splits": self.splits, "shuffle": self.shuffle, "seed": self.seed}
+        return {
+            "extractor": self.extractor_name,
+            "layer": self.layer,
+            "weights": self.weights,
+            "label": self.custom_label,
+            "splits": self.splits,
+            "shuffle": self.shuffle,
+            "seed": self.seed,
+        }
 
     @classmethod
     def from_config(cls, options: dict[str, Any], ctx: BuildContext) -> InceptionScore:
-        ex = ctx.extractor(options["extractor"], weights=options["weights"])  # type: ignore[misc]
+        ex = ctx.extractor(options["extractor"], weights=options["weights"])
         layer = choose_layer(ex, options["layer"], "inception_score")
-        return cls(ex.key, layer, options["splits"], options["seed"], options["shuffle"], label=options["label"], extractor_name=options["extractor"], weights=options["weights"])
+        return cls(
+            ex.key,
+            layer,
+            options["splits"],
+            options["seed"],
+            options["shuffle"],
+            label=options["label"],
+            extractor_name=options["extractor"],
+            weights=options["weights"],
+        )
 
     @classmethod
     def example(cls) -> MetricExample:
         logits = torch.randn(60, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2
-        return MetricExample(lambda: cls("x", "logits", splits=3), Batch(features={"x": {"logits": logits}}, seeds=list(range(60))).split([17, 23, 20]))
+        return MetricExample(
+            lambda: cls("x", "logits", splits=3),
+            Batch(features={"x": {"logits": logits}}, seeds=list(range(60))).split([17, 23, 20]),
+        )

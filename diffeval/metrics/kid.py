@@ -19,7 +19,17 @@ import numpy as np
 import torch
 
 from diffeval.errors import InputError, explain
-from diffeval.metrics.base import Batch, BuildContext, Metric, MetricExample, MetricResult, choose_layer, feature_options, register_metric, require_finite
+from diffeval.metrics.base import (
+    Batch,
+    BuildContext,
+    Metric,
+    MetricExample,
+    MetricResult,
+    choose_layer,
+    feature_options,
+    register_metric,
+    require_finite,
+)
 from diffeval.options import Option
 
 __all__ = ["mmd2_unbiased", "kernel_inception_distance", "KID"]
@@ -38,12 +48,21 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((off_xx + off_yy) / (m * (m - 1)) - 2 * k_xy.sum() / (m * m))
 
 
-def kernel_inception_distance(generated: torch.Tensor, reference: torch.Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 2020) -> tuple[float, float, int]:
+def kernel_inception_distance(
+    generated: torch.Tensor, reference: torch.Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 2020
+) -> tuple[float, float, int]:
     """(mean, std, subset size used) of MMD² over random subsets, in float64."""
     n_gen, n_ref = generated.shape[0], reference.shape[0]
     size = min(subset_size, n_gen, n_ref)
     if size < 2:
-        raise InputError(explain("KID needs at least 2 samples in each set", expected=">= 2 generated and reference features", got=f"n_gen = {n_gen}, n_ref = {n_ref}", fix="evaluate more samples"))
+        raise InputError(
+            explain(
+                "KID needs at least 2 samples in each set",
+                expected=">= 2 generated and reference features",
+                got=f"n_gen = {n_gen}, n_ref = {n_ref}",
+                fix="evaluate more samples",
+            )
+        )
     x_all = generated.detach().to(torch.float64)
     y_all = reference.detach().to(torch.float64).to(x_all.device)
     rng = np.random.RandomState(seed)
@@ -62,7 +81,11 @@ class KID(Metric):
     name = "kid"
     direction = "lower"
     options = (
-        Option("reference", str, doc="reference images: a folder, an .npz image batch or a registered data set ('name:split')"),
+        Option(
+            "reference",
+            str,
+            doc="reference images: a folder, an .npz image batch or a registered data set ('name:split')",
+        ),
         *feature_options(),
         Option("subsets", int, 100, "number of random subsets", minimum=1),
         Option("subset_size", int, 1000, "rows per subset (shrinks to the smaller set, said in the row)", minimum=2),
@@ -70,13 +93,47 @@ class KID(Metric):
     )
     state_keys = ("chunks",)
 
-    def __init__(self, reference_features: torch.Tensor, extractor: str, layer: str, subsets: int = 100, subset_size: int = 1000, seed: int = 2020, *, label: str | None = None, reference_spec: str = "<features in memory>", extractor_name: str | None = None, weights: str | None = None) -> None:
+    def __init__(
+        self,
+        reference_features: torch.Tensor,
+        extractor: str,
+        layer: str,
+        subsets: int = 100,
+        subset_size: int = 1000,
+        seed: int = 2020,
+        *,
+        label: str | None = None,
+        reference_spec: str = "<features in memory>",
+        extractor_name: str | None = None,
+        weights: str | None = None,
+    ) -> None:
         if not torch.is_tensor(reference_features) or reference_features.ndim != 2:
-            got = tuple(reference_features.shape) if torch.is_tensor(reference_features) else type(reference_features).__name__
-            raise InputError(explain("KID reference features must be 2-D", expected="(N_ref, d)", got=f"{got}", fix="pass the reference set's features of one layer"))
+            got = (
+                tuple(reference_features.shape)
+                if torch.is_tensor(reference_features)
+                else type(reference_features).__name__
+            )
+            raise InputError(
+                explain(
+                    "KID reference features must be 2-D",
+                    expected="(N_ref, d)",
+                    got=f"{got}",
+                    fix="pass the reference set's features of one layer",
+                )
+            )
         bad = ~torch.isfinite(reference_features)
         if bool(bad.any()):
-            raise InputError(explain("KID reference features contain NaN or inf", expected="finite reference features", got=f"{int(bad.flatten(1).any(1).sum())} non-finite row(s), the first at {int(torch.nonzero(bad)[0, 0])}", fix="recompute the reference features from valid images"))
+            raise InputError(
+                explain(
+                    "KID reference features contain NaN or inf",
+                    expected="finite reference features",
+                    got=(
+                        f"{int(bad.flatten(1).any(1).sum())} non-finite row(s), the first at"
+                        f" {int(torch.nonzero(bad)[0, 0])}"
+                    ),
+                    fix="recompute the reference features from valid images",
+                )
+            )
         self.reference = reference_features.detach().to(torch.float64)
         self.extractor = extractor
         self.layer = layer
@@ -94,9 +151,16 @@ class KID(Metric):
         self.chunks: list[torch.Tensor] = []
 
     def update(self, batch: Batch) -> None:
-        features = batch.layer(self.extractor, self.layer, "KID")  # type: ignore[arg-type]
+        features = batch.layer(self.extractor, self.layer, "KID")
         if features.shape[1] != self.reference.shape[1]:
-            raise InputError(explain("KID feature dimension differs from the reference", expected=f"d = {self.reference.shape[1]}", got=f"d = {features.shape[1]}", fix="use the same extractor layer for both sets"))
+            raise InputError(
+                explain(
+                    "KID feature dimension differs from the reference",
+                    expected=f"d = {self.reference.shape[1]}",
+                    got=f"d = {features.shape[1]}",
+                    fix="use the same extractor layer for both sets",
+                )
+            )
         require_finite(features, "KID")
         self.chunks.append(features.detach().to(torch.float64))
 
@@ -105,32 +169,88 @@ class KID(Metric):
         return self
 
     def compute(self) -> MetricResult:
-        generated = torch.cat([c.cpu() for c in self.chunks]) if self.chunks else torch.empty(0, self.reference.shape[1], dtype=torch.float64)
+        generated = (
+            torch.cat([c.cpu() for c in self.chunks])
+            if self.chunks
+            else torch.empty(0, self.reference.shape[1], dtype=torch.float64)
+        )
         if not bool(torch.isfinite(generated).all()):
-            raise InputError(explain("features contain NaN or inf", expected="finite features", got="non-finite values", fix="check the images fed to the extractor"))
-        mean, std, size = kernel_inception_distance(generated, self.reference, self.subsets, self.subset_size, self.seed)
-        details = {"subsets": self.subsets, "subset_size": size, "subset_size_reduced": size < self.subset_size, "stderr_is": "std over subsets (ddof 0)", "reference": self.reference_spec}
-        return MetricResult(mean, std, n_gen=int(generated.shape[0]), n_ref=int(self.reference.shape[0]), convention="unbiased MMD^2, kernel (x.y/d + 1)^3, mean over subsets", details=details)
+            raise InputError(
+                explain(
+                    "features contain NaN or inf",
+                    expected="finite features",
+                    got="non-finite values",
+                    fix="check the images fed to the extractor",
+                )
+            )
+        mean, std, size = kernel_inception_distance(
+            generated, self.reference, self.subsets, self.subset_size, self.seed
+        )
+        details = {
+            "subsets": self.subsets,
+            "subset_size": size,
+            "subset_size_reduced": size < self.subset_size,
+            "stderr_is": "std over subsets (ddof 0)",
+            "reference": self.reference_spec,
+        }
+        return MetricResult(
+            mean,
+            std,
+            n_gen=int(generated.shape[0]),
+            n_ref=int(self.reference.shape[0]),
+            convention="unbiased MMD^2, kernel (x.y/d + 1)^3, mean over subsets",
+            details=details,
+        )
 
     def config_options(self) -> dict[str, Any]:
-        return {"reference": self.reference_spec, "extractor": self.extractor_name, "layer": self.layer, "weights": self.weights, "label": self.custom_label, "subsets": self.subsets, "subset_size": self.subset_size, "seed": self.seed}
+        return {
+            "reference": self.reference_spec,
+            "extractor": self.extractor_name,
+            "layer": self.layer,
+            "weights": self.weights,
+            "label": self.custom_label,
+            "subsets": self.subsets,
+            "subset_size": self.subset_size,
+            "seed": self.seed,
+        }
 
     @classmethod
     def from_config(cls, options: dict[str, Any], ctx: BuildContext) -> KID:
         from diffeval.references import build_reference
         from diffeval.stats import FeatureMoments
 
-        ex = ctx.extractor(options["extractor"], weights=options["weights"])  # type: ignore[misc]
+        ex = ctx.extractor(options["extractor"], weights=options["weights"])
         layer = choose_layer(ex, options["layer"], "kid")
-        source = ctx.open_source(options["reference"])  # type: ignore[misc]
+        source = ctx.open_source(options["reference"])
         if isinstance(source, FeatureMoments):
-            raise InputError(explain(f"KID reference {options['reference']} holds statistics", expected="reference images (KID needs features, not mean and covariance)", got="mu/sigma statistics", fix="point reference to the image folder or .npz image batch"))
+            raise InputError(
+                explain(
+                    f"KID reference {options['reference']} holds statistics",
+                    expected="reference images (KID needs features, not mean and covariance)",
+                    got="mu/sigma statistics",
+                    fix="point reference to the image folder or .npz image batch",
+                )
+            )
         ref = build_reference(source, ex, feature_layers=[layer], batch_size=ctx.batch_size, progress=ctx.progress)
-        return cls(ref.features[layer], ex.key, layer, options["subsets"], options["subset_size"], options["seed"], label=options["label"], reference_spec=options["reference"], extractor_name=options["extractor"], weights=options["weights"])
+        return cls(
+            ref.features[layer],
+            ex.key,
+            layer,
+            options["subsets"],
+            options["subset_size"],
+            options["seed"],
+            label=options["label"],
+            reference_spec=options["reference"],
+            extractor_name=options["extractor"],
+            weights=options["weights"],
+        )
 
     @classmethod
     def example(cls) -> MetricExample:
         g = torch.Generator().manual_seed(2)
         reference = torch.randn(50, 6, generator=g, dtype=torch.float64)
         features = torch.randn(60, 6, generator=g, dtype=torch.float64) + 0.3
-        return MetricExample(lambda: cls(reference, "x", "f", subsets=20, subset_size=25), Batch(features={"x": {"f": features}}, seeds=list(range(60))).split([17, 23, 20]))
+        return MetricExample(
+            lambda: cls(reference, "x", "f", subsets=20, subset_size=25),
+            Batch(features={"x": {"f": features}}, seeds=list(range(60))).split([17, 23, 20]),
+        )

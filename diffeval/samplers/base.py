@@ -35,7 +35,17 @@ import torch
 from diffeval.errors import SamplerError, explain
 from diffeval.seeds import SeedRNG, seeded_noise
 
-__all__ = ["Sampler", "SamplerInfo", "SeedRNG", "seeded_noise", "StepTimer", "RunStats", "check_sampler_output", "TIMINGS", "describe"]
+__all__ = [
+    "Sampler",
+    "SamplerInfo",
+    "SeedRNG",
+    "seeded_noise",
+    "StepTimer",
+    "RunStats",
+    "check_sampler_output",
+    "TIMINGS",
+    "describe",
+]
 
 _PLAIN = (int, float, str, bool, type(None))
 
@@ -74,14 +84,18 @@ class SamplerInfo:
         return f"{self.name} ({knobs})" if knobs else self.name
 
     def problems(self) -> list[str]:
-        """What is wrong with this declaration (empty when it is sound): used by :func:`diffeval.testing.check_sampler`."""
+        """What is wrong with this declaration (empty when it is sound): used by
+        :func:`diffeval.testing.check_sampler`.
+        """
         from diffeval.denoiser import PREDICTIONS
         from diffeval.schedules import SPACINGS, Schedule
 
         out = []
         if not isinstance(self.name, str) or not self.name:
             out.append(f"name must be a non-empty string, got {self.name!r}")
-        if not isinstance(self.knobs, dict) or not all(isinstance(k, str) and isinstance(v, _PLAIN) for k, v in self.knobs.items()):
+        if not isinstance(self.knobs, dict) or not all(
+            isinstance(k, str) and isinstance(v, _PLAIN) for k, v in self.knobs.items()
+        ):
             out.append(f"knobs must map names to plain values (int, float, str, bool, None), got {self.knobs!r}")
         if self.schedule is not None and not isinstance(self.schedule, Schedule):
             out.append(f"schedule must be a diffeval Schedule or None, got {type(self.schedule).__name__}")
@@ -95,9 +109,13 @@ class SamplerInfo:
             out.append(f"spacing must be one of {SPACINGS} or None, got {self.spacing!r}")
         if self.indices is not None:
             ok = all(isinstance(i, int) for i in self.indices)
-            if not ok or (isinstance(self.schedule, Schedule) and any(not 0 <= i < self.schedule.T for i in self.indices)):
+            if not ok or (
+                isinstance(self.schedule, Schedule) and any(not 0 <= i < self.schedule.T for i in self.indices)
+            ):
                 out.append(f"indices must be training steps in [0, T) of the schedule, got {self.indices[:5]!r}...")
-        if self.image_shape is not None and (len(self.image_shape) != 3 or not all(isinstance(s, int) and s > 0 for s in self.image_shape)):
+        if self.image_shape is not None and (
+            len(self.image_shape) != 3 or not all(isinstance(s, int) and s > 0 for s in self.image_shape)
+        ):
             out.append(f"image_shape must be (C, H, W) positive integers or None, got {self.image_shape!r}")
         if self.guidance and "guidance_scale" not in self.knobs:
             out.append("guidance=True but no guidance_scale among the knobs")
@@ -112,7 +130,9 @@ class RunStats:
     step_s: list[float] = field(default_factory=list)
     wall_s: float = 0.0
     batch_size: int = 0
-    x0_outside: float = float("nan")  # fraction of x0_hat values beyond [-1.1, 1.1] before clipping, at steps with SNR >= 1
+    x0_outside: float = float(
+        "nan"
+    )  # fraction of x0_hat values beyond [-1.1, 1.1] before clipping, at steps with SNR >= 1
 
 
 TIMINGS = ("step", "run", "off")
@@ -134,7 +154,14 @@ class StepTimer:
 
     def __init__(self, mode: str = "step") -> None:
         if mode not in TIMINGS:
-            raise SamplerError(explain("unknown timing mode", expected=" / ".join(TIMINGS), got=repr(mode), fix="use 'step' for per-step latency, 'run' for throughput"))
+            raise SamplerError(
+                explain(
+                    "unknown timing mode",
+                    expected=" / ".join(TIMINGS),
+                    got=repr(mode),
+                    fix="use 'step' for per-step latency, 'run' for throughput",
+                )
+            )
         self.mode = mode
         self.stats = RunStats()
         self._device = torch.device("cpu")
@@ -181,7 +208,9 @@ class StepTimer:
 class Sampler(Protocol):
     """``sampler(noise, cond=None, *, rng=None, timer=None) -> images`` in [-1, 1], and ``describe()``."""
 
-    def __call__(self, noise: torch.Tensor, cond: Any = None, *, rng: SeedRNG | None = None, timer: StepTimer | None = None) -> torch.Tensor: ...
+    def __call__(
+        self, noise: torch.Tensor, cond: Any = None, *, rng: SeedRNG | None = None, timer: StepTimer | None = None
+    ) -> torch.Tensor: ...
 
     def describe(self) -> SamplerInfo: ...
 
@@ -190,25 +219,65 @@ def describe(sampler: Any) -> SamplerInfo:
     """``sampler.describe()``, checked to be a :class:`SamplerInfo` (a clear error otherwise)."""
     fn = getattr(sampler, "describe", None)
     if not callable(fn):
-        raise SamplerError(explain(f"{type(sampler).__name__} does not describe itself", expected="a describe() -> SamplerInfo method (the sampler contract)", got="no describe()", fix="wrap a plain function with diffeval.samplers.CallableSampler, or add describe()"))
+        raise SamplerError(
+            explain(
+                f"{type(sampler).__name__} does not describe itself",
+                expected="a describe() -> SamplerInfo method (the sampler contract)",
+                got="no describe()",
+                fix="wrap a plain function with diffeval.samplers.CallableSampler, or add describe()",
+            )
+        )
     info = fn()
     if not isinstance(info, SamplerInfo):
-        raise SamplerError(explain(f"{type(sampler).__name__}.describe() returned the wrong type", expected="a diffeval.samplers.SamplerInfo", got=type(info).__name__, fix="return SamplerInfo(name=..., knobs=...)"))
+        raise SamplerError(
+            explain(
+                f"{type(sampler).__name__}.describe() returned the wrong type",
+                expected="a diffeval.samplers.SamplerInfo",
+                got=type(info).__name__,
+                fix="return SamplerInfo(name=..., knobs=...)",
+            )
+        )
     return info
 
 
 def check_sampler_output(images: object, noise: torch.Tensor, who: str) -> torch.Tensor:
     """Validate a sampler's output: a float tensor with the noise's batch size, all finite."""
     if not torch.is_tensor(images):
-        raise SamplerError(explain(f"{who} returned no tensor", expected="a torch.Tensor (N, C, H, W)", got=type(images).__name__, fix="return the images as a tensor"))
+        raise SamplerError(
+            explain(
+                f"{who} returned no tensor",
+                expected="a torch.Tensor (N, C, H, W)",
+                got=type(images).__name__,
+                fix="return the images as a tensor",
+            )
+        )
     if images.ndim != 4 or images.shape[0] != noise.shape[0]:
-        raise SamplerError(explain(f"{who} returned images of the wrong shape", expected=f"(N={noise.shape[0]}, C, H, W)", got=f"{tuple(images.shape)}", fix="return one NCHW image per noise sample"))
+        raise SamplerError(
+            explain(
+                f"{who} returned images of the wrong shape",
+                expected=f"(N={noise.shape[0]}, C, H, W)",
+                got=f"{tuple(images.shape)}",
+                fix="return one NCHW image per noise sample",
+            )
+        )
     if not images.is_floating_point():
-        raise SamplerError(explain(f"{who} returned non-float images", expected="float images in [-1, 1]", got=str(images.dtype), fix="return images as x / 127.5 - 1"))
+        raise SamplerError(
+            explain(
+                f"{who} returned non-float images",
+                expected="float images in [-1, 1]",
+                got=str(images.dtype),
+                fix="return images as x / 127.5 - 1",
+            )
+        )
     finite = torch.isfinite(images)
     if not bool(finite.all()):
         bad = int((~finite).flatten(1).any(1).sum())
         raise SamplerError(
-            explain(f"{who} returned non-finite images", expected="finite values", got=f"NaN/inf in {bad} of {images.shape[0]} samples", fix="check the model for NaN (learning rate, fp16 overflow) and the schedule endpoints")
+            explain(
+                f"{who} returned non-finite images",
+                expected="finite values",
+                got=f"NaN/inf in {bad} of {images.shape[0]} samples",
+                fix="check the model for NaN (learning rate, fp16 overflow) and the schedule endpoints",
+            )
         )
     return images

@@ -39,9 +39,23 @@ class CallableSampler:
         image_shape: Sequence[int] | None = None,
     ) -> None:
         if not callable(fn):
-            raise SamplerError(explain("CallableSampler needs a function", expected="fn(noise, cond) -> images", got=type(fn).__name__, fix="pass a callable"))
+            raise SamplerError(
+                explain(
+                    "CallableSampler needs a function",
+                    expected="fn(noise, cond) -> images",
+                    got=type(fn).__name__,
+                    fix="pass a callable",
+                )
+            )
         if not isinstance(nfe, int) or nfe < 0:
-            raise SamplerError(explain("nfe must be a non-negative integer", expected="int >= 0", got=repr(nfe), fix="pass the network evaluations per call, or 0"))
+            raise SamplerError(
+                explain(
+                    "nfe must be a non-negative integer",
+                    expected="int >= 0",
+                    got=repr(nfe),
+                    fix="pass the network evaluations per call, or 0",
+                )
+            )
         self.fn = fn
         self.name = name
         self.nfe = nfe
@@ -52,9 +66,18 @@ class CallableSampler:
         self.last_run: RunStats | None = None
 
     def describe(self) -> SamplerInfo:
-        return SamplerInfo(name=self.name, knobs={"nfe": self.nfe}, schedule=self.schedule, prediction=self.prediction, model=self.model, image_shape=self.image_shape)
+        return SamplerInfo(
+            name=self.name,
+            knobs={"nfe": self.nfe},
+            schedule=self.schedule,
+            prediction=self.prediction,
+            model=self.model,
+            image_shape=self.image_shape,
+        )
 
-    def __call__(self, noise: torch.Tensor, cond: Any = None, *, rng: SeedRNG | None = None, timer: StepTimer | None = None) -> torch.Tensor:
+    def __call__(
+        self, noise: torch.Tensor, cond: Any = None, *, rng: SeedRNG | None = None, timer: StepTimer | None = None
+    ) -> torch.Tensor:
         timer = timer if timer is not None else StepTimer()
         timer.start(noise.device, noise.shape[0])
         with torch.no_grad(), timer.step():
@@ -65,9 +88,18 @@ class CallableSampler:
 
 
 def as_sampler(obj: Any, **callable_kwargs: Any) -> Sampler:
-    """A full sampler from ``obj``: returned as is when it has ``describe()``; a plain callable ``fn(noise, cond)`` is wrapped in a :class:`CallableSampler`."""
+    """A full sampler from ``obj``: returned as is when it has ``describe()``; a plain callable ``fn(noise, cond)`` is
+    wrapped in a :class:`CallableSampler`.
+    """
     if callable(getattr(obj, "describe", None)):
         return obj
     if callable(obj):
         return CallableSampler(obj, **callable_kwargs)
-    raise SamplerError(explain("not a sampler", expected="a sampler (describe() and __call__) or a function fn(noise, cond) -> images", got=type(obj).__name__, fix="pass a sampler or a function"))
+    raise SamplerError(
+        explain(
+            "not a sampler",
+            expected="a sampler (describe() and __call__) or a function fn(noise, cond) -> images",
+            got=type(obj).__name__,
+            fix="pass a sampler or a function",
+        )
+    )

@@ -35,7 +35,14 @@ from diffeval.errors import ConfigError, SamplerError, explain
 from diffeval.quantize import dequantize
 from diffeval.samplers.base import RunStats, SamplerInfo, SeedRNG, StepTimer, check_sampler_output
 
-__all__ = ["DiffusersPipelineSampler", "DiffusersSchedulerSampler", "schedule_of", "prediction_of", "images_to_signed", "require_diffusers"]
+__all__ = [
+    "DiffusersPipelineSampler",
+    "DiffusersSchedulerSampler",
+    "schedule_of",
+    "prediction_of",
+    "images_to_signed",
+    "require_diffusers",
+]
 
 _PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 
@@ -45,7 +52,14 @@ def require_diffusers() -> Any:
     try:
         import diffusers
     except ImportError:
-        raise ConfigError(explain("diffusers is not installed", expected="the diffusers package", got="ImportError", fix="pip install 'diffeval[diffusers]'")) from None
+        raise ConfigError(
+            explain(
+                "diffusers is not installed",
+                expected="the diffusers package",
+                got="ImportError",
+                fix="pip install 'diffeval[diffusers]'",
+            )
+        ) from None
     return diffusers
 
 
@@ -82,7 +96,14 @@ def images_to_signed(images: Any) -> torch.Tensor:
         return torch.from_numpy(array.transpose(0, 3, 1, 2).copy()).float() * 2 - 1
     if torch.is_tensor(images):
         return images.float() * 2 - 1
-    raise SamplerError(explain("unrecognized pipeline output", expected="PIL images, a NumPy array or a tensor in [0, 1]", got=type(images).__name__, fix="call the pipeline with output_type='np'"))
+    raise SamplerError(
+        explain(
+            "unrecognized pipeline output",
+            expected="PIL images, a NumPy array or a tensor in [0, 1]",
+            got=type(images).__name__,
+            fix="call the pipeline with output_type='np'",
+        )
+    )
 
 
 class _ModelTimer:
@@ -127,7 +148,10 @@ class _ModelTimer:
 
 
 def _accepts(fn: Callable[..., Any], name: str) -> bool:
-    """Whether ``fn`` names the parameter ``name`` (a bare ``**kwargs`` does not count: it would make every pipeline look text-to-image)."""
+    """Whether ``fn`` names the parameter ``name`` (a bare ``**kwargs`` does not count: it would make every pipeline
+    look
+    text-to-image).
+    """
     return name in inspect.signature(fn).parameters
 
 
@@ -138,15 +162,44 @@ class DiffusersPipelineSampler:
     ``guidance_scale`` is passed only to pipelines that take it (an error otherwise).
     """
 
-    def __init__(self, pipeline: Any, *, num_inference_steps: int = 50, guidance_scale: float | None = None, timing: str = "step", **pipeline_kwargs: Any) -> None:
+    def __init__(
+        self,
+        pipeline: Any,
+        *,
+        num_inference_steps: int = 50,
+        guidance_scale: float | None = None,
+        timing: str = "step",
+        **pipeline_kwargs: Any,
+    ) -> None:
         require_diffusers()
         if not callable(pipeline) or not hasattr(pipeline, "scheduler"):
-            raise SamplerError(explain("not a diffusers pipeline", expected="a DiffusionPipeline with a .scheduler", got=type(pipeline).__name__, fix="pass the pipeline object"))
+            raise SamplerError(
+                explain(
+                    "not a diffusers pipeline",
+                    expected="a DiffusionPipeline with a .scheduler",
+                    got=type(pipeline).__name__,
+                    fix="pass the pipeline object",
+                )
+            )
         call = pipeline.__call__
         if guidance_scale is not None and not _accepts(call, "guidance_scale"):
-            raise SamplerError(explain(f"{type(pipeline).__name__} takes no guidance scale", expected="guidance_scale only for conditional (text-to-image) pipelines", got=f"guidance_scale={guidance_scale}", fix="drop guidance_scale for unconditional pipelines"))
+            raise SamplerError(
+                explain(
+                    f"{type(pipeline).__name__} takes no guidance scale",
+                    expected="guidance_scale only for conditional (text-to-image) pipelines",
+                    got=f"guidance_scale={guidance_scale}",
+                    fix="drop guidance_scale for unconditional pipelines",
+                )
+            )
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise SamplerError(explain("invalid number of inference steps", expected="an integer >= 1", got=repr(num_inference_steps), fix="use num_inference_steps=50"))
+            raise SamplerError(
+                explain(
+                    "invalid number of inference steps",
+                    expected="an integer >= 1",
+                    got=repr(num_inference_steps),
+                    fix="use num_inference_steps=50",
+                )
+            )
         self.pipeline = pipeline
         self.num_inference_steps = num_inference_steps
         self.steps = num_inference_steps
@@ -164,7 +217,12 @@ class DiffusersPipelineSampler:
         self.last_run: RunStats | None = None
 
     def knobs(self) -> dict[str, Any]:
-        return {"scheduler": type(self.pipeline.scheduler).__name__, "steps": self.num_inference_steps, "guidance_scale": self.guidance_scale, **{k: v for k, v in self.pipeline_kwargs.items() if isinstance(v, (int, float, str, bool))}}
+        return {
+            "scheduler": type(self.pipeline.scheduler).__name__,
+            "steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            **{k: v for k, v in self.pipeline_kwargs.items() if isinstance(v, (int, float, str, bool))},
+        }
 
     def describe(self) -> SamplerInfo:
         return SamplerInfo(
@@ -178,14 +236,38 @@ class DiffusersPipelineSampler:
             guidance=self.guidance_scale is not None,
         )
 
-    def __call__(self, noise: torch.Tensor, cond: Any = None, *, rng: SeedRNG | None = None, timer: StepTimer | None = None) -> torch.Tensor:
-        kwargs: dict[str, Any] = {"num_inference_steps": self.num_inference_steps, "output_type": "np", **self.pipeline_kwargs}
+    def __call__(
+        self, noise: torch.Tensor, cond: Any = None, *, rng: SeedRNG | None = None, timer: StepTimer | None = None
+    ) -> torch.Tensor:
+        kwargs: dict[str, Any] = {
+            "num_inference_steps": self.num_inference_steps,
+            "output_type": "np",
+            **self.pipeline_kwargs,
+        }
         if self.text_to_image:
-            if not isinstance(cond, (list, tuple)) or len(cond) != noise.shape[0] or not all(isinstance(p, str) for p in cond):
-                raise SamplerError(explain(f"{type(self.pipeline).__name__} needs one prompt per sample", expected=f"a list of {noise.shape[0]} prompt strings as cond", got=type(cond).__name__ if not isinstance(cond, (list, tuple)) else f"{len(cond)} items", fix="set [cond] prompts = 'prompts.txt' or pass prompts"))
+            if (
+                not isinstance(cond, (list, tuple))
+                or len(cond) != noise.shape[0]
+                or not all(isinstance(p, str) for p in cond)
+            ):
+                raise SamplerError(
+                    explain(
+                        f"{type(self.pipeline).__name__} needs one prompt per sample",
+                        expected=f"a list of {noise.shape[0]} prompt strings as cond",
+                        got=type(cond).__name__ if not isinstance(cond, (list, tuple)) else f"{len(cond)} items",
+                        fix="set [cond] prompts = 'prompts.txt' or pass prompts",
+                    )
+                )
             kwargs["prompt"] = list(cond)
         elif cond is not None:
-            raise SamplerError(explain(f"{type(self.pipeline).__name__} is unconditional", expected="cond=None", got=type(cond).__name__, fix="drop the condition"))
+            raise SamplerError(
+                explain(
+                    f"{type(self.pipeline).__name__} is unconditional",
+                    expected="cond=None",
+                    got=type(cond).__name__,
+                    fix="drop the condition",
+                )
+            )
         else:
             kwargs["batch_size"] = noise.shape[0]
         if self.guidance_scale is not None:
@@ -194,7 +276,14 @@ class DiffusersPipelineSampler:
         if self.takes_latents:
             kwargs["latents"] = noise
         elif generators is None:
-            raise SamplerError(explain(f"{type(self.pipeline).__name__} draws its own noise", expected="rng (per-sample generators) so the noise follows the seeds", got="rng=None", fix="call through diffeval.evaluate, or pass rng=SeedRNG(seeds)"))
+            raise SamplerError(
+                explain(
+                    f"{type(self.pipeline).__name__} draws its own noise",
+                    expected="rng (per-sample generators) so the noise follows the seeds",
+                    got="rng=None",
+                    fix="call through diffeval.evaluate, or pass rng=SeedRNG(seeds)",
+                )
+            )
         if generators is not None:
             kwargs["generator"] = generators if len(generators) > 1 else generators[0]
         timer = timer if timer is not None else StepTimer(self.timing)
@@ -239,12 +328,35 @@ class DiffusersSchedulerSampler:
     encoder) into the model's extra positional arguments.
     """
 
-    def __init__(self, scheduler: Any, model: Callable[..., Any], *, num_inference_steps: int = 50, cond_fn: Callable[[Any], Sequence[Any]] | None = None, timing: str = "step", clip: bool = True) -> None:
+    def __init__(
+        self,
+        scheduler: Any,
+        model: Callable[..., Any],
+        *,
+        num_inference_steps: int = 50,
+        cond_fn: Callable[[Any], Sequence[Any]] | None = None,
+        timing: str = "step",
+        clip: bool = True,
+    ) -> None:
         require_diffusers()
         if not hasattr(scheduler, "set_timesteps") or not hasattr(scheduler, "step"):
-            raise SamplerError(explain("not a diffusers scheduler", expected="an object with set_timesteps and step", got=type(scheduler).__name__, fix="pass e.g. DDIMScheduler.from_config(...)"))
+            raise SamplerError(
+                explain(
+                    "not a diffusers scheduler",
+                    expected="an object with set_timesteps and step",
+                    got=type(scheduler).__name__,
+                    fix="pass e.g. DDIMScheduler.from_config(...)",
+                )
+            )
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise SamplerError(explain("invalid number of inference steps", expected="an integer >= 1", got=repr(num_inference_steps), fix="use num_inference_steps=50"))
+            raise SamplerError(
+                explain(
+                    "invalid number of inference steps",
+                    expected="an integer >= 1",
+                    got=repr(num_inference_steps),
+                    fix="use num_inference_steps=50",
+                )
+            )
         self.scheduler = scheduler
         self.model = _UNetModel(model) if isinstance(model, torch.nn.Module) else model
         self.steps = num_inference_steps
@@ -262,16 +374,37 @@ class DiffusersSchedulerSampler:
         return {"steps": self.steps, "prediction": self.prediction, "spacing": self.spacing, "clip": self.clip}
 
     def describe(self) -> SamplerInfo:
-        return SamplerInfo(name=f"diffusers:{type(self.scheduler).__name__}", knobs=self.knobs(), schedule=self.schedule, prediction=self.prediction, model=self.model, steps=self.steps, spacing=self.spacing)
+        return SamplerInfo(
+            name=f"diffusers:{type(self.scheduler).__name__}",
+            knobs=self.knobs(),
+            schedule=self.schedule,
+            prediction=self.prediction,
+            model=self.model,
+            steps=self.steps,
+            spacing=self.spacing,
+        )
 
-    def __call__(self, noise: torch.Tensor, cond: Any = None, *, rng: SeedRNG | None = None, timer: StepTimer | None = None) -> torch.Tensor:
+    def __call__(
+        self, noise: torch.Tensor, cond: Any = None, *, rng: SeedRNG | None = None, timer: StepTimer | None = None
+    ) -> torch.Tensor:
         extra: Sequence[Any] = ()
         if cond is not None:
             if self.cond_fn is None:
-                raise SamplerError(explain("a condition was given but the sampler has no cond_fn", expected="cond_fn(cond) -> model arguments", got=type(cond).__name__, fix="pass cond_fn, or drop the condition"))
+                raise SamplerError(
+                    explain(
+                        "a condition was given but the sampler has no cond_fn",
+                        expected="cond_fn(cond) -> model arguments",
+                        got=type(cond).__name__,
+                        fix="pass cond_fn, or drop the condition",
+                    )
+                )
             extra = self.cond_fn(cond)
         self.scheduler.set_timesteps(self.steps, device=noise.device)
-        generators = [torch.Generator(device=noise.device).manual_seed(s + 1_000_003) for s in rng.seeds] if rng is not None else None
+        generators = (
+            [torch.Generator(device=noise.device).manual_seed(s + 1_000_003) for s in rng.seeds]
+            if rng is not None
+            else None
+        )
         x = noise * float(getattr(self.scheduler, "init_noise_sigma", 1.0))
         timer = timer if timer is not None else StepTimer(self.timing)
         timer.start(noise.device, noise.shape[0])
@@ -284,8 +417,21 @@ class DiffusersSchedulerSampler:
                     out = self.model(model_input, t_vec, *extra)
                     timer.count_nfe()
                     if not torch.is_tensor(out) or out.shape != x.shape:
-                        raise SamplerError(explain(f"model output at step {i} has the wrong shape", expected=f"{tuple(x.shape)}", got=f"{tuple(out.shape) if torch.is_tensor(out) else type(out).__name__}", fix="return one prediction per pixel"))
-                    kwargs = {"generator": (generators if len(generators) > 1 else generators[0])} if self._takes_generator and generators is not None else {}
+                        raise SamplerError(
+                            explain(
+                                f"model output at step {i} has the wrong shape",
+                                expected=f"{tuple(x.shape)}",
+                                got=f"{tuple(out.shape) if torch.is_tensor(out) else type(out).__name__}",
+                                fix="return one prediction per pixel",
+                            )
+                        )
+                    kwargs = (
+                        {"generator": generators if len(generators) > 1 else generators[0]}
+                        if self._takes_generator and generators is not None
+                        else {}
+                    )
                     x = self.scheduler.step(out, t, x, **kwargs).prev_sample
         self.last_run = timer.stop()
-        return check_sampler_output(x.clamp(-1, 1) if self.clip else x, noise, f"scheduler {type(self.scheduler).__name__}")
+        return check_sampler_output(
+            x.clamp(-1, 1) if self.clip else x, noise, f"scheduler {type(self.scheduler).__name__}"
+        )

@@ -29,12 +29,29 @@ SAMPLER_FACTORIES: Registry[Callable[..., Any]] = Registry("sampler factory")
 def import_factory(spec: str, search_path: str | Path | None = None) -> Callable[..., Any]:
     """A registered factory name, or ``pkg.module:function`` (importable from ``search_path`` too) → the callable."""
     if not isinstance(spec, str) or not spec:
-        raise ConfigError(explain("sampler factory must be a name or an import path", expected="'pkg.module:function' or a registered name", got=repr(spec), fix="set factory = 'mypkg.models:make_sampler'"))
+        raise ConfigError(
+            explain(
+                "sampler factory must be a name or an import path",
+                expected="'pkg.module:function' or a registered name",
+                got=repr(spec),
+                fix="set factory = 'mypkg.models:make_sampler'",
+            )
+        )
     if ":" not in spec:
         if spec in SAMPLER_FACTORIES:
             return SAMPLER_FACTORIES.get(spec)
         names = ", ".join(SAMPLER_FACTORIES.names()) or "(none registered)"
-        raise ConfigError(explain(f"sampler factory {spec!r} is neither an import path nor a registered name", expected=f"'pkg.module:function' or one of {names}", got=repr(spec), fix="write module and function separated by a colon, e.g. factory = 'mymodels:make_sampler' for mymodels.py next to the config"))
+        raise ConfigError(
+            explain(
+                f"sampler factory {spec!r} is neither an import path nor a registered name",
+                expected=f"'pkg.module:function' or one of {names}",
+                got=repr(spec),
+                fix=(
+                    "write module and function separated by a colon, e.g. factory = 'mymodels:make_sampler' for"
+                    " mymodels.py next to the config"
+                ),
+            )
+        )
     module_name, attr = spec.split(":", 1)
     where = [] if search_path is None else [str(Path(search_path).resolve())]
     added = [p for p in where if p not in sys.path]
@@ -43,19 +60,37 @@ def import_factory(spec: str, search_path: str | Path | None = None) -> Callable
         module = importlib.import_module(module_name)
     except ImportError as error:
         looked = f"sys.path with the config's folder {where[0]}" if where else "sys.path"
-        raise ConfigError(explain(f"cannot import {module_name!r} for sampler factory {spec!r}", expected=f"a module importable from {looked}", got=f"{type(error).__name__}: {error}", fix="install the package, put the module next to the config file, or fix the module path")) from None
+        raise ConfigError(
+            explain(
+                f"cannot import {module_name!r} for sampler factory {spec!r}",
+                expected=f"a module importable from {looked}",
+                got=f"{type(error).__name__}: {error}",
+                fix="install the package, put the module next to the config file, or fix the module path",
+            )
+        ) from None
     finally:
         for p in added:
             if p in sys.path:
                 sys.path.remove(p)
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise ConfigError(explain(f"{module_name} has no callable {attr!r}", expected="a function that returns a sampler", got=type(fn).__name__, fix="check the name after the colon"))
+        raise ConfigError(
+            explain(
+                f"{module_name} has no callable {attr!r}",
+                expected="a function that returns a sampler",
+                got=type(fn).__name__,
+                fix="check the name after the colon",
+            )
+        )
     return fn
 
 
-def build_sampler(spec: str, kwargs: dict[str, Any], *, device: str | None = None, search_path: str | Path | None = None) -> Sampler:
-    """Call the factory with ``kwargs`` (and ``device`` if it takes one); the result is checked to follow the sampler contract."""
+def build_sampler(
+    spec: str, kwargs: dict[str, Any], *, device: str | None = None, search_path: str | Path | None = None
+) -> Sampler:
+    """Call the factory with ``kwargs`` (and ``device`` if it takes one); the result is checked to follow the sampler
+    contract.
+    """
     factory = import_factory(spec, search_path)
     kwargs = dict(kwargs)
     try:
@@ -67,7 +102,14 @@ def build_sampler(spec: str, kwargs: dict[str, Any], *, device: str | None = Non
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     unknown = sorted(set(kwargs) - set(params)) if params and not takes_any else []
     if unknown:
-        raise ConfigError(explain(f"sampler factory {spec!r} takes no option(s) {unknown}", expected=f"keyword arguments among {', '.join(params) or '(none)'}", got=", ".join(unknown), fix="correct [sampler.kwargs] (or the swept knob)"))
+        raise ConfigError(
+            explain(
+                f"sampler factory {spec!r} takes no option(s) {unknown}",
+                expected=f"keyword arguments among {', '.join(params) or '(none)'}",
+                got=", ".join(unknown),
+                fix="correct [sampler.kwargs] (or the swept knob)",
+            )
+        )
     try:
         sampler = factory(**kwargs)
     except ConfigError:
@@ -77,7 +119,14 @@ def build_sampler(spec: str, kwargs: dict[str, Any], *, device: str | None = Non
 
         if isinstance(error, DiffevalError):
             raise
-        raise ConfigError(explain(f"sampler factory {spec!r} raised", expected="a sampler", got=f"{type(error).__name__}: {error}", fix="fix the factory or its [sampler.kwargs]")) from error
+        raise ConfigError(
+            explain(
+                f"sampler factory {spec!r} raised",
+                expected="a sampler",
+                got=f"{type(error).__name__}: {error}",
+                fix="fix the factory or its [sampler.kwargs]",
+            )
+        ) from error
     sampler = as_sampler(sampler)
     describe(sampler)  # the declaration must be readable before any work
     return sampler

@@ -89,15 +89,47 @@ class GeneralizedSampler:
         check_prediction(prediction)
         self.denoiser = Denoiser(model, schedule, prediction)
         if not (isinstance(eta, (int, float)) and not isinstance(eta, bool) and 0.0 <= float(eta) <= 1.0):
-            raise SamplerError(explain("eta out of range", expected="0 <= eta <= 1 (0 = DDIM, 1 = DDPM)", got=repr(eta), fix="choose eta in [0, 1]"))
+            raise SamplerError(
+                explain(
+                    "eta out of range",
+                    expected="0 <= eta <= 1 (0 = DDIM, 1 = DDPM)",
+                    got=repr(eta),
+                    fix="choose eta in [0, 1]",
+                )
+            )
         if not (isinstance(churn, (int, float)) and float(churn) >= 0.0 and math.isfinite(churn)):
-            raise SamplerError(explain("churn out of range", expected="a finite number >= 0", got=repr(churn), fix="use churn = 0 to disable it"))
+            raise SamplerError(
+                explain(
+                    "churn out of range",
+                    expected="a finite number >= 0",
+                    got=repr(churn),
+                    fix="use churn = 0 to disable it",
+                )
+            )
         if spacing not in SPACINGS:
-            raise SamplerError(explain("unknown timestep spacing", expected=" / ".join(SPACINGS), got=repr(spacing), fix="use 'trailing'"))
+            raise SamplerError(
+                explain(
+                    "unknown timestep spacing", expected=" / ".join(SPACINGS), got=repr(spacing), fix="use 'trailing'"
+                )
+            )
         if not (isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps <= schedule.T):
-            raise SamplerError(explain("number of sampling steps out of range", expected=f"an integer in [1, T={schedule.T}]", got=repr(steps), fix=f"choose steps between 1 and {schedule.T}"))
+            raise SamplerError(
+                explain(
+                    "number of sampling steps out of range",
+                    expected=f"an integer in [1, T={schedule.T}]",
+                    got=repr(steps),
+                    fix=f"choose steps between 1 and {schedule.T}",
+                )
+            )
         if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale)):
-            raise SamplerError(explain("invalid guidance_scale", expected="a finite number", got=repr(guidance_scale), fix="use 1.0 for no guidance"))
+            raise SamplerError(
+                explain(
+                    "invalid guidance_scale",
+                    expected="a finite number",
+                    got=repr(guidance_scale),
+                    fix="use 1.0 for no guidance",
+                )
+            )
         StepTimer(timing)  # validates the mode
         self.model = model
         self.schedule = schedule
@@ -141,10 +173,27 @@ class GeneralizedSampler:
 
     def replace(self, **changes: Any) -> GeneralizedSampler:
         """A new sampler with some arguments changed (``model``, ``steps``, ``eta``, ...); this one is left as is."""
-        args = {"prediction": self.prediction, "steps": self.steps, "eta": self.eta, "churn": self.churn, "spacing": self.spacing, "clip_x0": self.clip_x0, "guidance_scale": self.guidance_scale, "timing": self.timing, "image_shape": self.image_shape}
+        args = {
+            "prediction": self.prediction,
+            "steps": self.steps,
+            "eta": self.eta,
+            "churn": self.churn,
+            "spacing": self.spacing,
+            "clip_x0": self.clip_x0,
+            "guidance_scale": self.guidance_scale,
+            "timing": self.timing,
+            "image_shape": self.image_shape,
+        }
         unknown = sorted(set(changes) - set(args) - {"model", "schedule"})
         if unknown:
-            raise SamplerError(explain(f"unknown knob(s) {unknown} for GeneralizedSampler", expected=f"among model, schedule, {', '.join(args)}", got=", ".join(unknown), fix="correct the knob names"))
+            raise SamplerError(
+                explain(
+                    f"unknown knob(s) {unknown} for GeneralizedSampler",
+                    expected=f"among model, schedule, {', '.join(args)}",
+                    got=", ".join(unknown),
+                    fix="correct the knob names",
+                )
+            )
         model = changes.pop("model", self.model)
         schedule = changes.pop("schedule", self.schedule)
         return GeneralizedSampler(model, schedule, **{**args, **changes})
@@ -164,10 +213,19 @@ class GeneralizedSampler:
         timer.count_nfe(2)
         return out_u + self.guidance_scale * (out_c - out_u)
 
-    def __call__(self, noise: torch.Tensor, cond: Any = None, *, rng: SeedRNG | None = None, timer: StepTimer | None = None) -> torch.Tensor:
+    def __call__(
+        self, noise: torch.Tensor, cond: Any = None, *, rng: SeedRNG | None = None, timer: StepTimer | None = None
+    ) -> torch.Tensor:
         if not torch.is_tensor(noise) or noise.ndim != 4 or not noise.is_floating_point():
             got = f"{type(noise).__name__} {tuple(noise.shape) if torch.is_tensor(noise) else ''}"
-            raise SamplerError(explain("noise must be a float NCHW tensor", expected="(N, C, H, W) float", got=got, fix="use diffeval.samplers.seeded_noise"))
+            raise SamplerError(
+                explain(
+                    "noise must be a float NCHW tensor",
+                    expected="(N, C, H, W) float",
+                    got=got,
+                    fix="use diffeval.samplers.seeded_noise",
+                )
+            )
         timer = timer if timer is not None else StepTimer(self.timing)
         randn_like = rng.randn_like if rng is not None else torch.randn_like
         lam = self.schedule.log_snr

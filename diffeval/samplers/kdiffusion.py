@@ -38,7 +38,14 @@ def require_kdiffusion() -> Any:
     try:
         import k_diffusion
     except ImportError as error:
-        raise ConfigError(explain("k-diffusion is not importable", expected="the k-diffusion package", got=f"{type(error).__name__}: {error}", fix="pip install 'diffeval[kdiffusion]' (it pins setuptools<81 for k-diffusion's CLIP import)")) from None
+        raise ConfigError(
+            explain(
+                "k-diffusion is not importable",
+                expected="the k-diffusion package",
+                got=f"{type(error).__name__}: {error}",
+                fix="pip install 'diffeval[kdiffusion]' (it pins setuptools<81 for k-diffusion's CLIP import)",
+            )
+        ) from None
     return k_diffusion
 
 
@@ -54,7 +61,9 @@ class _Counting(torch.nn.Module):
 
 
 def wrapped_prediction(denoiser: Any) -> str | None:
-    """What the inner model of a k-diffusion wrapper predicts, from the wrapper's type (None when it is not one of k-diffusion's)."""
+    """What the inner model of a k-diffusion wrapper predicts, from the wrapper's type (None when it is not one of
+    k-diffusion's).
+    """
     K = require_kdiffusion()  # noqa: N806
     external = K.external
     if isinstance(denoiser, getattr(external, "DiscreteVDDPMDenoiser", ())):
@@ -65,15 +74,38 @@ def wrapped_prediction(denoiser: Any) -> str | None:
 
 
 class KDiffusionSampler:
-    """``sample_fn`` (e.g. ``k_diffusion.sampling.sample_euler``) over ``denoiser`` with ``steps`` Karras sigmas (or given ``sigmas``)."""
+    """``sample_fn`` (e.g. ``k_diffusion.sampling.sample_euler``) over ``denoiser`` with ``steps`` Karras sigmas (or
+    given
+    ``sigmas``).
+    """
 
-    def __init__(self, sample_fn: Callable[..., torch.Tensor], denoiser: Any, *, steps: int = 50, sigmas: torch.Tensor | None = None, rho: float = 7.0, prediction: str | None = None, timing: str = "step", **sampler_kwargs: Any) -> None:
+    def __init__(
+        self,
+        sample_fn: Callable[..., torch.Tensor],
+        denoiser: Any,
+        *,
+        steps: int = 50,
+        sigmas: torch.Tensor | None = None,
+        rho: float = 7.0,
+        prediction: str | None = None,
+        timing: str = "step",
+        **sampler_kwargs: Any,
+    ) -> None:
         K = require_kdiffusion()  # noqa: N806 - k-diffusion's own alias
         if not callable(sample_fn) or "sigmas" not in inspect.signature(sample_fn).parameters:
-            raise SamplerError(explain("not a k-diffusion sampler function", expected="a k_diffusion.sampling.sample_* function", got=repr(sample_fn), fix="pass e.g. k_diffusion.sampling.sample_euler"))
+            raise SamplerError(
+                explain(
+                    "not a k-diffusion sampler function",
+                    expected="a k_diffusion.sampling.sample_* function",
+                    got=repr(sample_fn),
+                    fix="pass e.g. k_diffusion.sampling.sample_euler",
+                )
+            )
         if sigmas is None:
             if not isinstance(steps, int) or steps < 1:
-                raise SamplerError(explain("invalid number of steps", expected="an integer >= 1", got=repr(steps), fix="use steps=50"))
+                raise SamplerError(
+                    explain("invalid number of steps", expected="an integer >= 1", got=repr(steps), fix="use steps=50")
+                )
             sigma_min = float(getattr(denoiser, "sigma_min", 0.002))
             sigma_max = float(getattr(denoiser, "sigma_max", 80.0))
             sigmas = K.sampling.get_sigmas_karras(steps, sigma_min, sigma_max, rho=rho)
@@ -85,23 +117,50 @@ class KDiffusionSampler:
         params = inspect.signature(sample_fn).parameters
         self._noise_sampler = "noise_sampler" in params
         train_sigmas = getattr(denoiser, "sigmas", None)
-        self.schedule = schedules.from_alphas_cumprod((1 / (1 + train_sigmas.double().cpu() ** 2)).numpy(), name=f"k-diffusion:{type(denoiser).__name__}") if torch.is_tensor(train_sigmas) else None
+        self.schedule = (
+            schedules.from_alphas_cumprod(
+                (1 / (1 + train_sigmas.double().cpu() ** 2)).numpy(), name=f"k-diffusion:{type(denoiser).__name__}"
+            )
+            if torch.is_tensor(train_sigmas)
+            else None
+        )
         declared = wrapped_prediction(denoiser)
         check_prediction(prediction, allow_none=True)
         if prediction is not None and declared is not None and prediction != declared:
-            raise SamplerError(explain(f"prediction={prediction!r} contradicts the denoiser {type(denoiser).__name__}", expected=f"{declared!r} (what that wrapper's inner model predicts)", got=repr(prediction), fix="drop prediction= or wrap the model in the matching k-diffusion denoiser"))
+            raise SamplerError(
+                explain(
+                    f"prediction={prediction!r} contradicts the denoiser {type(denoiser).__name__}",
+                    expected=f"{declared!r} (what that wrapper's inner model predicts)",
+                    got=repr(prediction),
+                    fix="drop prediction= or wrap the model in the matching k-diffusion denoiser",
+                )
+            )
         self.prediction = prediction or declared
         self.model = getattr(denoiser, "inner_model", None) if self.prediction is not None else None
         self.timing = StepTimer(timing).mode
         self.last_run: RunStats | None = None
 
     def knobs(self) -> dict[str, Any]:
-        return {"function": self.sample_fn.__name__, "steps": self.steps, "sigma_max": float(self.sigmas[0]), **{k: v for k, v in self.sampler_kwargs.items() if isinstance(v, (int, float, str, bool))}}
+        return {
+            "function": self.sample_fn.__name__,
+            "steps": self.steps,
+            "sigma_max": float(self.sigmas[0]),
+            **{k: v for k, v in self.sampler_kwargs.items() if isinstance(v, (int, float, str, bool))},
+        }
 
     def describe(self) -> SamplerInfo:
-        return SamplerInfo(name=f"k-diffusion:{self.sample_fn.__name__}", knobs=self.knobs(), schedule=self.schedule, prediction=self.prediction, model=self.model, steps=self.steps)
+        return SamplerInfo(
+            name=f"k-diffusion:{self.sample_fn.__name__}",
+            knobs=self.knobs(),
+            schedule=self.schedule,
+            prediction=self.prediction,
+            model=self.model,
+            steps=self.steps,
+        )
 
-    def __call__(self, noise: torch.Tensor, cond: Any = None, *, rng: SeedRNG | None = None, timer: StepTimer | None = None) -> torch.Tensor:
+    def __call__(
+        self, noise: torch.Tensor, cond: Any = None, *, rng: SeedRNG | None = None, timer: StepTimer | None = None
+    ) -> torch.Tensor:
         sigmas = self.sigmas.to(noise.device)
         counting = _Counting(self.denoiser)
         kwargs = dict(self.sampler_kwargs)
