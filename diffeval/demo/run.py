@@ -167,25 +167,19 @@ def run_demo(cfg: DemoConfig) -> tuple[Report, dict[str, Path]]:
 
 def add_arguments(parser: argparse.ArgumentParser, positive_int: Any, non_negative_int: Any) -> None:
     """The ``diffeval demo`` options."""
-    parser.add_argument(
-        "--out", type=Path, default=Path("diffeval-demo"), help="output folder (default: ./diffeval-demo)"
-    )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    parser.add_argument(
-        "--n", type=positive_int, default=360, help="number of samples (default: 360 = held-out digits)"
-    )
-    parser.add_argument("--steps", type=positive_int, default=50, help="sampling steps (default: 50)")
-    parser.add_argument(
-        "--seed", type=non_negative_int, default=0, help="first seed; sample i uses seed + i (default: 0)"
-    )
-    parser.add_argument("--batch-size", type=positive_int, default=120, help="samples per batch (default: 120)")
-    parser.add_argument("--eta", type=float, default=0.0, help="0 = DDIM, 1 = DDPM ancestral (default: 0)")
+    parser.add_argument("--out", type=Path, default=Path("diffeval-demo"), help="output folder")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--n", type=positive_int, default=360, help="number of samples")
+    parser.add_argument("--steps", type=positive_int, default=50, help="sampling steps")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="first seed; sample i uses seed + i")
+    parser.add_argument("--batch-size", type=positive_int, default=120, help="samples per batch")
+    parser.add_argument("--eta", type=float, default=0.0, help="0 = DDIM, 1 = DDPM ancestral")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
         "--bug",
         choices=BUGS,
         default=None,
-        help="inject a classic bug: raw-pixels feeds the digits as 0-255 to the diagnostics (default: none)",
+        help="inject a classic bug: raw-pixels feeds the digits as 0-255 to the diagnostics",
     )
 
 
