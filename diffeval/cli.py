@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffeval.errors import DiffevalError, ExitCode, exit_code_for
+from diffeval import signals
+from diffeval.errors import ConfigError, DiffevalError, ExitCode, exit_code_for, explain
 from diffeval.registry import Registry
 
 __all__ = ["main", "build_parser", "COMMANDS", "Command"]
@@ -97,6 +98,12 @@ def _fid_args(p: argparse.ArgumentParser, pos: Any, nonneg: Any) -> None:
     p.add_argument("ref", help="reference: folder, .npz batch, .npz statistics (mu, sigma, n) or a data set")
     _features(p)
     p.add_argument("--n", type=pos, default=None, help="use a seeded subset of N generated images (default: all)")
+    p.add_argument(
+        "--ref-n",
+        type=pos,
+        default=None,
+        help="images behind a reference statistics file that records no count (pytorch-fid, clean-fid, EDM files)",
+    )
     p.add_argument("--seed", type=nonneg, default=0, help="seed of the subsets")
     p.add_argument(
         "--allow-unmatched", action="store_true", help="compute even if the counts differ (the output says so)"
@@ -113,6 +120,7 @@ def _fid(args: argparse.Namespace) -> int:
             features=args.features,
             weights=args.weights,
             n=args.n,
+            ref_n=args.ref_n,
             device=args.device,
             allow_unmatched=args.allow_unmatched,
             seed=args.seed,
@@ -121,6 +129,34 @@ def _fid(args: argparse.Namespace) -> int:
         ),
         args.json,
     )
+    return ExitCode.OK
+
+
+def _kid_args(p: argparse.ArgumentParser, pos: Any, nonneg: Any) -> None:
+    p.add_argument("gen", help="generated images: folder, .npz batch (arr_0) or a data set")
+    p.add_argument("ref", help="reference images: folder, .npz batch or a data set (KID needs images, not statistics)")
+    _features(p)
+    p.add_argument("--subsets", type=pos, default=100, help="random subsets")
+    p.add_argument("--subset-size", type=pos, default=1000, help="rows per subset (shrinks to the smaller set)")
+    p.add_argument("--blocks", type=nonneg, default=10, help="blocks of the jackknife standard error (0: none)")
+
+
+def _kid(args: argparse.Namespace) -> int:
+    from diffeval.image_metrics import kid_between
+
+    result = kid_between(
+        args.gen,
+        args.ref,
+        features=args.features,
+        weights=args.weights,
+        subsets=args.subsets,
+        subset_size=args.subset_size,
+        blocks=args.blocks,
+        device=args.device,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    _print_result(result, args.json)
     return ExitCode.OK
 
 
@@ -210,6 +246,13 @@ def _run_args(p: argparse.ArgumentParser, pos: Any, nonneg: Any) -> None:
         "config", help=f"path to eval.toml, or a named config ({', '.join(CONFIGS.names()) or 'none registered'})"
     )
     p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<name>)")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="continue the interrupted run in DIR (its output folder) from its last checkpoint",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -254,9 +297,17 @@ def _run(args: argparse.Namespace) -> int:
 
     w = init_from_env()  # under torchrun: join the process group (NCCL on GPUs, gloo on CPUs)
     cfg = load_config(args.config)
-    outcome = run_config(
-        cfg, args.out if args.out is not None else Path("runs") / cfg.name, progress=not args.no_progress
-    )
+    if args.resume is not None and args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
+        raise ConfigError(
+            explain(
+                "--out and --resume name different folders",
+                expected="one folder: the interrupted run's",
+                got=f"--out {args.out}, --resume {args.resume}",
+                fix="drop --out (a resumed run writes into the folder it continues)",
+            )
+        )
+    out = args.resume if args.resume is not None else args.out if args.out is not None else Path("runs") / cfg.name
+    outcome = run_config(cfg, out, progress=not args.no_progress, resume=args.resume is not None)
     return ExitCode.OK if w.rank != 0 else _finish_run(outcome, "run")
 
 
@@ -421,12 +472,11 @@ def _bench(args: argparse.Namespace) -> int:
     from diffeval.bench import bench_config, format_table
     from diffeval.config import load_config
     from diffeval.evaluate import resolve_device
-    from diffeval.report import Report, provenance
-    from diffeval.runner import check_writable
+    from diffeval.report import Report, provenance, writable_folder
 
     resolve_device(args.device)  # a CUDA request on a machine without one fails here, with the fix
     if args.out is not None:
-        check_writable(args.out)
+        writable_folder(args.out)
     cfg = replace(load_config(args.config), device=args.device)
     results, overhead, rows = bench_config(
         cfg,
@@ -471,6 +521,7 @@ COMMANDS.register(
     "gate", Command("compare a candidate report with a baseline: exit 0 pass, 1 regression, 2 error", _gate_args, _gate)
 )
 COMMANDS.register("fid", Command("FID between two image sets or statistics files, at matched counts", _fid_args, _fid))
+COMMANDS.register("kid", Command("KID between two image sets, with its jackknife standard error", _kid_args, _kid))
 COMMANDS.register("ref", Command("reference statistics (mu, sigma, n) of an image set", _ref_args, _ref))
 COMMANDS.register("is", Command("Inception Score of an image set (torch-fidelity convention)", _is_args, _is))
 COMMANDS.register("clip-score", Command("CLIP score of images against prompts (both conventions)", _clip_args, _clip))
@@ -515,6 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run a subcommand; returns its exit code (0 pass, 1 regression / failed check, 2 error, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    signals.install()  # SIGTERM: stop at the next batch boundary, like Ctrl-C
     try:
         return int(args.handler(args))
     except DiffevalError as error:

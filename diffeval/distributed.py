@@ -128,7 +128,7 @@ def evaluate_sharded(
             states=[m.state() for m in metrics],
             latency=result.latency,
             n=result.n,
-            saturation=result.saturation,
+            output_range=result.output_range,
             samples=result.samples,
             wall_s=result.wall_s,
         )
@@ -150,14 +150,16 @@ def evaluate_sharded(
     n_total = sum(p["n"] for p in parts)
     latency = _merge_latency([p["latency"] for p in parts], n_total)
     values = {m.label: m.compute() for m in metrics}
-    saturation = sum(p["saturation"] * p["n"] for p in parts) / n_total
+    output_range = parts[0]["output_range"]
+    for part in parts[1:]:
+        output_range = output_range.merge(part["output_range"])
     mine_result = parts[0]
     return EvaluationResult(
         n=n_total,
         metrics=values,
         latency=latency,
         samples=mine_result["samples"],
-        saturation=saturation,
+        output_range=output_range,
         wall_s=max(p["wall_s"] for p in parts),
         sampler=describe(sampler),
         config={"world_size": w.size, "n": n_total},

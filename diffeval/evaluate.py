@@ -7,9 +7,10 @@ Each extractor runs once per batch, with a CUDA out-of-memory retry in halves
 (:func:`extract_with_retry`), and its features are fanned out to every metric. Only
 metric statistics are kept, plus the first ``keep`` samples for a picture.
 
-Sampler outputs are checked for finiteness by the sampler; the fraction of pixels
-outside [-1, 1] is counted on the device (no per-batch host sync) and reported, then
-the images are clamped and quantized on the 8-bit grid.
+Sampler outputs are checked for finiteness by the sampler; their range (values outside
+[-1, 1], negatives, min, max) is tracked on the device (no per-batch host sync) and
+judged by the ``output_range`` check (:mod:`diffeval.checks.output_range`: it names the
+[0, 1] and 0-255 signatures), then the images are clamped and quantized on the 8-bit grid.
 
 Example::
 
@@ -29,6 +30,9 @@ from typing import Any
 
 import torch
 
+from diffeval import signals
+from diffeval.checks.base import CheckResult
+from diffeval.checks.output_range import RangeStats, check_output_range
 from diffeval.errors import ConfigError, InputError, explain
 from diffeval.features import FeatureExtractor, extractor_key
 from diffeval.metrics.base import Batch, MetricResult
@@ -39,6 +43,7 @@ from diffeval.seeds import SeedRNG
 from diffeval.sources import ImageSource, iter_batches
 
 __all__ = [
+    "LoopState",
     "evaluate",
     "measure",
     "consume",
@@ -73,10 +78,20 @@ class EvaluationResult:
     metrics: dict[str, MetricResult]
     latency: LatencySummary
     samples: torch.Tensor  # uint8, the first `keep` samples
-    saturation: float  # fraction of output pixels outside [-1, 1] before clamping
+    output_range: RangeStats  # range of the raw sampler outputs (before clamping)
     wall_s: float
     sampler: SamplerInfo | None = None
     config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def saturation(self) -> float:
+        """Fraction of output values outside [-1, 1] before clamping."""
+        return self.output_range.fraction_outside
+
+    @property
+    def range_check(self) -> CheckResult:
+        """The ``output_range`` verdict of this evaluation."""
+        return check_output_range(self.output_range)
 
     def __getitem__(self, key: str) -> MetricResult:
         """The result of the metric with this label, or of the only metric with this name (``result["fid"]``)."""
@@ -219,13 +234,21 @@ def consume(
     batches: Iterable[tuple[list[int], torch.Tensor, Any]],
     metrics: Sequence[Any],
     extractors: Mapping[str, FeatureExtractor],
+    after_batch: Callable[[int], None] | None = None,
 ) -> int:
-    """The batch loop: :func:`feed` every ``(seeds, uint8 images, cond)`` to the metrics; returns the batch count."""
+    """The batch loop: :func:`feed` every ``(seeds, uint8 images, cond)`` to the metrics; returns the batch count.
+
+    At each batch boundary ``after_batch(batches done)`` runs (checkpoints), then a pending
+    stop request (SIGTERM, :mod:`diffeval.signals`) ends the loop with ``KeyboardInterrupt``.
+    """
     count = 0
     for seeds, images, cond in batches:
         if metrics:
             feed(metrics, extractors, images, seeds, cond)
         count += 1
+        if after_batch is not None:
+            after_batch(count)
+        signals.stop_if_requested()
     return count
 
 
@@ -260,40 +283,79 @@ def measure(
     return {metric.label: metric.compute() for metric in metrics} if compute else {}
 
 
+@dataclass
+class LoopState:
+    """Where a sampling loop stands after ``batches_done`` batches: enough to resume it exactly (a checkpoint)."""
+
+    batches_done: int
+    batch_size: int
+    n_seeds: int
+    step_s: list[float]
+    sampling_s: float
+    nfe: int
+    output_range: RangeStats
+    kept: torch.Tensor
+    metric_states: dict[str, dict[str, Any]]
+
+
 class _SamplingLoop:
     """Iterates ``(seeds, uint8 images, cond)`` by sampling, and records latency, range and the first samples."""
 
     def __init__(
-        self,
-        sampler: Any,
-        seeds: list[int],
-        image_shape: tuple[int, ...],
-        batch_size: int,
-        device: torch.device,
-        cond_fn: Any,
-        keep: int,
-        timing: str,
-        on_batch: Any,
+        self, sampler: Any, seeds: list[int], image_shape: tuple[int, ...], batch_size: int, **kw: Any
     ) -> None:
-        self.sampler, self.seeds, self.image_shape, self.batch_size, self.device = (
-            sampler,
-            seeds,
-            image_shape,
-            batch_size,
-            device,
+        self.sampler, self.seeds, self.image_shape, self.batch_size = sampler, seeds, image_shape, batch_size
+        self.device, self.cond_fn, self.keep, self.timing, self.on_batch = (
+            kw["device"],
+            kw["cond_fn"],
+            kw["keep"],
+            kw["timing"],
+            kw["on_batch"],
         )
-        self.cond_fn, self.keep, self.timing, self.on_batch = cond_fn, keep, timing, on_batch
         self.step_s: list[float] = []
         self.sampling_s = 0.0
         self.nfe = 0
-        self.outside = torch.zeros((), dtype=torch.int64, device=device)
-        self.total_px = 0
+        self.range = RangeStats()
         self.kept: list[torch.Tensor] = []
         self.batches = -(-len(seeds) // batch_size)
+        self.start_batch = 0
+
+    def restore(self, state: LoopState) -> None:
+        """Continue after ``state.batches_done`` batches (same seeds and batch size)."""
+        if state.batch_size != self.batch_size or state.n_seeds != len(self.seeds):
+            raise ConfigError(
+                explain(
+                    "the checkpoint does not fit this run",
+                    expected=f"batch size {self.batch_size} and {len(self.seeds)} seeds",
+                    got=f"batch size {state.batch_size} and {state.n_seeds} seeds",
+                    fix="resume with the config the interrupted run used",
+                )
+            )
+        self.start_batch = state.batches_done
+        self.step_s, self.sampling_s, self.nfe = list(state.step_s), state.sampling_s, state.nfe
+        self.range = state.output_range
+        self.kept = [state.kept] if state.kept.numel() else []
+
+    def state(self, batches_done: int, metrics: Sequence[Any]) -> LoopState:
+        kept = torch.cat(self.kept) if self.kept else torch.empty(0, dtype=torch.uint8)
+        states = {m.label: m.state() for m in metrics}
+        range_now = self.range.finalize()
+        return LoopState(
+            batches_done,
+            self.batch_size,
+            len(self.seeds),
+            list(self.step_s),
+            self.sampling_s,
+            self.nfe,
+            range_now,
+            kept,
+            states,
+        )
 
     def __iter__(self) -> Iterator[tuple[list[int], torch.Tensor, Any]]:
-        n_kept = 0
-        for index, start in enumerate(range(0, len(self.seeds), self.batch_size)):
+        n_kept = sum(k.shape[0] for k in self.kept)
+        for index in range(self.start_batch, self.batches):
+            start = index * self.batch_size
             batch_seeds = self.seeds[start : start + self.batch_size]
             if self.on_batch is not None:
                 self.on_batch(index, batch_seeds)
@@ -306,8 +368,7 @@ class _SamplingLoop:
             self.step_s.extend(run.step_s)
             self.sampling_s += run.wall_s
             self.nfe = run.nfe
-            self.outside += ((images < -1) | (images > 1)).sum()  # stays on the device: no per-batch sync
-            self.total_px += images.numel()
+            self.range.update(images)  # stays on the device: no per-batch sync
             u8 = quantize(images)
             if n_kept < self.keep:
                 self.kept.append(u8[: self.keep - n_kept].to("cpu", non_blocking=True))
@@ -342,6 +403,9 @@ def evaluate(
     on_batch: Callable[[int, list[int]], None] | None = None,
     step_timing: bool = True,
     compute: bool = True,
+    resume: LoopState | None = None,
+    checkpoint: Callable[[LoopState], None] | None = None,
+    checkpoint_every_s: float = 120.0,
 ) -> EvaluationResult:
     """Sample one image per seed and feed every metric; returns values (by label), latency and kept samples.
 
@@ -351,6 +415,12 @@ def evaluate(
     called before each batch. ``step_timing=False`` times whole calls only, so no
     per-step CUDA synchronization stalls the GPU (per-step latency is then not
     reported). ``compute=False`` leaves the metrics updated but not computed (shards).
+
+    Checkpoints: ``checkpoint(state)`` is called at a batch boundary every
+    ``checkpoint_every_s`` seconds of work and when a stop is requested (SIGTERM);
+    ``resume=state`` continues from such a state (metric states merged in, the remaining
+    batches sampled), so the values equal an uninterrupted run's. Counts are checked
+    before any sampling (:meth:`~diffeval.metrics.base.Metric.check_count`).
     """
     sampler = as_sampler(sampler)
     info = describe(sampler)
@@ -377,6 +447,9 @@ def evaluate(
         )
     table = extractor_table(extractors, metrics)
     check_labels(metrics)
+    if compute:
+        for metric in metrics:
+            metric.check_count(len(seeds))
     dev = resolve_device(device)
     t_start = time.perf_counter()
     loop = _SamplingLoop(
@@ -384,20 +457,35 @@ def evaluate(
         seeds,
         tuple(int(s) for s in shape),
         batch_size,
-        dev,
-        cond_fn,
-        keep,
-        "step" if step_timing else "run",
-        on_batch,
+        device=dev,
+        cond_fn=cond_fn,
+        keep=keep,
+        timing="step" if step_timing else "run",
+        on_batch=on_batch,
     )
-    consume(_progress(loop, loop.batches, "sampling", progress), metrics, table)
+    if resume is not None:
+        loop.restore(resume)
+        for metric in metrics:
+            metric.reset()
+            metric.merge_state(resume.metric_states[metric.label])
+    last = {"t": time.perf_counter()}
+
+    def after_batch(count: int) -> None:
+        if checkpoint is None:
+            return
+        now = time.perf_counter()
+        if now - last["t"] >= checkpoint_every_s or signals.requested():
+            checkpoint(loop.state(loop.start_batch + count, metrics))
+            last["t"] = time.perf_counter()
+
+    consume(_progress(loop, loop.batches - loop.start_batch, "sampling", progress), metrics, table, after_batch)
     values = {metric.label: metric.compute() for metric in metrics} if compute else {}
     return EvaluationResult(
         n=len(seeds),
         metrics=values,
         latency=loop.latency(),
         samples=torch.cat(loop.kept) if loop.kept else torch.empty(0, *shape, dtype=torch.uint8),
-        saturation=int(loop.outside) / loop.total_px if loop.total_px else 0.0,
+        output_range=loop.range.finalize(),
         wall_s=time.perf_counter() - t_start,
         sampler=info,
         config={

@@ -31,6 +31,7 @@ different world sizes are compared on quality metrics, never on latency rows.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -45,7 +46,7 @@ import pandas as pd
 
 from diffeval.config import read_toml
 from diffeval.errors import ConfigError, DiffevalError, ExitCode, InputError, explain
-from diffeval.report import Report
+from diffeval.report import Report, writable_file
 
 __all__ = [
     "GateRules",
@@ -374,47 +375,50 @@ def _absolute_verdicts(bound: Bound, base: pd.DataFrame, cand: pd.DataFrame, siz
     return out
 
 
+ALWAYS_CHECKED = ("output_range",)  # checks no candidate may fail, whatever the rules say
+
+
+def _check_where(row: Any) -> str:
+    return row["name"] + ("" if not row["knob"] else f" @ {row['knob']}={row['knob_value']:g}")
+
+
 def _check_verdicts(rules: GateRules, base: pd.DataFrame, cand: pd.DataFrame) -> list[Verdict]:
     c_checks = cand[cand["kind"] == "check"]
-    b_status = dict(zip(base[base["kind"] == "check"]["name"], base[base["kind"] == "check"]["status"], strict=False))
-    names = list(c_checks["name"]) if rules.must_pass == "all" else list(rules.must_pass)
+    b_checks = base[base["kind"] == "check"]
+    b_status = {_check_where(r): r["status"] for _, r in b_checks.iterrows()}
+    names = list(dict.fromkeys(c_checks["name"])) if rules.must_pass == "all" else list(rules.must_pass)
     out = []
     for name in names:
-        row = c_checks[c_checks["name"] == name]
-        if row.empty:
+        rows = c_checks[c_checks["name"] == name]
+        if rows.empty:
             raise InputError(
                 explain(
                     f"check {name!r} is missing from the candidate",
                     expected=f"a check row {name!r}",
-                    got=f"checks {sorted(c_checks['name'])}",
+                    got=f"checks {sorted(set(c_checks['name']))}",
                     fix="run the check in the candidate run",
                 )
             )
-        status = row["status"].iloc[0]
-        out.append(
-            Verdict(
-                "check must pass",
-                name,
-                math.nan,
-                float(row["value"].iloc[0]),
-                "pass",
-                "pass" if status == "pass" else "regression",
-                f"status {status} (baseline {b_status.get(name, '-')})",
-            )
-        )
+        for _, row in rows.iterrows():
+            where = _check_where(row)
+            status = row["status"]
+            note = f"status {status} (baseline {b_status.get(where, '-')})"
+            verdict = "pass" if status == "pass" else "regression"
+            out.append(Verdict("check must pass", where, math.nan, float(row["value"]), "pass", verdict, note))
+    for _, row in c_checks[c_checks["name"].isin(ALWAYS_CHECKED) & ~c_checks["name"].isin(names)].iterrows():
+        where = _check_where(row)
+        verdict = "regression" if row["status"] == "fail" else "pass"
+        note = f"status {row['status']}: " + str(json.loads(row["details"]).get("message", ""))[:160]
+        out.append(Verdict("must not fail (always)", where, math.nan, float(row["value"]), "not fail", verdict, note))
     if rules.default:
-        for _, row in c_checks.iterrows():
-            before = b_status.get(row["name"])
+        for _, row in c_checks[~c_checks["name"].isin(ALWAYS_CHECKED)].iterrows():
+            where = _check_where(row)
+            before = b_status.get(where)
             if row["status"] == "fail" and before != "fail":
+                note = f"baseline {before or 'absent'} -> fail"
                 out.append(
                     Verdict(
-                        "no new check failure",
-                        row["name"],
-                        math.nan,
-                        float(row["value"]),
-                        "not fail",
-                        "regression",
-                        f"baseline {before or 'absent'} -> fail",
+                        "no new check failure", where, math.nan, float(row["value"]), "not fail", "regression", note
                     )
                 )
     return out
@@ -527,37 +531,58 @@ def run_gate(
     junit: str | Path | None = None,
     k: float | None = None,
 ) -> int:
-    """Compare and print; returns the exit code (0 pass, 1 regression, 2 error). Never raises for bad input."""
+    """Compare and print; returns the exit code (0 pass, 1 regression, 2 error). Never raises.
+
+    The outputs (``junit``, ``$GITHUB_STEP_SUMMARY``) are checked for writability first: a gate that
+    cannot record its verdict is an error (2), never a pass or a regression.
+    """
     verdicts: list[Verdict] = []
-    error: str | None = None
-    try:
-        rules = load_rules(rules_path)
-        if k is not None:
-            rules = GateRules(rules.absolute, rules.relative, rules.must_pass, float(k), rules.default)
-        verdicts = evaluate_gate(Report.load(baseline), Report.load(candidate), rules)
-        code = EXIT_REGRESSION if any(v.status != "pass" for v in verdicts) else EXIT_PASS
-        if not verdicts:
-            raise ConfigError(
-                explain(
-                    "the gate has nothing to compare",
-                    expected="at least one rule that applies",
-                    got="no rules matched any row",
-                    fix="add rules, or compare reports that contain metrics",
+    errors: list[str] = []
+    summary = os.environ.get("GITHUB_STEP_SUMMARY") or None
+    outputs = {"--junit": junit, "$GITHUB_STEP_SUMMARY": summary}
+    writable = {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        try:
+            writable[option] = writable_file(path, option)
+        except InputError as exc:
+            errors.append(str(exc))
+    code = EXIT_ERROR
+    if not errors:
+        try:
+            rules = load_rules(rules_path)
+            if k is not None:
+                rules = GateRules(rules.absolute, rules.relative, rules.must_pass, float(k), rules.default)
+            verdicts = evaluate_gate(Report.load(baseline), Report.load(candidate), rules)
+            if not verdicts:
+                raise ConfigError(
+                    explain(
+                        "the gate has nothing to compare",
+                        expected="at least one rule that applies",
+                        got="no rules matched any row",
+                        fix="add rules, or compare reports that contain metrics",
+                    )
                 )
-            )
-    except (DiffevalError, ValueError, KeyError, OSError) as exc:
-        error = str(exc)
-        code = EXIT_ERROR
+            code = EXIT_REGRESSION if any(v.status != "pass" for v in verdicts) else EXIT_PASS
+        except DiffevalError as exc:
+            errors.append(str(exc))
+        except Exception as exc:  # anything unexpected is an error (2), never a pass or a regression
+            errors.append(f"unexpected error: {type(exc).__name__}: {exc}")
+    error = "; ".join(errors) or None
     status = {EXIT_PASS: "pass", EXIT_REGRESSION: "REGRESSION", EXIT_ERROR: "ERROR"}[code]
     if verdicts:
         print(_table(verdicts))
     if error is not None:
         print(f"diffeval gate: error: {error}", file=sys.stderr)
     print(f"gate: {status}", file=sys.stderr)
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary:
-        with open(summary, "a", encoding="utf-8") as handle:
-            handle.write(_markdown(verdicts, status) + (f"\n**Error:** {error}\n" if error else ""))
-    if junit is not None:
-        Path(junit).write_text(_junit(verdicts, error), encoding="utf-8")
+    try:
+        if "$GITHUB_STEP_SUMMARY" in writable:
+            with open(writable["$GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as handle:
+                handle.write(_markdown(verdicts, status) + (f"\n**Error:** {error}\n" if error else ""))
+        if "--junit" in writable:
+            writable["--junit"].write_text(_junit(verdicts, error), encoding="utf-8")
+    except OSError as exc:
+        print(f"diffeval gate: error: could not write the gate's outputs: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     return code

@@ -17,16 +17,18 @@ from typing import Any
 
 from diffeval.errors import InputError, explain
 from diffeval.evaluate import measure, resolve_device
-from diffeval.features import FeatureExtractor, extractor_key, get_extractor
+from diffeval.features import FeatureExtractor, extractor_key, feature_space, get_extractor
 from diffeval.metrics.base import choose_layer
 from diffeval.metrics.clip_score import CLIPScore
 from diffeval.metrics.fid import FID, unmatched_message
 from diffeval.metrics.inception_score import InceptionScore
+from diffeval.metrics.kid import KID
 from diffeval.references import build_reference
+from diffeval.report import writable_file
 from diffeval.sources import ImageSource, open_images, open_source, read_prompts, seeded_subset
-from diffeval.stats import FeatureMoments
+from diffeval.stats import SPACE_KEYS, FeatureMoments, check_space
 
-__all__ = ["fid_between", "compute_reference", "inception_score_of", "clip_score_of"]
+__all__ = ["fid_between", "kid_between", "compute_reference", "inception_score_of", "clip_score_of"]
 
 
 def _extractor(features: str, weights: str | None, device: str) -> FeatureExtractor:
@@ -77,15 +79,20 @@ def fid_between(
     features: str = "inception-v3",
     weights: str | None = None,
     n: int | None = None,
+    ref_n: int | None = None,
     device: str = "cpu",
     allow_unmatched: bool = False,
     seed: int = 0,
     batch_size: int = 64,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """FID between two inputs (image folder, .npz images, .npz statistics or a data set), at matched counts."""
-    gen_input, ref_input = open_source(gen), open_source(ref)
-    # counts first: nothing is extracted before they are known to match
+    """FID between two inputs (image folder, .npz images, .npz statistics or a data set), at matched counts.
+
+    Counts are checked first (``ref_n``: the count behind a reference statistics file that records none);
+    statistics are checked against the extractor's feature space (weights, layer, resize) before any
+    image is read.
+    """
+    gen_input, ref_input = open_source(gen), open_source(ref, stats_n=ref_n)
     if isinstance(gen_input, FeatureMoments):
         if n is not None and n != gen_input.n:
             raise InputError(
@@ -108,28 +115,31 @@ def fid_between(
                 )
             )
         n_gen = n if n is not None else len(gen_input)
-    n_ref_available = ref_input.n if isinstance(ref_input, FeatureMoments) else len(ref_input)
     exact = isinstance(ref_input, FeatureMoments)
+    n_ref_available = ref_input.n if exact else len(ref_input)
     if (n_ref_available != n_gen if exact else n_ref_available < n_gen) and not allow_unmatched:
-        dim = (
-            gen_input.dim
-            if isinstance(gen_input, FeatureMoments)
-            else (ref_input.dim if isinstance(ref_input, FeatureMoments) else 2048)
-        )
-        raise InputError(unmatched_message(n_gen, n_ref_available, dim or 0))
+        dims = [x.dim for x in (gen_input, ref_input) if isinstance(x, FeatureMoments)]
+        raise InputError(unmatched_message(n_gen, n_ref_available, (dims[0] if dims else 2048) or 0))
     need_images = not (isinstance(gen_input, FeatureMoments) and isinstance(ref_input, FeatureMoments))
-    extractor = _extractor(features, weights, device) if need_images else None
-    key = extractor_key(extractor) if extractor is not None else features
-    layer = choose_layer(extractor, None, "fid") if extractor is not None else None
-    for stats, path in ((gen_input, gen), (ref_input, ref)):
-        if isinstance(stats, FeatureMoments):
-            _check_stats_space(stats, key, layer, path)
+    if need_images:
+        extractor = _extractor(features, weights, device)
+        layer = choose_layer(extractor, None, "fid")
+        key, space = extractor_key(extractor), feature_space(extractor, layer)
+    else:  # two statistics files: compare them with each other (and with --features, when they record it)
+        extractor, key, layer = None, features, ref_input.meta.get("layer", "?")
+        _check_stats_space(gen_input, features, None, gen)
+        _check_stats_space(ref_input, features, None, ref)
+        space = {k: str(ref_input.meta[k]) for k in SPACE_KEYS if k in ref_input.meta}
+    verdicts = [
+        check_space(x.meta, space, f"statistics {p}")
+        for x, p in ((gen_input, gen), (ref_input, ref))
+        if isinstance(x, FeatureMoments)
+    ]
     if isinstance(ref_input, FeatureMoments):
         ref_stats = ref_input
     else:
-        ref_n = None if allow_unmatched and len(ref_input) < n_gen else n_gen
-        ref_stats = _stats_of(ref_input, extractor, layer, ref_n, seed, batch_size, progress)
-    layer = layer or ref_stats.meta.get("layer") or "?"
+        ref_n_images = None if allow_unmatched and len(ref_input) < n_gen else n_gen
+        ref_stats = _stats_of(ref_input, extractor, layer, ref_n_images, seed, batch_size, progress)
     metric = FID(ref_stats, key, layer, allow_unmatched=allow_unmatched, reference_spec=str(ref))
     if isinstance(gen_input, FeatureMoments):
         if gen_input.dim != ref_stats.dim:
@@ -154,13 +164,61 @@ def fid_between(
             compute=False,
         )
     result = metric.compute()
-    return {
+    notes = "; ".join(x.notes for x in (gen_input, ref_input) if getattr(x, "notes", ""))
+    out = {
         "fid": result.value,
         "n_gen": result.n_gen,
         "n_ref": result.n_ref,
         "matched": result["matched"],
         "features": metric.space,
-        **{k: result[k] for k in ("min_eigenvalue", "clipped_mass", "trace_method")},
+        "statistics_space": "unverified" if "unverified" in verdicts else "verified" if verdicts else "images only",
+        **{k: result[k] for k in ("raw_value", "min_eigenvalue", "clipped_mass", "trace_method")},
+    }
+    if notes:
+        out["conversions"] = notes
+    return out
+
+
+def kid_between(
+    gen: str,
+    ref: str,
+    *,
+    features: str = "inception-v3",
+    weights: str | None = None,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    blocks: int = 10,
+    device: str = "cpu",
+    batch_size: int = 64,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """KID between two image sets (folders, .npz batches or data sets), with its jackknife standard error."""
+    gen_source = open_images(gen, who="KID (the generated set)")
+    ref_source = open_images(ref, who="KID (the reference: KID needs features, not statistics)")
+    extractor = _extractor(features, weights, device)
+    layer = choose_layer(extractor, None, "kid")
+    reference = build_reference(ref_source, extractor, feature_layers=[layer], batch_size=batch_size, progress=progress)
+    metric = KID(
+        reference.features[layer],
+        extractor_key(extractor),
+        layer,
+        subsets,
+        subset_size,
+        blocks=blocks,
+        reference_spec=str(ref),
+    )
+    metric.check_count(len(gen_source))
+    result = measure(gen_source, extractors=[extractor], metrics=[metric], batch_size=batch_size, progress=progress)[
+        metric.label
+    ]
+    keys = ("subsets", "subset_size", "subset_size_reduced", "kid_std", "stderr_is")
+    return {
+        "kid": result.value,
+        "kid_stderr": result.stderr,
+        "n_gen": result.n_gen,
+        "n_ref": result.n_ref,
+        "features": metric.space,
+        **{k: result[k] for k in keys},
     }
 
 
@@ -176,7 +234,20 @@ def compute_reference(
     batch_size: int = 64,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Reference statistics (mu, sigma, n + metadata) of an image set, saved to ``out`` (.npz)."""
+    """Reference statistics (mu, sigma, n + metadata) of an image set, saved to ``out`` (.npz).
+
+    ``out`` is checked for writability before any image is read.
+    """
+    if Path(out).suffix != ".npz":
+        raise InputError(
+            explain(
+                f"--out {out} is not an .npz path",
+                expected="a file name ending in .npz",
+                got=repr(str(out)),
+                fix=f"pass --out {Path(out).with_suffix('.npz')}",
+            )
+        )
+    writable_file(out, "--out")
     source = open_images(images, who="reference statistics")
     if n is not None and n > len(source):
         raise InputError(

@@ -17,9 +17,8 @@ import torch
 
 from diffeval.errors import InputError, explain
 from diffeval.evaluate import measure
-from diffeval.features import FeatureExtractor, extractor_key
+from diffeval.features import FeatureExtractor, extractor_key, feature_space
 from diffeval.metrics.base import Batch
-from diffeval.quantize import GRID
 from diffeval.sources import ImageSource, seeded_subset
 from diffeval.stats import FeatureMoments
 
@@ -94,16 +93,11 @@ def build_reference(
                 )
             )
     key = extractor_key(extractor)
-    meta = {
-        "extractor": key,
-        "resize": getattr(extractor, "resize", "none"),
-        "quantization": GRID,
-        "source": source.name,
-        "subset_seed": seed if len(indices) < total else "none",
-    }
-    collector = _Collector(
-        key, {layer: FeatureMoments({**meta, "layer": layer}) for layer in moment_layers}, feature_layers
-    )
+    meta = {"source": source.name, "subset_seed": seed if len(indices) < total else "none"}
+    if getattr(source, "notes", ""):
+        meta["conversion"] = source.notes
+    moments = {layer: FeatureMoments({**meta, **feature_space(extractor, layer)}) for layer in moment_layers}
+    collector = _Collector(key, moments, feature_layers)
     measure(
         source,
         extractors={key: extractor},

@@ -33,6 +33,8 @@ import pandas as pd
 from diffeval.errors import InputError, explain
 
 __all__ = [
+    "writable_folder",
+    "writable_file",
     "ROW_COLUMNS",
     "RUN_COLUMNS",
     "COLUMNS",
@@ -133,6 +135,49 @@ def make_row(
     }
 
 
+def writable_folder(out: str | Path, option: str = "--out") -> Path:
+    """Create ``out`` and prove a file can be written there — before any work, so nothing computed is lost."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".diffeval-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise InputError(
+            explain(
+                f"output folder {out} is not writable",
+                expected="a folder diffeval can create files in",
+                got=f"{type(error).__name__}: {error}",
+                fix=f"pass {option} with a writable folder",
+            )
+        ) from None
+    return out
+
+
+def writable_file(path: str | Path, option: str) -> Path:
+    """Prove ``path`` can be written (its folder exists and takes files; it is not a folder) — before any work."""
+    path = Path(path)
+    existed = path.exists()
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder")
+        with open(path, "a", encoding="utf-8"):
+            pass
+        if not existed:
+            path.unlink()
+    except OSError as error:
+        raise InputError(
+            explain(
+                f"cannot write {option} {path}",
+                expected="a file path in an existing, writable folder",
+                got=f"{type(error).__name__}: {error}",
+                fix=f"pass a writable path to {option} (create its folder first)",
+            )
+        ) from None
+    return path
+
+
 def metric_row(
     metric: Any, result: Any, *, sampler: str = "", knob: str = "", knob_value: float | None = None
 ) -> dict[str, Any]:
@@ -159,8 +204,8 @@ def metric_row(
     )
 
 
-def check_row(result: Any, **extra: Any) -> dict[str, Any]:
-    """The report row (kind ``check``) of a :class:`~diffeval.checks.base.CheckResult`."""
+def check_row(result: Any, *, knob: str = "", knob_value: float | None = None, **extra: Any) -> dict[str, Any]:
+    """The report row (kind ``check``) of a :class:`~diffeval.checks.base.CheckResult` (at a sweep point if given)."""
     value = (
         result.value if isinstance(result.value, (int, float)) and not isinstance(result.value, bool) else float("nan")
     )
@@ -169,6 +214,8 @@ def check_row(result: Any, **extra: Any) -> dict[str, Any]:
         "check",
         value,
         status=result.status,
+        knob=knob,
+        knob_value=knob_value,
         details={"threshold": result.threshold, "message": result.message, **extra},
     )
 

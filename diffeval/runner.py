@@ -5,14 +5,18 @@ every metric from its registered class (references resolved now, before any samp
 → checks (:func:`diffeval.checks.base.run_check` reads what each check needs) → data
 metrics (bits/dim on data) → for each sweep value, sampling with every sample metric and
 the latency rows. Rows are kept as they complete; if a step fails or the run is
-interrupted, the rows so far are written with a ``run_error``/``run_interrupted`` row
-saying where it stopped, and the error is raised again (exit 2, or 130 for Ctrl-C).
+interrupted (Ctrl-C, SIGTERM), the rows so far are written with a
+``run_error``/``run_interrupted`` row saying where it stopped, and the error is raised
+again (exit 2, or 130). A checkpoint in the output folder lets ``diffeval run --resume``
+continue from the last completed batch (:mod:`diffeval.checkpoint`).
 
 ``diffeval diagnose`` is a checks-only run of the same runner (a ``[schedule]`` config).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,14 +25,15 @@ from typing import Any
 
 import torch
 
+from diffeval import checkpoint
 from diffeval.checks.base import CHECKS, CheckContext, CheckResult, Figure, run_check
 from diffeval.config import RunConfig
 from diffeval.distributed import RankFailed, evaluate_sharded, world
 from diffeval.errors import ConfigError, DiffevalError, explain
-from diffeval.evaluate import EvaluationResult, check_labels, measure, resolve_device
+from diffeval.evaluate import EvaluationResult, LoopState, check_labels, measure, resolve_device
 from diffeval.features import get_extractor
 from diffeval.metrics.base import BuildContext, Metric, metric_class
-from diffeval.report import Report, check_row, make_row, metric_row, provenance
+from diffeval.report import Report, check_row, make_row, metric_row, provenance, writable_folder
 from diffeval.sources import open_images, open_source
 from diffeval.subjects import Subject, build_subject, cond_fn
 
@@ -38,7 +43,6 @@ __all__ = [
     "RunFailed",
     "build_metrics",
     "latency_rows",
-    "check_writable",
     "data_metric_rows",
     "bpd_of_config",
 ]
@@ -94,7 +98,7 @@ def build_metrics(cfg: RunConfig, info: Any, progress: bool = False) -> tuple[li
         device=str(resolve_device(cfg.device)),
         batch_size=cfg.batch_size,
         extractor=extractors,
-        open_source=lambda spec: open_source(spec, cfg.base_dir),
+        open_source=lambda spec, **kw: open_source(spec, cfg.base_dir, **kw),
         info=info,
         base_dir=cfg.base_dir,
         progress=progress,
@@ -134,7 +138,8 @@ def latency_rows(latency: Any, sampler: str, extra: dict[str, Any]) -> list[dict
 def _sample_rows(
     result: EvaluationResult, metrics: list[Metric], sampler_label: str, extra: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    rows = [metric_row(m, result.metrics[m.label], sampler=sampler_label, **extra) for m in metrics]
+    rows = [check_row(result.range_check, **extra)]
+    rows += [metric_row(m, result.metrics[m.label], sampler=sampler_label, **extra) for m in metrics]
     return rows + latency_rows(result.latency, sampler_label, extra)
 
 
@@ -187,30 +192,12 @@ def bpd_of_config(
         seed=cfg.seed,
         device=str(resolve_device(cfg.device)),
         batch_size=cfg.batch_size,
-        open_source=lambda spec: open_source(spec, cfg.base_dir),
+        open_source=lambda spec, **kw: open_source(spec, cfg.base_dir, **kw),
         info=subject.info,
         base_dir=cfg.base_dir,
     )
     metric = BitsPerDim.from_config(options, ctx)
     return measure(metric.source, metrics=[metric], batch_size=cfg.batch_size, indices=metric.indices)[metric.label]
-
-
-def check_writable(out: Path) -> None:
-    """Create ``out`` and prove a file can be written there, before any work."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".diffeval-write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise ConfigError(
-            explain(
-                f"output folder {out} is not writable",
-                expected="a folder diffeval can create files in",
-                got=f"{type(error).__name__}: {error}",
-                fix="pass --out with a writable folder",
-            )
-        ) from None
 
 
 def _checks(cfg: RunConfig, subject: Subject) -> tuple[list[CheckResult], list[Figure]]:
@@ -246,109 +233,226 @@ def _image_shape(cfg: RunConfig, subject: Subject) -> tuple[int, ...]:
     return tuple(shape)
 
 
+CHECKPOINT_ENV = "DIFFEVAL_CHECKPOINT_S"
+
+
+def _checkpoint_every_s() -> float:
+    text = os.environ.get(CHECKPOINT_ENV, "120")
+    try:
+        return max(float(text), 0.0)
+    except ValueError:
+        raise ConfigError(
+            explain(
+                f"${CHECKPOINT_ENV} is not a number",
+                expected="seconds between checkpoints",
+                got=repr(text),
+                fix="e.g. 120",
+            )
+        ) from None
+
+
+def _drawn(name: str, path: str) -> Figure:
+    return Figure(name, lambda _target, path=path: Path(path))
+
+
+class _Run:
+    """One ``diffeval run``: its stages, the rows they produce, checkpoints, and the partial report on failure."""
+
+    def __init__(self, cfg: RunConfig, out: Path, progress: bool, extra_rows: Any, resume: bool) -> None:
+        self.cfg, self.out, self.progress, self.extra_rows = cfg, out, progress, extra_rows
+        self.device = resolve_device(cfg.device)
+        self.world = world()
+        self.fingerprint = json.dumps(cfg.to_dict() | {"device": str(self.device)}, sort_keys=True, default=str)
+        self.rows: list[dict[str, Any]] = []
+        self.checks: list[CheckResult] = []
+        self.figures: list[tuple[str, str]] = []
+        self.samples: torch.Tensor | None = None
+        self.sweep_done = 0
+        self.data_done = False
+        self.loop: LoopState | None = None
+        self.stage = "building the sampler"
+        self.current = {"batch": -1, "seeds": ""}
+        self.t0 = time.perf_counter()
+        self.resumed = False
+        if resume:
+            self._restore()
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def _restore(self) -> None:
+        if self.world.distributed:
+            raise ConfigError(
+                explain(
+                    "--resume is single-process only",
+                    expected="a run without torchrun",
+                    got=f"world size {self.world.size}",
+                    fix="resume on one process, or re-run the distributed evaluation from the start",
+                )
+            )
+        state = checkpoint.load(self.out)
+        if state["config"] != self.fingerprint:
+            before, now = json.loads(state["config"]), json.loads(self.fingerprint)
+            differing = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            raise ConfigError(
+                explain(
+                    f"the config differs from the one the interrupted run in {self.out} used",
+                    expected="the same config (and device)",
+                    got=f"different {', '.join(differing)}",
+                    fix="resume with the original config, or run into a new --out folder",
+                )
+            )
+        self.rows, self.checks, self.figures = state["rows"], state["checks"], [tuple(f) for f in state["figures"]]
+        self.samples, self.sweep_done, self.data_done, self.loop = (
+            state["samples"],
+            state["sweep_done"],
+            state["data_done"],
+            state["loop"],
+        )
+        self.resumed = True
+
+    def _save(self, loop: LoopState | None = None) -> None:
+        if self.world.distributed:
+            return
+        payload = {
+            "config": self.fingerprint,
+            "rows": self.rows,
+            "checks": self.checks,
+            "figures": self.figures,
+            "samples": self.samples,
+        }
+        payload |= {"sweep_done": self.sweep_done, "data_done": self.data_done, "loop": loop}
+        checkpoint.save(self.out, payload)
+
+    # -- stages ---------------------------------------------------------------------------------------
+    def _checks_and_data(self, subject: Subject, data_metrics: list[Metric]) -> None:
+        self.stage = "checks"
+        self.checks, figures = _checks(self.cfg, subject)
+        self.rows += [check_row(c) for c in self.checks]
+        for figure in figures:  # drawn now, so a resumed run has them without re-running the checks
+            self.figures.append((figure.name, str(figure.draw(self.out / f"{figure.name}.png"))))
+        self.stage = "data metrics"
+        self.rows += data_metric_rows(data_metrics, self.cfg, subject.info.label(), self.progress)
+        self.data_done = True
+        self._save()
+
+    def _on_batch(self, index: int, seeds: list[int]) -> None:
+        self.current["batch"], self.current["seeds"] = index, f"{seeds[0]}..{seeds[-1]}"
+
+    def _sampling(self, subject: Subject, metrics: list[Metric], extractors: dict[str, Any]) -> None:
+        cfg = self.cfg
+        shape = _image_shape(cfg, subject)
+        conditions = cond_fn(cfg)
+        sweep_values = cfg.sweep.values if cfg.sweep else [None]
+        every_s = _checkpoint_every_s()
+        for index, value in enumerate(sweep_values):
+            if index < self.sweep_done:
+                continue
+            knob = {} if value is None else {cfg.sweep.knob: value}
+            self.stage = "sampling" + (f" at {cfg.sweep.knob} = {value}" if value is not None else "")
+            run_sampler = subject.sampler if value is None else subject.make(knob)
+            for metric in metrics:
+                metric.reset()
+            resume, self.loop = self.loop, None
+            result = evaluate_sharded(
+                run_sampler,
+                seeds=range(cfg.seed, cfg.seed + cfg.n),
+                image_shape=shape,
+                extractors=extractors,
+                metrics=metrics,
+                batch_size=cfg.batch_size,
+                device=self.device,
+                cond_fn=conditions,
+                progress=self.progress and self.world.rank == 0,
+                on_batch=self._on_batch,
+                **(
+                    {}
+                    if self.world.distributed
+                    else {"resume": resume, "checkpoint": self._save, "checkpoint_every_s": every_s}
+                ),
+            )
+            if result is None:  # not rank 0: rank 0 merges and reports
+                continue
+            extra = {"knob": cfg.sweep.knob, "knob_value": float(value)} if value is not None else {}
+            label = result.sampler.label() if result.sampler else subject.info.label()
+            self.rows += _sample_rows(result, metrics, label, extra)
+            if self.samples is None:
+                self.samples = result.samples
+            self.sweep_done = index + 1
+            self._save()
+
+    def _report(self) -> Report:
+        config = json.loads(self.fingerprint) | {"world_size": self.world.size, "resumed": self.resumed}
+        seeds = f"{self.cfg.seed}..{self.cfg.seed + self.cfg.n - 1}" if self.cfg.n else ""
+        code = self.cfg.sampler.factory if self.cfg.sampler is not None else None
+        wall_s = time.perf_counter() - self.t0
+        return Report(self.rows, provenance(config, str(self.device), wall_s=wall_s, seeds=seeds, code=code))
+
+    def _failed(self, error: BaseException) -> RunFailed:
+        interrupted = isinstance(error, KeyboardInterrupt)
+        batch = self.current["batch"]
+        where = self.stage + (
+            f", batch {batch} (seeds {self.current['seeds']})"
+            if self.stage.startswith("sampling") and batch >= 0
+            else ""
+        )
+        name = "run_interrupted" if interrupted else "run_error"
+        details = {"stage": where, "error": f"{type(error).__name__}: {error}"}
+        resumable = (self.out / checkpoint.FILENAME).is_file() and not self.world.distributed
+        if resumable:
+            details["resume"] = f"diffeval run {self.cfg.source} --resume {self.out}"
+        self.rows.append(make_row(name, "check", float("nan"), status="fail", details=details))
+        paths = (
+            self._report().write(self.out, figures=[_drawn(n, p) for n, p in self.figures])
+            if self.world.rank == 0
+            else {}
+        )
+        message = f"run {'interrupted' if interrupted else 'failed'} during {where}: {type(error).__name__}: {error}."
+        if paths:
+            message += f" The {len(self.rows) - 1} rows computed before are in {paths['json']}"
+        if resumable:
+            message += f"; continue it with: {details['resume']}"
+        return RunFailed(message, paths, interrupted)
+
+    def execute(self) -> RunOutcome:
+        w = self.world
+        try:
+            subject = build_subject(self.cfg)
+            self.stage = "reference statistics"
+            metrics, extractors = build_metrics(self.cfg, subject.info, self.progress and w.rank == 0)
+            sample_metrics = [m for m in metrics if m.inputs == "samples"]
+            if self.cfg.sampler is not None:
+                _image_shape(self.cfg, subject)
+                for metric in sample_metrics:
+                    metric.check_count(self.cfg.n)  # before any work: counts are known now
+            if w.rank == 0 and not self.data_done:  # cheap, data-side work: once
+                self._checks_and_data(subject, [m for m in metrics if m.inputs == "data"])
+            if self.cfg.sampler is not None:
+                self._sampling(subject, sample_metrics, extractors)
+            if self.extra_rows is not None and w.rank == 0:
+                self.stage = "extra rows"
+                self.rows += self.extra_rows(subject)
+        except (Exception, KeyboardInterrupt) as error:
+            if isinstance(error, RankFailed) and w.rank != 0:
+                raise RunFailed(str(error), {}) from None
+            raise self._failed(error) from (None if isinstance(error, KeyboardInterrupt) else error)
+        report = self._report()
+        if w.rank != 0:
+            return RunOutcome(report, {}, None, [])
+        paths = report.write(self.out, samples=self.samples, figures=[_drawn(n, p) for n, p in self.figures])
+        (self.out / checkpoint.FILENAME).unlink(missing_ok=True)  # complete: nothing left to resume
+        return RunOutcome(report, paths, self.samples, self.checks)
+
+
 def run_config(
     cfg: RunConfig,
     out: str | Path,
     progress: bool = False,
     extra_rows: Callable[[Any], list[dict[str, Any]]] | None = None,
+    resume: bool = False,
 ) -> RunOutcome:
-    """Run every check, data metric and sample metric of ``cfg`` (per sweep value); write the report into ``out``."""
-    out = Path(out)
-    check_writable(out)
-    device = resolve_device(cfg.device)
-    t0 = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    stage = "building the sampler"
-    samples: torch.Tensor | None = None
-    checks: list[CheckResult] = []
-    figures: list[Figure] = []
-    config_dict = cfg.to_dict() | {"device": str(device)}
-    seeds_label = f"{cfg.seed}..{cfg.seed + cfg.n - 1}" if cfg.n else ""
-    current = {"batch": -1, "seeds": ""}
+    """Run every check, data metric and sample metric of ``cfg`` (per sweep value); write the report into ``out``.
 
-    def on_batch(index: int, seeds: list[int]) -> None:
-        current["batch"], current["seeds"] = index, f"{seeds[0]}..{seeds[-1]}"
-
-    w = world()
-    config_dict["world_size"] = w.size
-    code = cfg.sampler.factory if cfg.sampler is not None else None
-    try:
-        subject = build_subject(cfg)
-        sampler_label = subject.info.label()
-        stage = "reference statistics"
-        metrics, extractors = build_metrics(cfg, subject.info, progress and w.rank == 0)
-        sample_metrics = [m for m in metrics if m.inputs == "samples"]
-        data_metrics = [m for m in metrics if m.inputs == "data"]
-        shape = _image_shape(cfg, subject) if cfg.sampler is not None else None
-        if w.rank == 0:  # cheap, data-side work: once
-            stage = "checks"
-            checks, figures = _checks(cfg, subject)
-            rows += [check_row(c) for c in checks]
-            stage = "data metrics"
-            rows += data_metric_rows(data_metrics, cfg, sampler_label, progress)
-        if cfg.sampler is not None:
-            conditions = cond_fn(cfg)
-            sweep_values = cfg.sweep.values if cfg.sweep else [None]
-            for value in sweep_values:
-                knob = {} if value is None else {cfg.sweep.knob: value}
-                stage = "sampling" + (f" at {cfg.sweep.knob} = {value}" if value is not None else "")
-                run_sampler = subject.sampler if value is None else subject.make(knob)
-                for metric in sample_metrics:
-                    metric.reset()
-                result = evaluate_sharded(
-                    run_sampler,
-                    seeds=range(cfg.seed, cfg.seed + cfg.n),
-                    image_shape=shape,
-                    extractors=extractors,
-                    metrics=sample_metrics,
-                    batch_size=cfg.batch_size,
-                    device=device,
-                    cond_fn=conditions,
-                    progress=progress and w.rank == 0,
-                    on_batch=on_batch,
-                )
-                if result is None:  # not rank 0: rank 0 merges and reports
-                    continue
-                extra = {"knob": cfg.sweep.knob, "knob_value": float(value)} if value is not None else {}
-                rows += _sample_rows(
-                    result, sample_metrics, result.sampler.label() if result.sampler else sampler_label, extra
-                )
-                if samples is None:
-                    samples = result.samples
-        if extra_rows is not None and w.rank == 0:
-            stage = "extra rows"
-            rows += extra_rows(subject)
-    except (Exception, KeyboardInterrupt) as error:
-        interrupted = isinstance(error, KeyboardInterrupt)
-        if isinstance(error, RankFailed) and w.rank != 0:
-            raise RunFailed(str(error), {}) from None
-        where = f"{stage}" + (
-            f", batch {current['batch']} (seeds {current['seeds']})"
-            if stage.startswith("sampling") and current["batch"] >= 0
-            else ""
-        )
-        rows.append(
-            make_row(
-                "run_interrupted" if interrupted else "run_error",
-                "check",
-                float("nan"),
-                status="fail",
-                details={"stage": where, "error": f"{type(error).__name__}: {error}"},
-            )
-        )
-        report = Report(
-            rows, provenance(config_dict, str(device), wall_s=time.perf_counter() - t0, seeds=seeds_label, code=code)
-        )
-        paths = report.write(out) if w.rank == 0 else {}
-        message = (
-            f"run {'interrupted' if interrupted else 'failed'} during {where}: {type(error).__name__}: {error}."
-            + (f" The {len(rows) - 1} rows computed before are in {paths['json']}" if paths else "")
-        )
-        raise RunFailed(message, paths, interrupted) from (None if interrupted else error)
-    report = Report(
-        rows, provenance(config_dict, str(device), wall_s=time.perf_counter() - t0, seeds=seeds_label, code=code)
-    )
-    if w.rank != 0:
-        return RunOutcome(report, {}, None, [])
-    paths = report.write(out, samples=samples, figures=figures)
-    return RunOutcome(report, paths, samples, checks)
+    A checkpoint is kept in ``out`` (every ``$DIFFEVAL_CHECKPOINT_S`` seconds of sampling, default 120, and after
+    each stage); ``resume=True`` continues an interrupted run from it, with the same values as an uninterrupted run.
+    """
+    out = writable_folder(Path(out))
+    return _Run(cfg, out, progress, extra_rows, resume).execute()

@@ -12,6 +12,7 @@ base folder (a config's folder).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -97,15 +98,23 @@ class NpzImageSource:
         return self.images[torch.as_tensor(list(indices), dtype=torch.long)]
 
 
+_GRAY_MODES = ("L", "1")
+_COLOUR_MODES = ("RGB", "P", "CMYK", "YCbCr", "LAB", "HSV")  # converted to RGB by PIL without loss of meaning
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
 class FolderSource:
     """Every image file under a folder (recursive, sorted by path); all must share one size.
 
-    Grayscale files stay 1-channel when every file is grayscale; otherwise all are read as RGB.
+    Every file's header is read up front (sizes, colour modes, unreadable files), so a bad
+    file is an error before any work. The colour mode is decided per file: a folder of
+    grayscale files stays 1-channel; a folder with any colour file is read as RGB, and
+    grayscale or palette files in it are converted (gray repeated to 3 channels) — stated
+    in :attr:`notes` and on stderr, never silently. Alpha channels and 16-bit or float
+    images are refused (as the ``.npz`` path refuses 4 channels), with the fix.
     """
 
     def __init__(self, path: str | Path) -> None:
-        from PIL import Image
-
         self.path = Path(path)
         self.name = str(self.path)
         self.files = sorted(p for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -118,16 +127,70 @@ class FolderSource:
                     fix="point to a folder of image files",
                 )
             )
-        with Image.open(self.files[0]) as first:
-            self.size = first.size
-        self.mode = "L" if all(self._mode(p) in ("L", "1") for p in self.files[:64]) else "RGB"
+        modes: dict[str, list[Path]] = {}
+        self.size: tuple[int, int] | None = None
+        for file in self.files:
+            mode, size = self._header(file)
+            if self.size is None:
+                self.size = size
+            elif size != self.size:
+                raise InputError(
+                    explain(
+                        f"image {file} has another size than the rest of {self.path}",
+                        expected=f"{self.size[0]}x{self.size[1]} (the size of {self.files[0].name})",
+                        got=f"{size[0]}x{size[1]}",
+                        fix="resize all images to one size first",
+                    )
+                )
+            modes.setdefault(mode, []).append(file)
+        self.mode = "L" if set(modes) <= set(_GRAY_MODES) else "RGB"
+        converted = {m: f for m, f in modes.items() if m != self.mode}
+        self.notes = ""
+        if converted:
+            counts = ", ".join(f"{len(f)} {m}" for m, f in sorted(converted.items()))
+            self.notes = (
+                f"{self.path}: read as {self.mode}; converted {counts} file(s) (e.g."
+                f" {next(iter(converted.values()))[0].name})"
+            )
+            print(f"diffeval: {self.notes}", file=sys.stderr)
 
-    @staticmethod
-    def _mode(path: Path) -> str:
-        from PIL import Image
+    def _header(self, file: Path) -> tuple[str, tuple[int, int]]:
+        from PIL import Image, UnidentifiedImageError
 
-        with Image.open(path) as image:
-            return image.mode
+        try:
+            with Image.open(file) as image:
+                mode, size = image.mode, image.size
+        except (OSError, UnidentifiedImageError, ValueError) as error:
+            raise InputError(
+                explain(
+                    f"cannot read image {file}",
+                    expected="a readable image file",
+                    got=f"{type(error).__name__}: {error}",
+                    fix="remove or re-export the file",
+                )
+            ) from None
+        if mode in _ALPHA_MODES:
+            raise InputError(
+                explain(
+                    f"image {file} has an alpha channel ({mode})",
+                    expected="grayscale or RGB images",
+                    got=f"mode {mode}",
+                    fix="drop the alpha channel (composite onto a background) before evaluating",
+                )
+            )
+        if mode not in _GRAY_MODES + _COLOUR_MODES:
+            raise InputError(
+                explain(
+                    f"image {file} is not an 8-bit image ({mode})",
+                    expected="8-bit grayscale or RGB images",
+                    got=f"mode {mode}",
+                    fix=(
+                        "convert the images to 8 bits per channel first (16-bit and float images are not quantized"
+                        " here)"
+                    ),
+                )
+            )
+        return mode, size
 
     def __len__(self) -> int:
         return len(self.files)
@@ -137,22 +200,23 @@ class FolderSource:
 
         arrays = []
         for i in indices:
-            with Image.open(self.files[i]) as image:
-                if image.size != self.size:
-                    raise InputError(
-                        explain(
-                            f"image {self.files[i]} has another size than the rest of {self.path}",
-                            expected=f"{self.size[0]}x{self.size[1]}",
-                            got=f"{image.size[0]}x{image.size[1]}",
-                            fix="resize all images to one size first",
-                        )
+            try:
+                with Image.open(self.files[i]) as image:
+                    array = np.asarray(image.convert(self.mode))
+            except OSError as error:  # a file whose header read fine but whose data is broken
+                raise InputError(
+                    explain(
+                        f"cannot decode image {self.files[i]}",
+                        expected="a complete image file",
+                        got=f"{type(error).__name__}: {error}",
+                        fix="remove or re-export the file",
                     )
-                array = np.asarray(image.convert(self.mode))
+                ) from None
             arrays.append(array[..., None] if array.ndim == 2 else array)
         return torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2).copy())
 
 
-def open_input(path: str | Path) -> ImageSource | FeatureMoments:
+def open_input(path: str | Path, stats_n: int | None = None) -> ImageSource | FeatureMoments:
     """A folder or ``.npz`` image batch as an :class:`ImageSource`, or ``.npz`` statistics as
     :class:`FeatureMoments`.
     """
@@ -192,7 +256,7 @@ def open_input(path: str | Path) -> ImageSource | FeatureMoments:
     if "arr_0" in keys:
         return NpzImageSource(path)
     if {"mu", "sigma"} & keys:
-        return FeatureMoments.load(path)
+        return FeatureMoments.load(path, n=stats_n)
     raise InputError(
         explain(
             f"{path} holds neither images nor statistics",
@@ -203,7 +267,9 @@ def open_input(path: str | Path) -> ImageSource | FeatureMoments:
     )
 
 
-def open_source(spec: str | Path, base_dir: str | Path | None = None) -> ImageSource | FeatureMoments:
+def open_source(
+    spec: str | Path, base_dir: str | Path | None = None, stats_n: int | None = None
+) -> ImageSource | FeatureMoments:
     """A spec → images or statistics: an existing path (folder, .npz images, .npz statistics), else a registered data
     set
     ``name[:split]``.
@@ -213,7 +279,7 @@ def open_source(spec: str | Path, base_dir: str | Path | None = None) -> ImageSo
     if not path.is_absolute() and base_dir is not None:
         path = Path(base_dir) / path
     if path.exists():
-        return open_input(path)
+        return open_input(path, stats_n)
     name, _, split = text.partition(":")
     if name in DATASETS:
         return DATASETS.get(name)(split or None)
@@ -227,7 +293,7 @@ def open_source(spec: str | Path, base_dir: str | Path | None = None) -> ImageSo
                 fix="check the path (relative paths are resolved against the config's folder)",
             )
         )
-    return open_input(path)
+    return open_input(path, stats_n)
 
 
 def open_images(spec: str | Path, base_dir: str | Path | None = None, who: str = "this input") -> ImageSource:

@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 
 from diffeval.errors import InputError, explain
 
-__all__ = ["FeatureMoments", "check_gaussian", "SYMMETRY_TOL", "PSD_TOL"]
+__all__ = ["FeatureMoments", "check_gaussian", "check_space", "SPACE_KEYS", "SYMMETRY_TOL", "PSD_TOL"]
 
 SYMMETRY_TOL = 1e-6  # max |S - S^T| relative to max |S|
 PSD_TOL = 1e-6  # smallest eigenvalue allowed: -PSD_TOL * max diagonal (round-off of a float32-stored covariance)
@@ -280,8 +281,12 @@ class FeatureMoments:
         return moments
 
     @classmethod
-    def load(cls, path: str | Path) -> FeatureMoments:
-        """Read an .npz with ``mu`` and ``sigma`` (and ``n`` when diffeval wrote it)."""
+    def load(cls, path: str | Path, n: int | None = None) -> FeatureMoments:
+        """Read an .npz with ``mu`` and ``sigma`` and the sample count ``n`` (a key of the file, or the argument).
+
+        pytorch-fid, clean-fid and EDM reference files carry no count: pass ``n`` (``--ref-n`` /
+        ``reference_n``) — the number of images behind them — so matched counts can be enforced.
+        """
         with np.load(Path(path), allow_pickle=False) as data:
             missing = {"mu", "sigma"} - set(data.files)
             if missing:
@@ -293,14 +298,64 @@ class FeatureMoments:
                         fix="save statistics with FeatureMoments.save or pytorch-fid's format",
                     )
                 )
-            if "n" not in data.files:
+            recorded = int(data["n"]) if "n" in data.files else None
+            if recorded is None and n is None:
                 raise InputError(
                     explain(
                         f"statistics file {path} has no sample count 'n'",
-                        expected="key n (the number of images behind mu/sigma)",
+                        expected="key n (the number of images behind mu/sigma), or the count given",
                         got=f"keys {sorted(data.files)}",
-                        fix="re-save with FeatureMoments.save, or load with FeatureMoments.from_mean_cov(mu, sigma, n)",
+                        fix=(
+                            "pass --ref-n N (reference_n = N in a config): the number of images behind the file"
+                            " (50000 for the standard pytorch-fid / clean-fid / EDM CIFAR-10 and ImageNet files)"
+                        ),
+                    )
+                )
+            if recorded is not None and n is not None and recorded != n:
+                raise InputError(
+                    explain(
+                        f"statistics file {path} records n = {recorded}",
+                        expected=f"the count given (n = {n}) to agree with the file",
+                        got=f"n = {recorded} in the file",
+                        fix="drop --ref-n (the file knows its count)",
                     )
                 )
             meta = {k[5:]: str(data[k]) for k in data.files if k.startswith("meta_")}
-            return cls.from_mean_cov(data["mu"], data["sigma"], int(data["n"]), meta, who=f"statistics file {path}")
+            count = recorded if recorded is not None else int(n)  # type: ignore[arg-type]
+            return cls.from_mean_cov(data["mu"], data["sigma"], count, meta, who=f"statistics file {path}")
+
+
+SPACE_KEYS = ("extractor", "layer", "weights_sha256", "resize", "quantization")
+
+
+def check_space(meta: dict[str, Any], space: dict[str, str], who: str) -> str:
+    """Compare the feature space recorded with statistics to ``space``; ``verified`` or ``unverified``.
+
+    Any recorded field that differs is an :class:`InputError` naming both sides (statistics
+    made through one weight file compared with features from another give a meaningless
+    FID). Statistics that record no full identity — pytorch-fid, clean-fid and EDM files, or
+    older diffeval files — are ``unverified``, and a caveat is printed.
+    """
+    recorded = {k: str(meta[k]) for k in SPACE_KEYS if k in meta}
+    differ = [k for k, v in recorded.items() if v != str(space.get(k))]
+    if differ:
+        raise InputError(
+            explain(
+                f"{who} were computed in another feature space",
+                expected=", ".join(f"{k} = {space.get(k)}" for k in differ) + " (this run)",
+                got=", ".join(f"{k} = {recorded[k]}" for k in differ) + " (the statistics)",
+                fix=(
+                    "recompute the statistics with the same extractor, weights and layer (diffeval ref), or evaluate"
+                    " with the extractor they were made with"
+                ),
+            )
+        )
+    if set(recorded) == set(SPACE_KEYS):
+        return "verified"
+    missing = ", ".join(k for k in SPACE_KEYS if k not in recorded)
+    print(
+        f"diffeval: caveat: {who} record no {missing}: files from pytorch-fid, clean-fid or EDM come from other"
+        " Inception ports and resizes, so a FID against them is comparable only with features computed the same way",
+        file=sys.stderr,
+    )
+    return "unverified"

@@ -62,3 +62,25 @@ def analytic_sampler(steps: int = 10):
         return (1 - ab).sqrt() * z / (ab * 0.25 + (1 - ab))
 
     return GeneralizedSampler(eps_star, sch, steps=steps, image_shape=(1, 8, 8))
+
+
+class _Slow:
+    """Wraps a sampler and sleeps ``delay_s`` per call (to interrupt a run mid-way in tests)."""
+
+    def __init__(self, inner, delay_s):
+        self.inner, self.delay_s = inner, delay_s
+
+    def describe(self):
+        return self.inner.describe()
+
+    def __call__(self, noise, cond=None, *, rng=None, timer=None):
+        import time
+
+        time.sleep(self.delay_s)
+        return self.inner(noise, cond, rng=rng, timer=timer)
+
+
+def slow_demo(steps: int = 4, delay_s: float = 0.3):
+    from diffeval.demo.bundle import demo_sampler
+
+    return _Slow(demo_sampler(steps=steps, eta=1.0), delay_s)

@@ -102,7 +102,7 @@ name = "mean_pixel_test"
 def test_a_new_metric_flows_from_config_to_gate_with_no_edit_elsewhere(tmp_path, mean_pixel_metric, capsys):
     assert all(r.status == "pass" for r in check_metric(*_example(MeanPixel)))
     runs = {}
-    for name, level in (("base", 0.0), ("brighter", 0.5), ("darker", -0.5)):
+    for name, level in (("base", -0.5), ("brighter", -0.25), ("darker", -0.75)):
         cfg = load_config(_write(tmp_path, f"{name}.toml", CONSTANT.format(level=level)))
         outcome = run_config(cfg, tmp_path / name)
         row = next(r for r in outcome.report.rows if r["name"] == "mean_pixel_test")

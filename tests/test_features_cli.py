@@ -301,10 +301,54 @@ def test_clip_prompt_count_mismatch(tmp_path, tiny_clip, capsys):
     assert "prompt count differs" in capsys.readouterr().err
 
 
-def test_clip_tag_offline_is_a_clear_error(monkeypatch):
+def test_clip_tag_offline_is_a_clear_error(monkeypatch, capsys, tmp_path):
     from diffeval.features import ClipExtractor
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    with pytest.raises(WeightsError, match="DIFFEVAL_OFFLINE=1 forbids downloads") as info:
+    with pytest.raises(WeightsError, match="downloads are off \\(DIFFEVAL_OFFLINE=1\\)") as info:
         ClipExtractor(model="ViT-B-32", pretrained="openai")
-    assert "HF_HUB_OFFLINE=1" in str(info.value)
+    assert "--weights PATH" in str(info.value) and "open_clip-ViT-B-32-openai" in str(info.value)
+    folder = _write_folder(tmp_path / "g", np.zeros((2, 3, 8, 8), dtype=np.uint8))
+    assert main(["fid", str(folder), str(folder), "--features", "clip", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.rstrip().endswith("or unset DIFFEVAL_OFFLINE")  # one message, not cut mid-word
+
+
+def test_cached_clip_tag_is_used_without_any_network_request(tmp_path, monkeypatch, tiny_clip):
+    import huggingface_hub
+    import open_clip
+    from open_clip import pretrained as oc
+
+    from diffeval.features import ClipExtractor
+
+    monkeypatch.setitem(oc._PRETRAINED, "diffeval-tiny-clip", {"test": oc._pcfg(hf_hub="diffeval/tiny-clip/")})
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a network request was made")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    monkeypatch.setattr(oc, "hf_hub_download", no_network)
+    monkeypatch.setenv("DIFFEVAL_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.delenv("DIFFEVAL_OFFLINE")  # downloads allowed: the local file must still win
+    (tmp_path / "open_clip-diffeval-tiny-clip-test.bin").write_bytes(tiny_clip.read_bytes())
+    ex = ClipExtractor(model="diffeval-tiny-clip", pretrained="test")
+    ref = open_clip.create_model("diffeval-tiny-clip", pretrained=str(tiny_clip))
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(ref.eval().encode_image(ex._preprocess(x)).float(), dim=-1)
+    torch.testing.assert_close(ex(x)["image"], want)
+    assert ex.key == "clip:diffeval-tiny-clip:test" and len(ex.identity["weights_sha256"]) == 64
+
+
+def test_weights_option_is_honoured_for_clip_in_fid(tmp_path, tiny_clip, capsys):
+    g = np.random.RandomState(0)
+    a = _write_folder(tmp_path / "a", g.randint(0, 256, (6, 3, 16, 16)).astype(np.uint8))
+    b = _write_folder(tmp_path / "b", g.randint(0, 128, (6, 3, 16, 16)).astype(np.uint8))
+    args = ["fid", str(a), str(b), "--features", "clip", "--weights", str(tiny_clip), "--allow-unmatched"]
+    with pytest.raises(WeightsError, match="diffeval-tiny-clip|ViT-B-32"):
+        from diffeval.features import get_extractor
+
+        get_extractor("clip", weights=str(tiny_clip))  # the tiny weights do not fit the default ViT-B-32
+    assert main(args + ["--no-progress", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert f"with weights {tiny_clip}" in err  # the --weights file was used (it used to be ignored for clip)

@@ -8,6 +8,7 @@ the sampler factory (``demo``) and the extractor (``demo-digits``) defined here.
 
 from __future__ import annotations
 
+import dataclasses
 from importlib import resources
 from pathlib import Path
 
@@ -15,9 +16,10 @@ import torch
 
 from diffeval import schedules
 from diffeval.demo.networks import DigitsClassifier, DigitsDenoiser
-from diffeval.errors import InputError, explain
+from diffeval.errors import ConfigError, InputError, explain
 from diffeval.features import weights_tag
 from diffeval.quantize import dequantize, to_uint8
+from diffeval.samplers.base import SamplerInfo
 from diffeval.samplers.generic import GeneralizedSampler
 from diffeval.weights import load_state_dict
 
@@ -76,16 +78,51 @@ def load_classifier(
     return model.to(device).eval()
 
 
+OUTPUTS = ("signed", "unit", "0-255")
+
+
+class MisScaledOutput:
+    """The demo sampler returning its images on the wrong scale: ``unit`` ([0, 1]) or ``0-255`` (the sampler-side trap).
+
+    For ``diffeval demo --bug unit-output|raw-output``: the ``output_range`` check must catch it.
+    """
+
+    def __init__(self, inner: GeneralizedSampler, output: str) -> None:
+        self.inner, self.output = inner, output
+
+    def describe(self) -> SamplerInfo:
+        info = self.inner.describe()
+        return dataclasses.replace(info, knobs={**info.knobs, "output": self.output})
+
+    def replace(self, **changes: object) -> MisScaledOutput:
+        return MisScaledOutput(self.inner.replace(**changes), self.output)
+
+    def __call__(
+        self, noise: torch.Tensor, cond: object = None, *, rng: object = None, timer: object = None
+    ) -> torch.Tensor:
+        x = self.inner(noise, cond, rng=rng, timer=timer)
+        return (x + 1) / 2 if self.output == "unit" else (x + 1) * 255 / 2
+
+
 def demo_sampler(
     steps: int = 50,
     eta: float = 0.0,
     device: str | torch.device = "cpu",
     model: torch.nn.Module | None = None,
+    output: str = "signed",
     **knobs: object,
-) -> GeneralizedSampler:
-    """The generalized sampler over the bundled denoiser (or ``model``, e.g. an untrained one)."""
+) -> GeneralizedSampler | MisScaledOutput:
+    """The generalized sampler over the bundled denoiser (or ``model``, e.g. an untrained one).
+
+    ``output`` other than ``signed`` returns the images on a wrong scale (``unit``: [0, 1];
+    ``0-255``), the sampler-side trap the ``output_range`` check catches.
+    """
+    if output not in OUTPUTS:
+        raise ConfigError(
+            explain("unknown demo output scale", expected=" / ".join(OUTPUTS), got=repr(output), fix="use 'signed'")
+        )
     net = load_denoiser(device=device) if model is None else model.to(device).eval()
-    return GeneralizedSampler(
+    sampler = GeneralizedSampler(
         net,
         schedules.get(DEMO_SCHEDULE),
         prediction=DEMO_PREDICTION,
@@ -94,6 +131,7 @@ def demo_sampler(
         image_shape=IMAGE_SHAPE,
         **knobs,
     )
+    return sampler if output == "signed" else MisScaledOutput(sampler, output)
 
 
 class DigitsFeatureExtractor:

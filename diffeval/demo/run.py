@@ -44,7 +44,8 @@ __all__ = [
 ]
 
 LAYER = "features"
-BUGS = ("raw-pixels",)
+BUGS = ("raw-pixels", "unit-output", "raw-output")
+_OUTPUT_OF_BUG = {"unit-output": "unit", "raw-output": "0-255"}
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class DemoConfig:
     batch_size: int = 120
     eta: float = 0.0
     progress: bool = True
-    bug: str | None = None  # "raw-pixels": feed the digits as 0-255 to the diagnostics (the SNR-collapse trap)
+    bug: str | None = None  # a classic bug to show being caught (BUGS): data side (raw-pixels) or sampler side
 
 
 def demo_config_path() -> Path:
@@ -69,7 +70,12 @@ def demo_config(cfg: DemoConfig) -> RunConfig:
     """``demo.toml`` with the command-line overrides applied."""
     if cfg.bug is not None and cfg.bug not in BUGS:
         raise ConfigError(
-            explain("unknown demo bug", expected=" / ".join(BUGS), got=repr(cfg.bug), fix="use --bug raw-pixels")
+            explain(
+                "unknown demo bug",
+                expected=" / ".join(BUGS),
+                got=repr(cfg.bug),
+                fix="use --bug " + " or --bug ".join(BUGS),
+            )
         )
     base = load_config(demo_config_path())
     checks = [
@@ -83,7 +89,10 @@ def demo_config(cfg: DemoConfig) -> RunConfig:
         )
         for c in base.checks
     ]
-    sampler = replace(base.sampler, kwargs={**base.sampler.kwargs, "steps": cfg.steps, "eta": cfg.eta})
+    kwargs = {**base.sampler.kwargs, "steps": cfg.steps, "eta": cfg.eta}
+    if cfg.bug in _OUTPUT_OF_BUG:
+        kwargs["output"] = _OUTPUT_OF_BUG[cfg.bug]
+    sampler = replace(base.sampler, kwargs=kwargs)
     return replace(
         base, n=cfg.n, seed=cfg.seed, batch_size=cfg.batch_size, device=cfg.device, sampler=sampler, checks=checks
     )
@@ -179,7 +188,10 @@ def add_arguments(parser: argparse.ArgumentParser, positive_int: Any, non_negati
         "--bug",
         choices=BUGS,
         default=None,
-        help="inject a classic bug: raw-pixels feeds the digits as 0-255 to the diagnostics",
+        help=(
+            "inject a classic bug: raw-pixels feeds the digits as 0-255 to the diagnostics; unit-output / raw-output"
+            " make the sampler return [0, 1] / 0-255 images"
+        ),
     )
 
 
@@ -202,9 +214,12 @@ def command(args: argparse.Namespace) -> int:
         print(f"diffeval demo: error: {failure}", file=sys.stderr)
         return int(ExitCode.INTERRUPTED if failure.interrupted else ExitCode.ERROR)
     print(report.to_text())
+    attention = report.attention()
+    if attention:
+        print("\nchecks that need attention:\n" + "\n".join(attention))
     print()
     for kind, path in paths.items():
-        print(f"{kind:14s} {path}")
+        print(f"{kind:18s} {path}")
     failed = [row["name"] for row in report.rows if row["kind"] == "check" and row["status"] == "fail"]
     if failed:
         print(f"\nFAILED checks: {', '.join(failed)} (see report.md for each fix)", file=sys.stderr)

@@ -226,6 +226,10 @@ class Metric(ABC):
     @abstractmethod
     def compute(self) -> MetricResult: ...
 
+    def check_count(self, n: int) -> None:
+        """Refuse, before any sampling, a sample count this metric cannot be computed from (default: any count)."""
+        return None
+
     @abstractmethod
     def config_options(self) -> dict[str, Any]:
         """The declared options that describe this instance (what a config would say); round-trips through TOML."""

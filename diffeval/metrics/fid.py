@@ -37,9 +37,10 @@ from diffeval.metrics.base import (
     register_metric,
 )
 from diffeval.options import Option
-from diffeval.stats import FeatureMoments, check_gaussian
+from diffeval.stats import FeatureMoments, check_gaussian, check_space
 
 __all__ = [
+    "ZERO_TOLERANCE",
     "FrechetResult",
     "frechet_distance",
     "trace_sqrt_product",
@@ -48,10 +49,14 @@ __all__ = [
     "reference_statistics",
 ]
 
+ZERO_TOLERANCE = 1e-9  # relative to tr S1 + tr S2: |FID| below it is round-off, reported as 0
+
 
 @dataclass(frozen=True)
 class FrechetResult:
-    value: float
+    value: float  # raw_value, or exactly 0 when |raw_value| <= tolerance (identical sets print 0, not -8e-11)
+    raw_value: float
+    tolerance: float  # ZERO_TOLERANCE * (tr S1 + tr S2)
     mean_term: float
     trace_sqrt: float
     min_eigenvalue: float
@@ -108,10 +113,11 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
         )
     mean_term = float(((mu1 - mu2) ** 2).sum())
     trace, min_eig, clipped, method = trace_sqrt_product(sigma1, sigma2)
-    value = mean_term + float(torch.trace(sigma1)) + float(torch.trace(sigma2)) - 2 * trace
-    return FrechetResult(
-        value=value, mean_term=mean_term, trace_sqrt=trace, min_eigenvalue=min_eig, clipped_mass=clipped, method=method
-    )
+    traces = float(torch.trace(sigma1)) + float(torch.trace(sigma2))
+    raw = mean_term + traces - 2 * trace
+    tolerance = ZERO_TOLERANCE * traces
+    value = 0.0 if abs(raw) <= tolerance else raw
+    return FrechetResult(value, raw, tolerance, mean_term, trace, min_eig, clipped, method)
 
 
 def unmatched_message(n_gen: int, n_ref: int, dim: int) -> str:
@@ -131,35 +137,56 @@ def unmatched_message(n_gen: int, n_ref: int, dim: int) -> str:
 
 
 def reference_statistics(
-    spec: str, ctx: BuildContext, extractor: Any, layer: str, *, allow_unmatched: bool, reference_seed: int, who: str
-) -> FeatureMoments:
-    """Statistics of a reference given in a config: an ``.npz`` statistics file (checked against the extractor and the
-    count) or images cut to the run's count.
+    spec: str,
+    ctx: BuildContext,
+    extractor: Any,
+    layer: str,
+    *,
+    allow_unmatched: bool,
+    reference_seed: int,
+    reference_n: int | None = None,
+) -> tuple[FeatureMoments, str]:
+    """Statistics of a reference given in a config, and whether their feature space is ``verified``.
+
+    An ``.npz`` statistics file is checked against the extractor's feature space (any recorded
+    difference — weights, layer, resize — is an error naming both sides) and the count
+    (``reference_n`` for files that carry none); images are cut to the run's count.
     """
+    from diffeval.features import feature_space
     from diffeval.references import build_reference
 
-    source = ctx.open_source(spec)
+    source = ctx.open_source(spec, stats_n=reference_n)
     dim = extractor.layers[layer]
+    space = feature_space(extractor, layer)
     if isinstance(source, FeatureMoments):
-        recorded = source.meta.get("extractor", extractor.key)
-        if recorded != extractor.key or source.dim != dim or source.meta.get("layer", layer) != layer:
+        verdict = check_space(source.meta, space, f"reference statistics {spec}")
+        if source.dim != dim:
             raise InputError(
                 explain(
-                    f"reference statistics {spec} do not match the {who} feature space",
-                    expected=f"{extractor.key}:{layer} (d = {dim})",
-                    got=f"{recorded}:{source.meta.get('layer', '?')} (d = {source.dim})",
+                    f"reference statistics {spec} have another dimension",
+                    expected=f"d = {dim} ({space['extractor']}:{layer})",
+                    got=f"d = {source.dim}",
                     fix=f"recompute them with: diffeval ref IMAGES --features {extractor.name} --out {spec}",
                 )
             )
         if source.n != ctx.n and not allow_unmatched:
             raise InputError(unmatched_message(ctx.n, source.n, dim))
-        return source
+        return source, verdict
+    if reference_n is not None:
+        raise InputError(
+            explain(
+                "reference_n applies to statistics files only",
+                expected="reference = a .npz statistics file without a count",
+                got=f"reference = {spec} (images: their count is known)",
+                fix="drop reference_n",
+            )
+        )
     n_ref: int | None = ctx.n
     if len(source) < ctx.n:
         if not allow_unmatched:
             raise InputError(unmatched_message(ctx.n, len(source), dim))
         n_ref = None
-    return build_reference(
+    reference = build_reference(
         source,
         extractor,
         moment_layers=[layer],
@@ -167,7 +194,8 @@ def reference_statistics(
         seed=reference_seed,
         batch_size=ctx.batch_size,
         progress=ctx.progress,
-    ).moments[layer]
+    )
+    return reference.moments[layer], "verified"
 
 
 @register_metric
@@ -198,6 +226,14 @@ class FID(Metric):
             "compute even when the generated and reference counts differ (the row says so)",
         ),
         Option("reference_seed", int, 0, "seed of the subset drawn from a larger reference image set", minimum=0),
+        Option(
+            "reference_n",
+            int,
+            None,
+            "images behind a statistics file that records no count (pytorch-fid, clean-fid, EDM files)",
+            minimum=2,
+            nullable=True,
+        ),
     )
     state_keys = ("generated",)
 
@@ -213,6 +249,9 @@ class FID(Metric):
         extractor_name: str | None = None,
         reference_seed: int = 0,
         weights: str | None = None,
+        reference_n: int | None = None,
+        feature_space: dict[str, str] | None = None,
+        reference_space: str = "",
     ) -> None:
         if not isinstance(reference, FeatureMoments):
             raise InputError(
@@ -236,6 +275,9 @@ class FID(Metric):
         self.extractor_name = extractor_name or extractor
         self.reference_seed = reference_seed
         self.weights = weights
+        self.reference_n = reference_n
+        self.feature_space = feature_space
+        self.reference_space = reference_space
         self.reset()
 
     def reset(self) -> None:
@@ -248,6 +290,14 @@ class FID(Metric):
         self.generated.merge(other.generated)
         return self
 
+    def check_count(self, n: int) -> None:
+        if n != self.reference.n and not self.allow_unmatched:
+            raise InputError(unmatched_message(n, self.reference.n, self.reference.dim or 0))
+        if n < 2:
+            raise InputError(
+                explain("FID needs at least 2 samples", expected="n >= 2", got=str(n), fix="evaluate more samples")
+            )
+
     def compute(self) -> MetricResult:
         n_gen, n_ref = self.generated.n, self.reference.n
         matched = n_gen == n_ref
@@ -256,11 +306,17 @@ class FID(Metric):
         result = frechet_distance(self.generated.mean, self.generated.cov, self.reference.mean, self.reference.cov)
         details = {
             "matched": matched,
+            "raw_value": result.raw_value,
+            "zero_tolerance": result.tolerance,
             "min_eigenvalue": result.min_eigenvalue,
             "clipped_mass": result.clipped_mass,
             "trace_method": result.method,
             "reference": self.reference_spec,
         }
+        if self.feature_space is not None:
+            details["feature_space"] = self.feature_space
+        if self.reference_space:
+            details["reference_space"] = self.reference_space
         return MetricResult(
             result.value,
             None,
@@ -280,20 +336,23 @@ class FID(Metric):
             "label": self.custom_label,
             "allow_unmatched": self.allow_unmatched,
             "reference_seed": self.reference_seed,
+            "reference_n": self.reference_n,
         }
 
     @classmethod
     def from_config(cls, options: dict[str, Any], ctx: BuildContext) -> FID:
+        from diffeval.features import feature_space
+
         ex = ctx.extractor(options["extractor"], weights=options["weights"])
         layer = choose_layer(ex, options["layer"], "fid")
-        stats = reference_statistics(
+        stats, verdict = reference_statistics(
             options["reference"],
             ctx,
             ex,
             layer,
             allow_unmatched=options["allow_unmatched"],
             reference_seed=options["reference_seed"],
-            who="FID",
+            reference_n=options["reference_n"],
         )
         return cls(
             stats,
@@ -305,6 +364,9 @@ class FID(Metric):
             extractor_name=options["extractor"],
             reference_seed=options["reference_seed"],
             weights=options["weights"],
+            reference_n=options["reference_n"],
+            feature_space=feature_space(ex, layer),
+            reference_space=verdict,
         )
 
     @classmethod

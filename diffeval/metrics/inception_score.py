@@ -36,13 +36,19 @@ from diffeval.metrics.base import (
 )
 from diffeval.options import Option
 
-__all__ = ["inception_score", "InceptionScore"]
+__all__ = ["inception_score", "split_scores", "InceptionScore"]
 
 
 def inception_score(
     logits: torch.Tensor, splits: int = 10, shuffle: bool = True, seed: int = 2020
 ) -> tuple[float, float]:
-    """(mean, std) of the Inception Score over ``splits`` chunks of (N, C) logits."""
+    """(mean, std) of the Inception Score over ``splits`` chunks of (N, C) logits (std: ddof 0, torch-fidelity's)."""
+    scores = split_scores(logits, splits, shuffle, seed)
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def split_scores(logits: torch.Tensor, splits: int = 10, shuffle: bool = True, seed: int = 2020) -> np.ndarray:
+    """The Inception Score of each of the ``splits`` disjoint chunks."""
     if logits.ndim != 2 or logits.shape[0] < splits or splits < 1:
         raise InputError(
             explain(
@@ -65,7 +71,7 @@ def inception_score(
         log_q = p_chunk.mean(dim=0, keepdim=True).log()
         kl = (p_chunk * (log_p_chunk - log_q)).sum(dim=1).mean()
         scores.append(float(kl.exp()))
-    return float(np.mean(scores)), float(np.std(scores))
+    return np.asarray(scores)
 
 
 @register_metric
@@ -125,6 +131,17 @@ class InceptionScore(Metric):
         self.chunks.extend(other.chunks)
         return self
 
+    def check_count(self, n: int) -> None:
+        if n < self.splits:
+            raise InputError(
+                explain(
+                    "Inception Score needs at least one sample per split",
+                    expected=f"n >= splits = {self.splits}",
+                    got=str(n),
+                    fix="evaluate more samples or use fewer splits",
+                )
+            )
+
     def compute(self) -> MetricResult:
         logits = torch.cat([c.cpu() for c in self.chunks]) if self.chunks else torch.empty(0, 0, dtype=torch.float64)
         if not bool(torch.isfinite(logits).all()):
@@ -136,14 +153,24 @@ class InceptionScore(Metric):
                     fix="check the images fed to the extractor",
                 )
             )
-        mean, std = inception_score(logits, self.splits, self.shuffle, self.seed)
+        scores = split_scores(logits, self.splits, self.shuffle, self.seed)
         order = f"shuffled (RandomState({self.seed}))" if self.shuffle else "unshuffled"
+        # disjoint splits give independent scores: the mean's standard error is std (ddof 1) / sqrt(splits)
+        stderr = float(scores.std(ddof=1) / np.sqrt(self.splits)) if self.splits > 1 else None
+        details = {
+            "splits": self.splits,
+            "shuffle": self.shuffle,
+            "inception_score_std": float(scores.std()),
+            "stderr_is": (
+                "std (ddof 1) of the disjoint splits' scores / sqrt(splits)" if stderr is not None else "none (1 split)"
+            ),
+        }
         return MetricResult(
-            mean,
-            std,
+            float(scores.mean()),
+            stderr,
             n_gen=int(logits.shape[0]),
             convention=f"torch-fidelity: softmax in float64, {order}, {self.splits} splits",
-            details={"splits": self.splits, "shuffle": self.shuffle, "stderr_is": "std over splits (ddof 0)"},
+            details=details,
         )
 
     def config_options(self) -> dict[str, Any]:

@@ -6,13 +6,28 @@ first, as torch-fidelity does)::
 
     MMD² = (Σ_{i≠j} k(x_i, x_j) + Σ_{i≠j} k(y_i, y_j)) / (m (m-1)) - 2 Σ_{i,j} k(x_i, y_j) / m²
 
-The mean and standard deviation (ddof 0) over ``subsets`` subsets are reported. When a
-set has fewer rows than ``subset_size`` the subset size shrinks to fit, and the result
-says so.
+The mean over ``subsets`` subsets is the value (torch-fidelity's convention); the
+standard deviation over subsets (ddof 0) is kept as ``kid_std`` in the details — it is
+the spread of one subset's estimate, not the uncertainty of the mean. When a set has
+fewer rows than ``subset_size`` the subset size shrinks to fit, and the result says so.
+
+Standard error: a delete-a-block jackknife over ``blocks`` contiguous blocks of the
+generated samples (in seed order). Leaving block ``a`` out of every subset keeps the
+same subset draws (common random numbers, so the Monte Carlo noise of the draws cancels)
+and gives an unbiased MMD² with ``m_a`` generated rows::
+
+    MMD²_(-a) = Σ_{i≠j ∉ a} k(x_i, x_j) / (m_a (m_a - 1)) + Σ_{i≠j} k(y_i, y_j) / (m (m-1))
+                - 2 Σ_{i ∉ a, j} k(x_i, y_j) / (m_a m)
+
+computed from per-block sums of the same kernel matrices (no extra kernel evaluations);
+``SE = sqrt((K - 1) / K Σ_a (KID_(-a) - mean)²)``. It is the standard error over the
+generated samples given the reference set (what a comparison against the same
+reference needs).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,7 +47,7 @@ from diffeval.metrics.base import (
 )
 from diffeval.options import Option
 
-__all__ = ["mmd2_unbiased", "kernel_inception_distance", "KID"]
+__all__ = ["mmd2_unbiased", "kernel_inception_distance", "kid_with_jackknife", "KidEstimate", "KID"]
 
 
 def _poly_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -52,6 +67,28 @@ def kernel_inception_distance(
     generated: torch.Tensor, reference: torch.Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 2020
 ) -> tuple[float, float, int]:
     """(mean, std, subset size used) of MMD² over random subsets, in float64."""
+    out = kid_with_jackknife(generated, reference, subsets, subset_size, seed, blocks=0)
+    return out.value, out.std, out.subset_size
+
+
+@dataclass(frozen=True)
+class KidEstimate:
+    value: float  # mean over subsets
+    std: float  # spread over subsets (ddof 0): torch-fidelity's "kid_std"
+    subset_size: int
+    stderr: float | None  # delete-a-block jackknife over the generated samples (None without blocks)
+    blocks: int
+
+
+def kid_with_jackknife(
+    generated: torch.Tensor,
+    reference: torch.Tensor,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    seed: int = 2020,
+    blocks: int = 10,
+) -> KidEstimate:
+    """KID over random subsets and its delete-a-block jackknife standard error (``blocks`` = 0: none)."""
     n_gen, n_ref = generated.shape[0], reference.shape[0]
     size = min(subset_size, n_gen, n_ref)
     if size < 2:
@@ -65,13 +102,37 @@ def kernel_inception_distance(
         )
     x_all = generated.detach().to(torch.float64)
     y_all = reference.detach().to(torch.float64).to(x_all.device)
+    blocks = min(blocks, n_gen // 2)
+    block_of = torch.arange(n_gen, device=x_all.device) * blocks // n_gen if blocks >= 2 else None
     rng = np.random.RandomState(seed)
     values = np.empty(subsets)
+    left_out = np.full((subsets, max(blocks, 1)), np.nan)
+    m = size
     for i in range(subsets):
         ix = torch.from_numpy(rng.choice(n_gen, size, replace=False)).to(x_all.device)
         iy = torch.from_numpy(rng.choice(n_ref, size, replace=False)).to(x_all.device)
-        values[i] = mmd2_unbiased(x_all[ix], y_all[iy])
-    return float(values.mean()), float(values.std()), size
+        x, y = x_all[ix], y_all[iy]
+        k_xx, k_yy, k_xy = _poly_kernel(x, x), _poly_kernel(y, y), _poly_kernel(x, y)
+        k_xx = k_xx - torch.diag(k_xx.diagonal())
+        off_xx, off_yy, sum_xy = k_xx.sum(), k_yy.sum() - k_yy.diagonal().sum(), k_xy.sum()
+        yy_term = off_yy / (m * (m - 1))
+        values[i] = float(off_xx / (m * (m - 1)) + yy_term - 2 * sum_xy / (m * m))
+        if block_of is None:
+            continue
+        onehot = torch.nn.functional.one_hot(block_of[ix], blocks).to(torch.float64)  # (m, K)
+        s_xx = onehot.T @ k_xx @ onehot  # (K, K) block sums, diagonal excluded
+        s_xy = onehot.T @ k_xy.sum(1)  # (K,)
+        count = onehot.sum(0)
+        m_a = m - count
+        xx = off_xx - 2 * s_xx.sum(1) + s_xx.diagonal()
+        est = xx / (m_a * (m_a - 1)) + yy_term - 2 * (sum_xy - s_xy) / (m_a * m)
+        left_out[i] = torch.where(m_a >= 2, est, torch.full_like(est, float("nan"))).cpu().numpy()
+    stderr = None
+    if block_of is not None:
+        theta = np.nanmean(left_out, axis=0)
+        if np.isfinite(theta).all():
+            stderr = float(np.sqrt((blocks - 1) / blocks * ((theta - theta.mean()) ** 2).sum()))
+    return KidEstimate(float(values.mean()), float(values.std()), size, stderr, blocks if block_of is not None else 0)
 
 
 @register_metric
@@ -90,6 +151,7 @@ class KID(Metric):
         Option("subsets", int, 100, "number of random subsets", minimum=1),
         Option("subset_size", int, 1000, "rows per subset (shrinks to the smaller set, said in the row)", minimum=2),
         Option("seed", int, 2020, "seed of the subset draws", minimum=0),
+        Option("blocks", int, 10, "blocks of generated samples for the jackknife standard error (0: none)", minimum=0),
     )
     state_keys = ("chunks",)
 
@@ -102,6 +164,7 @@ class KID(Metric):
         subset_size: int = 1000,
         seed: int = 2020,
         *,
+        blocks: int = 10,
         label: str | None = None,
         reference_spec: str = "<features in memory>",
         extractor_name: str | None = None,
@@ -141,6 +204,7 @@ class KID(Metric):
         self.subsets = subsets
         self.subset_size = subset_size
         self.seed = seed
+        self.blocks = blocks
         self.custom_label = label
         self.reference_spec = reference_spec
         self.extractor_name = extractor_name or extractor
@@ -168,6 +232,12 @@ class KID(Metric):
         self.chunks.extend(other.chunks)
         return self
 
+    def check_count(self, n: int) -> None:
+        if n < 2:
+            raise InputError(
+                explain("KID needs at least 2 samples", expected="n >= 2", got=str(n), fix="evaluate more samples")
+            )
+
     def compute(self) -> MetricResult:
         generated = (
             torch.cat([c.cpu() for c in self.chunks])
@@ -183,19 +253,22 @@ class KID(Metric):
                     fix="check the images fed to the extractor",
                 )
             )
-        mean, std, size = kernel_inception_distance(
-            generated, self.reference, self.subsets, self.subset_size, self.seed
-        )
+        est = kid_with_jackknife(generated, self.reference, self.subsets, self.subset_size, self.seed, self.blocks)
         details = {
             "subsets": self.subsets,
-            "subset_size": size,
-            "subset_size_reduced": size < self.subset_size,
-            "stderr_is": "std over subsets (ddof 0)",
+            "subset_size": est.subset_size,
+            "subset_size_reduced": est.subset_size < self.subset_size,
+            "kid_std": est.std,
+            "stderr_is": (
+                f"delete-a-block jackknife over {est.blocks} blocks of generated samples (given the reference)"
+                if est.stderr is not None
+                else "none (fewer than 4 samples or blocks = 0)"
+            ),
             "reference": self.reference_spec,
         }
         return MetricResult(
-            mean,
-            std,
+            est.value,
+            est.stderr,
             n_gen=int(generated.shape[0]),
             n_ref=int(self.reference.shape[0]),
             convention="unbiased MMD^2, kernel (x.y/d + 1)^3, mean over subsets",
@@ -212,6 +285,7 @@ class KID(Metric):
             "subsets": self.subsets,
             "subset_size": self.subset_size,
             "seed": self.seed,
+            "blocks": self.blocks,
         }
 
     @classmethod
@@ -239,6 +313,7 @@ class KID(Metric):
             options["subsets"],
             options["subset_size"],
             options["seed"],
+            blocks=options["blocks"],
             label=options["label"],
             reference_spec=options["reference"],
             extractor_name=options["extractor"],
