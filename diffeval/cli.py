@@ -382,9 +382,17 @@ def _bpd_args(p: argparse.ArgumentParser, pos: Any, nonneg: Any) -> None:
         "--estimator",
         choices=("vlb", "vdm"),
         default=None,
-        help="vlb: discrete-time bound; vdm: continuous-time (default: the config's, else vlb)",
+        help=(
+            "vlb: discrete-time bound; vdm: continuous-time models only, e.g. the demo-gaussian config (default: the"
+            " config's, else vlb)"
+        ),
     )
     p.add_argument("--strata", type=pos, default=None, help="vlb: t strata of the sum over steps (default 50)")
+    p.add_argument(
+        "--no-clip",
+        action="store_true",
+        help="vlb: do not clip x0_hat to [-1, 1] (the unclipped model, as vdm sees it)",
+    )
     p.add_argument("--all-terms", action="store_true", help="vlb: sum all T-1 terms exactly (slow)")
     p.add_argument("--cdf", choices=("exact", "tanh"), default=None, help="vlb: decoder CDF (default exact)")
     p.add_argument("--n", type=pos, default=None, help="use the first N data images (default: all)")
@@ -404,6 +412,7 @@ def _bpd(args: argparse.Namespace) -> int:
         "strata": args.strata,
         "all_terms": True if args.all_terms else None,
         "cdf": args.cdf,
+        "clip_x0": False if args.no_clip else None,
         "n": args.n,
         "seed": args.seed,
     }

@@ -254,8 +254,10 @@ def resolve_open_clip(model: str, pretrained: str | None) -> Path | None:
                 f"open_clip weights {model}/{pretrained} not found and downloads are off ({OFFLINE_ENV}=1)",
                 expected=f"the file in one of: {searched}",
                 got="no such file",
-                fix=f"pass --weights PATH to a local checkpoint, save it as ${WEIGHTS_DIR_ENV}/open_clip-{model}-{pretrained}"
-                f".safetensors (or .bin), or unset {OFFLINE_ENV}",
+                fix=(
+                    "pass --weights PATH to a local checkpoint, save it as"
+                    f" ${WEIGHTS_DIR_ENV}/open_clip-{model}-{pretrained}.safetensors (or .bin), or unset {OFFLINE_ENV}"
+                ),
             )
         )
     from open_clip import pretrained as oc

@@ -15,9 +15,7 @@ base64 PNG, so the page stands alone).
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import html
 import json
 import math
 import platform
@@ -365,76 +363,16 @@ class Report:
         return paths
 
     def to_markdown(self) -> str:
-        lines = [f"# diffeval report {self.run_id}", ""]
-        lines += [f"- {k}: {v}" for k, v in self.provenance.items() if k != "config"]
-        lines += [
-            "",
-            "| label | kind | value | stderr | unit | status | n_gen | n_ref | extractor | knob |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for row in self.to_frame().itertuples():
-            stderr = "" if math.isnan(row.stderr) else f"{row.stderr:.4g}"
-            knob = "" if not row.knob else f"{row.knob}={row.knob_value:g}"
-            n_gen = "" if pd.isna(row.n_gen) else row.n_gen
-            n_ref = "" if pd.isna(row.n_ref) else row.n_ref
-            lines.append(
-                f"| {row.label} | {row.kind} | {row.value:.6g} | {stderr} | {row.unit} | {row.status} | {n_gen} |"
-                f" {n_ref} | {row.extractor} | {knob} |"
-            )
-        checks = [r for r in self.rows if r["kind"] == "check" and r["status"] in ("warn", "fail")]
-        if checks:
-            lines += ["", "## Checks that need attention", ""]
-            lines += [
-                f"- **{r['status'].upper()} {r['name']}**:"
-                f" {json.loads(r['details']).get('message', json.loads(r['details']).get('error', ''))}"
-                for r in checks
-            ]
-        return "\n".join(lines)
+        """The report as Markdown (:func:`diffeval.pages.to_markdown`)."""
+        from diffeval.pages import to_markdown
+
+        return to_markdown(self)
 
     def to_html(self, images: Mapping[str, Path]) -> str:
-        frame = self.to_frame()
-        shown = frame[
-            ["label", "kind", "value", "stderr", "unit", "status", "n_gen", "n_ref", "extractor", "knob", "knob_value"]
-        ].copy()
-        for col in ("n_gen", "n_ref"):
-            shown[col] = shown[col].astype(object).where(shown[col].notna(), "")
-        table = shown.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.6g}", classes="rows", border=0)
-        prov = "".join(
-            f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-            for k, v in self.provenance.items()
-            if k != "config"
-        )
-        figures = []
-        for key, path in images.items():
-            data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-            figures.append(
-                f'<figure><img alt="{html.escape(key)}"'
-                f' src="data:image/png;base64,{data}"><figcaption>{html.escape(Path(path).name)}</figcaption></figure>'
-            )
-        checks = [r for r in self.rows if r["kind"] == "check" and r["status"] in ("warn", "fail")]
-        attention = "".join(
-            f"<li class='{r['status']}'><b>{r['status'].upper()} {html.escape(r['name'])}</b>: "
-            f"{html.escape(_message(r))}</li>"
-            for r in checks
-        )
-        return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>diffeval report {self.run_id}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table.rows {{ border-collapse: collapse; font-size: 13px; }}
-table.rows td, table.rows th {{ padding: 3px 8px; border-bottom: 1px solid #ddd; text-align: right; }}
-table.prov th {{ text-align: left; padding-right: 1em; }} table.prov {{ font-size: 12px; }}
-li.fail {{ color: #b00020; }} li.warn {{ color: #a06000; }}
-figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }}
-figure img {{ max-width: 640px; border: 1px solid #ccc; }}
-</style></head><body>
-<h1>diffeval report <code>{self.run_id}</code></h1>
-<h2>Results</h2>{table}
-<h2>Checks that need attention</h2><ul>{attention or "<li>none</li>"}</ul>
-<h2>Plots</h2>{"".join(figures) or "<p>none</p>"}
-<h2>Provenance</h2><table class="prov">{prov}</table>
-</body></html>
-"""
+        """A self-contained HTML page with ``images`` embedded (:func:`diffeval.pages.to_html`)."""
+        from diffeval.pages import to_html
+
+        return to_html(self, images)
 
     def attention(self) -> list[str]:
         """One line per check that warned or failed: ``[FAIL] name = value (threshold): message``."""

@@ -84,3 +84,17 @@ def slow_demo(steps: int = 4, delay_s: float = 0.3):
     from diffeval.demo.bundle import demo_sampler
 
     return _Slow(demo_sampler(steps=steps, eta=1.0), delay_s)
+
+
+def unit_sampler():
+    """A sampler that returns [0, 1] images (the sampler-side range trap)."""
+    return CallableSampler(lambda noise, cond: (noise.clamp(-1, 1) + 1) / 2, name="unit", nfe=1, image_shape=(1, 8, 8))
+
+
+def byte_sampler():
+    """A sampler that returns 0-255 values."""
+
+    def fn(noise, cond):
+        return (noise.clamp(-1, 1) + 1) * 127.5
+
+    return CallableSampler(fn, name="bytes", nfe=1, image_shape=(1, 8, 8))

@@ -13,24 +13,11 @@ from diffeval.testing import assert_conforms, check_sampler
 
 diffusers = pytest.importorskip("diffusers")
 
-from diffeval.samplers.diffusers import DiffusersPipelineSampler, DiffusersSchedulerSampler, images_to_signed  # noqa: E402, I001
+from adapter_helpers import EpsModel, build_tiny_sd_pipeline, tiny_unet  # noqa: E402, I001
+from diffeval.samplers.diffusers import DiffusersPipelineSampler, DiffusersSchedulerSampler  # noqa: E402
+from diffeval.samplers.diffusers import images_to_signed  # noqa: E402
 
 SHAPE = (1, 8, 8)
-
-
-def tiny_unet(seed=0, **extra):
-    torch.manual_seed(seed)
-    return diffusers.UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=8,
-        **extra,
-    ).eval()
 
 
 SCHEDULERS = {
@@ -194,15 +181,6 @@ def _kdiffusion():
     return pytest.importorskip("k_diffusion")
 
 
-class EpsModel(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.unet = tiny_unet()
-
-    def forward(self, x, t, **kwargs):
-        return self.unet(x, t).sample
-
-
 @pytest.mark.parametrize(
     "fn, nfe", [("sample_euler", 5), ("sample_euler_ancestral", 5), ("sample_heun", 9), ("sample_dpmpp_2m", 5)]
 )
@@ -243,69 +221,8 @@ def test_conformance_reports_a_broken_adapter():
 
 @pytest.fixture(scope="module")
 def tiny_sd_pipeline(tmp_path_factory):
-    """A random-weight StableDiffusionPipeline built offline from configs (tokenizer files written here)."""
-    import json
-
-    transformers = pytest.importorskip("transformers")
-    folder = tmp_path_factory.mktemp("tok")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in "abcdefghijklmnopqrstuvwxyz":
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
-    torch.manual_seed(0)
-    text_encoder = transformers.CLIPTextModel(
-        transformers.CLIPTextConfig(
-            vocab_size=len(vocab),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    ).eval()
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        cross_attention_dim=16,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        norm_num_groups=8,
-        attention_head_dim=4,
-    ).eval()
-    vae = diffusers.AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        norm_num_groups=8,
-        sample_size=16,
-    ).eval()
-    scheduler = diffusers.DDIMScheduler(
-        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False
-    )
-    pipe = diffusers.StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    pytest.importorskip("transformers")
+    return build_tiny_sd_pipeline(tmp_path_factory.mktemp("tok"))
 
 
 def test_text_to_image_pipeline(tiny_sd_pipeline):

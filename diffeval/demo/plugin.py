@@ -1,9 +1,10 @@
 """The demo as a plugin: registers what the bundled demo brings, through the same registries any plugin uses.
 
-- sampler factory ``demo`` (the generalized sampler over the bundled denoiser);
+- sampler factories ``demo`` (the generalized sampler over the bundled denoiser) and ``demo-gaussian``
+  (over the exact denoiser of a Gaussian fit of the digits: a continuous-time model);
 - data set ``digits`` (``digits``, ``digits:train``, ``digits:test``);
 - feature extractor ``demo-digits`` (the bundled classifier's 64-d features and logits);
-- named config ``demo`` (``demo.toml``: ``diffeval run demo``);
+- named configs ``demo`` (``demo.toml``: ``diffeval run demo``) and ``demo-gaussian`` (``gaussian.toml``);
 - command ``diffeval demo``.
 
 It is loaded through the ``diffeval.plugins`` entry point (``pyproject.toml``); no module
@@ -30,6 +31,12 @@ def _sampler(**kwargs: Any) -> Any:
     return demo_sampler(**kwargs)
 
 
+def _gaussian(**kwargs: Any) -> Any:
+    from diffeval.demo.gaussian import gaussian_sampler
+
+    return gaussian_sampler(**kwargs)
+
+
 def _digits(split: str | None = None) -> Any:
     from diffeval.demo.data import digits_source
 
@@ -42,10 +49,11 @@ def _extractor(device: str = "cpu", weights: str | None = None) -> Any:
     return DigitsFeatureExtractor(device=device, weights=weights)
 
 
-def _config_path() -> Any:
-    from diffeval.demo.run import demo_config_path
+def _config_path(name: str = "demo.toml") -> Any:
+    from importlib import resources
+    from pathlib import Path
 
-    return demo_config_path()
+    return Path(str(resources.files("diffeval.demo") / name))
 
 
 def _add_arguments(parser: Any, positive_int: Any, non_negative_int: Any) -> None:
@@ -61,7 +69,9 @@ def _command(args: Any) -> int:
 
 
 SAMPLER_FACTORIES.register("demo", _sampler)
+SAMPLER_FACTORIES.register("demo-gaussian", _gaussian)
 DATASETS.register("digits", _digits)
 EXTRACTORS.register("demo-digits", _extractor)
 CONFIGS.register("demo", _config_path())
+CONFIGS.register("demo-gaussian", _config_path("gaussian.toml"))
 COMMANDS.register("demo", Command("run the whole job on the bundled digits model (offline)", _add_arguments, _command))

@@ -648,6 +648,18 @@ class BitsPerDim(Metric):
                     ),
                 )
             )
+        if options["estimator"] == "vdm" and info.schedule.log_snr_fn is None:
+            raise ConfigError(
+                explain(
+                    "the vdm estimator applies to continuous-time models only",
+                    expected="a schedule with a differentiable lambda(u) (schedules.vdm(), schedules.edm())",
+                    got=f"{info.name} declares the discrete schedule {info.schedule.name!r} (T = {info.schedule.T})",
+                    fix=(
+                        "use estimator = 'vlb' (the discrete-time bound); `diffeval bpd demo-gaussian` shows vdm on a"
+                        " continuous-time model"
+                    ),
+                )
+            )
         source = ctx.open_source(options["data"])
         from diffeval.stats import FeatureMoments
 
