@@ -10,3 +10,27 @@ def _offline(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(home))
     monkeypatch.delenv("DIFFEVAL_WEIGHTS_DIR", raising=False)
+
+
+def pytest_report_header(config):
+    """The stack this run used (recorded in every CI log)."""
+    import importlib.metadata as md
+
+    versions = []
+    for dist in (
+        "numpy",
+        "pandas",
+        "torch",
+        "scipy",
+        "diffusers",
+        "transformers",
+        "open-clip-torch",
+        "torch-fidelity",
+        "k-diffusion",
+        "setuptools",
+    ):
+        try:
+            versions.append(f"{dist} {md.version(dist)}")
+        except md.PackageNotFoundError:
+            versions.append(f"{dist} (not installed)")
+    return "stack: " + ", ".join(versions)

@@ -177,13 +177,20 @@ def test_conditional_unet_with_stub_text_encoder():
 
 
 # -- k-diffusion ---------------------------------------------------------------------------------------
+KDIFFUSION_ELSEWHERE = (
+    "k-diffusion is tested in its own environment (its dctorch dependency needs numpy<2):"
+    " tox -e kdiffusion, or step 2 of .ci/run"
+)
+
+
 def _kdiffusion():
-    return pytest.importorskip("k_diffusion")
+    return pytest.importorskip("k_diffusion", reason=KDIFFUSION_ELSEWHERE)
 
 
 @pytest.mark.parametrize(
     "fn, nfe", [("sample_euler", 5), ("sample_euler_ancestral", 5), ("sample_heun", 9), ("sample_dpmpp_2m", 5)]
 )
+@pytest.mark.kdiffusion
 def test_kdiffusion_samplers_conform(fn, nfe):
     K = _kdiffusion()  # noqa: N806
     from diffeval.samplers.kdiffusion import KDiffusionSampler
@@ -197,6 +204,7 @@ def test_kdiffusion_samplers_conform(fn, nfe):
     assert len(sampler.last_run.step_s) == 5
 
 
+@pytest.mark.kdiffusion
 def test_kdiffusion_bad_input():
     _kdiffusion()
     from diffeval.samplers.kdiffusion import KDiffusionSampler
@@ -260,6 +268,7 @@ def test_text_to_image_pipeline(tiny_sd_pipeline):
     assert statuses["sampler_spacing"] == "fail"  # leading spacing, 3 steps: sampling starts at t = 667 of 1000
 
 
+@pytest.mark.kdiffusion
 def test_kdiffusion_prediction_comes_from_the_wrapper_not_its_name():
     K = _kdiffusion()  # noqa: N806
     from diffeval.samplers.kdiffusion import KDiffusionSampler

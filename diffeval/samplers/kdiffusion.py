@@ -13,8 +13,9 @@ the wrapper's own kind: k-diffusion's ``DiscreteVDDPMDenoiser`` wraps a v-model,
 an eps-model; any other denoiser needs ``prediction=`` (or declares none). Output: the
 final denoised x, clamped to [-1, 1].
 
-Install with ``pip install 'diffeval[kdiffusion]'`` (k-diffusion's CLIP dependency
-still imports ``pkg_resources``, hence ``setuptools<81`` in that extra).
+Install with ``pip install 'diffeval[kdiffusion]'``, best in an environment of its own:
+k-diffusion's ``dctorch`` dependency requires NumPy 1.x and its CLIP dependency imports
+``pkg_resources``, so that extra pins ``numpy<2``, ``pandas<3`` and ``setuptools<81``.
 """
 
 from __future__ import annotations
