@@ -22,12 +22,18 @@ from diffeval.checks.output_range import RangeStats
 from diffeval.errors import InputError, explain
 from diffeval.evaluate import LoopState
 from diffeval.stats import FeatureMoments
+from diffeval.uncertainty import SeedBlocks
 
 __all__ = ["save", "load", "FILENAME", "VERSION"]
 
 FILENAME = "checkpoint.pt"
 VERSION = 1
-_DATACLASSES: dict[str, type] = {"LoopState": LoopState, "RangeStats": RangeStats, "CheckResult": CheckResult}
+_DATACLASSES: dict[str, type] = {
+    "LoopState": LoopState,
+    "RangeStats": RangeStats,
+    "CheckResult": CheckResult,
+    "SeedBlocks": SeedBlocks,
+}
 _TAG = "__diffeval_type__"
 
 

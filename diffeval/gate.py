@@ -15,15 +15,25 @@ Rules (TOML; every table optional, unknown keys are errors)::
     must_pass = ["terminal_snr", "xT_mean"]   # or "all"
 
     [noise]
-    k = 2.0               # with standard errors on both sides, a change must also exceed k * sqrt(se_b^2 + se_c^2)
+    k = 2.0               # a change must also exceed k standard errors of the difference (z > k)
+    paired = false        # true: every relative verdict must be paired (same seeds and reference), else error
+
+    [compare]
+    different_n = "refuse"   # or "infinity": FID rows at different N are compared by FID∞ (unpaired)
 
 A rule's key is a metric name (``fid``: every FID row, e.g. one per feature extractor)
 or a row label (``fid@inception-v3:2048``: that row only). Which way is worse is read
 from each row's own ``direction`` (declared by its metric); a rule whose sign contradicts
 it, and a gated row with no direction, are errors — the gate fails closed.
 
-Without rules: every metric row of the baseline is held to "no worse" (0 %, noise-aware
-with k = 2) and no check may newly fail. Rows are matched by label and sweep knob
+The noise of a relative verdict is the standard error of ``candidate - baseline``:
+*paired* when both rows carry pairing records on the same seeds, reference and blocks
+(the per-block leave-one-out differences, so the noise the runs share cancels), else
+*unpaired* ``sqrt(se_b^2 + se_c^2)``, else none (the bare change decides). Every verdict
+shows baseline, candidate, difference, its standard error, ``z = worse / SE`` and the mode.
+
+Without rules (or with only ``[noise]``/``[compare]``): every metric row of the baseline
+is held to "no worse" (0 %, noise-aware with k = 2) and no check may newly fail. Rows are matched by label and sweep knob
 value; a missing metric, a different sample count or feature space between the runs,
 an unreadable file or a failed run are errors (exit 2) — never a pass. Runs on
 different world sizes are compared on quality metrics, never on latency rows.
@@ -31,6 +41,7 @@ different world sizes are compared on quality metrics, never on latency rows.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -47,6 +58,7 @@ import pandas as pd
 from diffeval.config import read_toml
 from diffeval.errors import ConfigError, DiffevalError, ExitCode, InputError, explain
 from diffeval.report import Report, writable_file
+from diffeval.uncertainty import paired_se, pairing_problem
 
 __all__ = [
     "GateRules",
@@ -99,6 +111,8 @@ class GateRules:
     must_pass: list[str] | str = field(default_factory=list)
     k: float = 2.0
     default: bool = False
+    paired: bool = False
+    different_n: str = "refuse"  # or "infinity"
 
 
 @dataclass(frozen=True)
@@ -110,6 +124,19 @@ class Verdict:
     limit: str
     status: str  # pass | regression
     note: str = ""
+    difference: float = math.nan  # candidate - baseline
+    stderr: float = math.nan  # standard error of the difference
+    z: float = math.nan  # (change in the bad direction) / stderr
+    mode: str = ""  # paired | unpaired | none ("" for absolute bounds and checks)
+
+
+@dataclass(frozen=True)
+class Noise:
+    """The standard error of ``candidate - baseline`` and how it was obtained."""
+
+    mode: str  # paired | unpaired | none
+    stderr: float
+    why: str = ""  # why not paired
 
 
 def _parse_bound(metric: str, text: Any) -> Bound:
@@ -143,12 +170,12 @@ def _parse_change(metric: str, text: Any) -> Change:
 
 def parse_rules(data: Mapping[str, Any]) -> GateRules:
     """Validate a rules mapping (as read from TOML)."""
-    unknown = sorted(set(data) - {"absolute", "relative", "checks", "noise"})
+    unknown = sorted(set(data) - {"absolute", "relative", "checks", "noise", "compare"})
     if unknown:
         raise ConfigError(
             explain(
                 f"unknown table(s) {unknown} in gate rules",
-                expected="absolute, relative, checks, noise",
+                expected="absolute, relative, checks, noise, compare",
                 got=", ".join(unknown),
                 fix="correct the table names",
             )
@@ -174,20 +201,51 @@ def parse_rules(data: Mapping[str, Any]) -> GateRules:
             )
         )
     noise = dict(data.get("noise", {}))
-    if set(noise) - {"k"}:
+    if set(noise) - {"k", "paired"}:
         raise ConfigError(
             explain(
-                "unknown key in [noise]", expected="k", got=", ".join(sorted(set(noise) - {"k"})), fix="use k = 2.0"
+                "unknown key in [noise]",
+                expected="k, paired",
+                got=", ".join(sorted(set(noise) - {"k", "paired"})),
+                fix="use k = 2.0 and/or paired = true",
             )
         )
     k = noise.get("k", 2.0)
-    if not isinstance(k, (int, float)) or k < 0:
+    if not isinstance(k, (int, float)) or isinstance(k, bool) or k < 0:
         raise ConfigError(explain("bad [noise] k", expected="a number >= 0", got=repr(k), fix="use k = 2.0"))
+    paired = noise.get("paired", False)
+    if not isinstance(paired, bool):
+        raise ConfigError(
+            explain("bad [noise] paired", expected="true or false", got=repr(paired), fix="use paired = true")
+        )
+    compare = dict(data.get("compare", {}))
+    if set(compare) - {"different_n"}:
+        raise ConfigError(
+            explain(
+                "unknown key in [compare]",
+                expected="different_n",
+                got=", ".join(sorted(set(compare) - {"different_n"})),
+                fix='use different_n = "refuse" or "infinity"',
+            )
+        )
+    different_n = compare.get("different_n", "refuse")
+    if different_n not in ("refuse", "infinity"):
+        raise ConfigError(
+            explain(
+                "bad [compare] different_n",
+                expected='"refuse" (the default) or "infinity" (compare FID rows by FID∞)',
+                got=repr(different_n),
+                fix='use different_n = "infinity"',
+            )
+        )
     return GateRules(
         absolute=[_parse_bound(m, t) for m, t in dict(data.get("absolute", {})).items()],
         relative=[_parse_change(m, t) for m, t in dict(data.get("relative", {})).items()],
         must_pass=must_pass,
         k=float(k),
+        paired=paired,
+        different_n=different_n,
+        default=not any(table in data for table in ("absolute", "relative", "checks")),  # only [noise]/[compare]
     )
 
 
@@ -232,7 +290,38 @@ def _direction(row: Any) -> int:
     )
 
 
-def _pairs(base: pd.DataFrame, cand: pd.DataFrame, key: str, sizes: tuple[int, int]) -> list[tuple[Any, Any]]:
+def _details(row: Any) -> dict[str, Any]:
+    raw = row["details"]
+    if isinstance(raw, dict):
+        return raw
+    try:
+        out = json.loads(raw) if isinstance(raw, str) and raw else {}
+    except json.JSONDecodeError:
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
+def _by_infinity(b: Any, c: Any, col: str, different_n: str) -> bool:
+    """Whether rows at different N may be compared by FID∞ (``[compare] different_n = "infinity"``)."""
+    if col != "n_gen" or different_n != "infinity":
+        return False
+    missing = [side for side, row in (("baseline", b), ("candidate", c)) if "fid_infinity" not in _details(row)]
+    if missing:
+        raise InputError(
+            explain(
+                f"{_where(b)}: the runs have different N and the {' and '.join(missing)} row has no FID∞",
+                expected="rows with fid_infinity in their details (FID with blocks >= 4 and extrapolate = true)",
+                got=f"n_gen {b['n_gen']} vs {c['n_gen']}",
+                fix="re-run with the same N, or with FID's extrapolate option on",
+            )
+        )
+    return True
+
+
+def _pairs(
+    base: pd.DataFrame, cand: pd.DataFrame, key: str, sizes: tuple[int, int], different_n: str = "refuse"
+) -> list[tuple[Any, Any, bool]]:
+    """Matched (baseline, candidate, compare-by-FID∞) rows for a rule key; anything that does not match is an error."""
     b_rows, c_rows = _rows(base, key), _rows(cand, key)
     if b_rows.empty:
         raise InputError(
@@ -277,27 +366,64 @@ def _pairs(base: pd.DataFrame, cand: pd.DataFrame, key: str, sizes: tuple[int, i
                     fix="use the same config (metrics, extractors, sweep) in both runs",
                 )
             )
+        infinity = False
         for col in ("n_gen", "n_ref", "extractor"):
             bv, cv = b[col], c[col]
             same = (pd.isna(bv) and pd.isna(cv)) or (not pd.isna(bv) and not pd.isna(cv) and bv == cv)
-            if not same:
+            if not same and _by_infinity(b, c, col, different_n):
+                infinity = True
+            elif not same:
                 raise InputError(
                     explain(
                         f"{_where(b)}: {col} differs between the runs",
                         expected=f"{col} = {bv} (baseline)",
                         got=f"{col} = {cv} (candidate)",
-                        fix="compare runs made with the same sample count, reference and feature extractor",
+                        fix=(
+                            "compare runs made with the same sample count, reference and feature extractor"
+                            + ('; for FID at different N, [compare] different_n = "infinity"' if col == "n_gen" else "")
+                        ),
                     )
                 )
-        pairs.append((b, c))
+        pairs.append((b, c, infinity))
     return pairs
 
 
+def _noise(b: Any, c: Any, infinity: bool, rules: GateRules) -> Noise:
+    """Paired when both rows' seed blocks pair, else unpaired, else none; ``[noise] paired`` makes unpaired an error."""
+    bd, cd = _details(b), _details(c)
+    if infinity:
+        problem = "FID∞ rows at different N are compared unpaired"
+        se_b, se_c = float(bd.get("fid_infinity_stderr", math.nan)), float(cd.get("fid_infinity_stderr", math.nan))
+    else:
+        problem = pairing_problem(bd.get("pairing"), cd.get("pairing"))
+        se_b, se_c = float(b["stderr"]), float(c["stderr"])
+    if problem is None:
+        se = paired_se(bd["pairing"], cd["pairing"])
+        if math.isfinite(se):
+            return Noise("paired", se)
+        problem = "the paired standard error is not finite"
+    if rules.paired:
+        raise InputError(
+            explain(
+                f"{_where(b)}: [noise] paired = true, but the runs cannot be paired",
+                expected="both rows with seed blocks on the same seeds and reference",
+                got=problem,
+                fix=(
+                    "run baseline and candidate on the same seeds (config seed and n), reference and metric options,"
+                    " or drop paired = true to allow the unpaired test"
+                ),
+            )
+        )
+    if math.isfinite(se_b) and math.isfinite(se_c):
+        return Noise("unpaired", math.sqrt(se_b**2 + se_c**2), problem)
+    return Noise("none", math.nan, problem + "; a row has no standard error")
+
+
 def _relative_verdicts(
-    change: Change, base: pd.DataFrame, cand: pd.DataFrame, k: float, sizes: tuple[int, int]
+    change: Change, base: pd.DataFrame, cand: pd.DataFrame, rules: GateRules, sizes: tuple[int, int]
 ) -> list[Verdict]:
     verdicts = []
-    for b, c in _pairs(base, cand, change.metric, sizes):
+    for b, c, infinity in _pairs(base, cand, change.metric, sizes, rules.different_n):
         direction = _direction(b)
         if change.direction is not None and change.direction != direction:
             good = "+" if direction > 0 else "-"
@@ -312,26 +438,41 @@ def _relative_verdicts(
                     fix=f'write {change.metric} = "{good}{change.amount:g}{"%" if change.percent else ""}"',
                 )
             )
-        worse = (float(c["value"]) - float(b["value"])) * direction
-        allowance = change.allowance(float(b["value"]))
-        se_b, se_c = float(b["stderr"]), float(c["stderr"])
-        noise = k * math.sqrt(se_b**2 + se_c**2) if not (math.isnan(se_b) or math.isnan(se_c)) else 0.0
-        regression = worse > allowance and worse > noise
-        note = (
-            f"worse by {worse:.4g} (allowed {allowance:.4g}"
-            + (f", noise {noise:.4g} = {k:g} SE" if noise else "")
-            + ")"
+        if infinity:
+            bv, cv = float(_details(b)["fid_infinity"]), float(_details(c)["fid_infinity"])
+        else:
+            bv, cv = float(b["value"]), float(c["value"])
+        noise = _noise(b, c, infinity, rules)
+        worse = (cv - bv) * direction + 0.0  # no "-0"
+        allowance = change.allowance(bv)
+        if noise.mode == "none":
+            z = math.nan
+        elif noise.stderr > 0:
+            z = worse / noise.stderr
+        else:  # identical blocks on both sides: no noise at all
+            z = 0.0 if worse == 0 else math.copysign(math.inf, worse)
+        regression = worse > allowance and (noise.mode == "none" or z > rules.k)
+        note = f"worse by {worse:.4g} (allowed {allowance:.4g}" + (
+            f"; z = {z:.2f} vs k = {rules.k:g})" if noise.mode != "none" else "; no standard error)"
         )
+        if infinity:
+            note = f"FID∞ (N {b['n_gen']} vs {c['n_gen']}); " + note
+        if noise.why and noise.mode != "paired":
+            note += f"; unpaired: {noise.why}"
         rule = change.text(direction)
         verdicts.append(
             Verdict(
                 f"relative {rule}",
                 _where(b),
-                float(b["value"]),
-                float(c["value"]),
-                rule,
+                bv,
+                cv,
+                rule + (f", z <= {rules.k:g}" if noise.mode != "none" else ""),
                 "regression" if regression else "pass",
                 note,
+                difference=cv - bv,
+                stderr=noise.stderr,
+                z=z,
+                mode=noise.mode,
             )
         )
     return verdicts
@@ -459,26 +600,38 @@ def evaluate_gate(baseline: Report, candidate: Report, rules: GateRules) -> list
             )
     verdicts: list[Verdict] = []
     for change in rules.relative + (_defaults(base) if rules.default else []):
-        verdicts += _relative_verdicts(change, base, cand, rules.k, sizes)
+        verdicts += _relative_verdicts(change, base, cand, rules, sizes)
     for bound in rules.absolute:
         verdicts += _absolute_verdicts(bound, base, cand, sizes)
     verdicts += _check_verdicts(rules, base, cand)
     return verdicts
 
 
+def _num(x: float, fmt: str = ".6g") -> str:
+    return "" if math.isnan(x) else format(x, fmt)
+
+
+def _cells(v: Verdict) -> tuple[str, ...]:
+    """rule, metric, baseline, candidate, difference, SE, z, mode, limit, verdict — one verdict as text."""
+    return (
+        v.rule,
+        v.metric,
+        _num(v.baseline),
+        _num(v.candidate),
+        _num(v.difference, "+.4g"),
+        _num(v.stderr, ".3g"),
+        _num(v.z, "+.2f"),
+        v.mode,
+        v.limit,
+        v.status.upper(),
+    )
+
+
+_HEADER = ("rule", "metric", "baseline", "candidate", "difference", "SE", "z", "mode", "limit", "verdict")
+
+
 def _table(verdicts: list[Verdict]) -> str:
-    rows = [("rule", "metric", "baseline", "candidate", "limit", "verdict", "note")] + [
-        (
-            v.rule,
-            v.metric,
-            "" if math.isnan(v.baseline) else f"{v.baseline:.6g}",
-            "" if math.isnan(v.candidate) else f"{v.candidate:.6g}",
-            v.limit,
-            v.status.upper(),
-            v.note,
-        )
-        for v in verdicts
-    ]
+    rows = [(*_HEADER, "note")] + [(*_cells(v), v.note) for v in verdicts]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
@@ -487,28 +640,27 @@ def _markdown(verdicts: list[Verdict], status: str) -> str:
     lines = [
         f"## diffeval gate: {status}",
         "",
-        "| rule | metric | baseline | candidate | limit | verdict |",
-        "|---|---|---|---|---|---|",
+        "| " + " | ".join(_HEADER) + " |",
+        "|" + "---|" * len(_HEADER),
     ]
     for v in verdicts:
-        lines.append(
-            f"| {v.rule} | {v.metric} | {'' if math.isnan(v.baseline) else f'{v.baseline:.6g}'} |"
-            f" {'' if math.isnan(v.candidate) else f'{v.candidate:.6g}'} | {v.limit} |"
-            f" {'✅' if v.status == 'pass' else '❌'} {v.status} |"
-        )
-    return "\n".join(lines) + "\n"
+        cells = list(_cells(v))
+        cells[-1] = f"{'✅' if v.status == 'pass' else '❌'} {v.status}"
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    notes = [f"- {v.metric}: {v.note}" for v in verdicts if v.status != "pass" and v.note]
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
 def _junit(verdicts: list[Verdict], error: str | None) -> str:
     failures = sum(v.status != "pass" for v in verdicts)
     cases = []
     for v in verdicts:
-        body = ""
+        cells = dict(zip(_HEADER, _cells(v), strict=True))
+        summary = ", ".join(f"{k} {cells[k]}" for k in _HEADER[2:9] if cells[k]) + (f"; {v.note}" if v.note else "")
+        body = f"<system-out>{escape(summary)}</system-out>"
         if v.status != "pass":
             message = escape(v.note or v.status, {'"': "&quot;"})
-            text = escape(f"{v.metric}: baseline {v.baseline} candidate {v.candidate} limit {v.limit}")
-            body = f'<failure message="{message}">{text}</failure>'
-
+            body = f'<failure message="{message}">{escape(f"{v.metric}: {summary}")}</failure>' + body
         cases.append(
             '  <testcase classname="diffeval.gate"'
             f' name="{escape(f"{v.rule}: {v.metric}", {chr(34): "&quot;"})}">{body}</testcase>'
@@ -553,7 +705,7 @@ def run_gate(
         try:
             rules = load_rules(rules_path)
             if k is not None:
-                rules = GateRules(rules.absolute, rules.relative, rules.must_pass, float(k), rules.default)
+                rules = dataclasses.replace(rules, k=float(k))
             verdicts = evaluate_gate(Report.load(baseline), Report.load(candidate), rules)
             if not verdicts:
                 raise ConfigError(

@@ -151,7 +151,7 @@ def fid_between(
                     fix="compute both with the same extractor and layer",
                 )
             )
-        metric.generated.merge(gen_input)
+        metric.add_statistics(gen_input)
     else:
         indices = None if n is None or n == len(gen_input) else seeded_subset(len(gen_input), n, seed)
         measure(

@@ -54,6 +54,9 @@ def _sections(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def _metric_cells(row: Any) -> list[str]:
     value = _fmt(row["value"]) + (f" ± {_fmt(row['stderr'], 3)}" if not math.isnan(row["stderr"]) else "")
+    details = _details(row)
+    if "fid_infinity" in details:  # FID's bias in N: the extrapolated value beside FID at N
+        value += f" (FID∞ {_fmt(details['fid_infinity'])} ± {_fmt(details['fid_infinity_stderr'], 3)})"
     knob = f"{row['knob']}={row['knob_value']:g}" if row["knob"] else ""
     return [
         row["label"],

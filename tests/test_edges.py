@@ -446,6 +446,9 @@ def test_sigterm_keeps_a_partial_report_and_resume_equals_an_uninterrupted_run(t
     a, b = _rows(tmp_path / "full" / "report.json"), _rows(tmp_path / "cut" / "report.json")
     for label in ("fid@demo-digits:features", "kid@demo-digits:features", "inception_score@demo-digits:logits"):
         assert b[label]["value"] == pytest.approx(a[label]["value"], rel=1e-9), label
+        assert b[label]["stderr"] == pytest.approx(a[label]["stderr"], rel=1e-9), label
+        pa, pb = (json.loads(r[label]["details"])["pairing"] for r in (a, b))  # seed blocks survive the resume
+        assert pb["seeds"] == pa["seeds"] and pb["values"] == pytest.approx(pa["values"], rel=1e-9), label
     assert not (tmp_path / "cut" / "checkpoint.pt").exists()
     assert json.loads((tmp_path / "cut" / "report.json").read_text())["provenance"]["config"]["resumed"] is True
 

@@ -50,6 +50,7 @@ from diffeval.options import Option
 from diffeval.quantize import dequantize, grid_offset, levels
 from diffeval.schedules import Schedule
 from diffeval.seeds import SeedRNG
+from diffeval.uncertainty import SeedBlocks, loo_means
 
 __all__ = [
     "normal_cdf",
@@ -464,9 +465,16 @@ class BitsPerDim(Metric):
             minimum=0,
             nullable=True,
         ),
+        Option(
+            "blocks",
+            int,
+            10,
+            "seed blocks (seed mod blocks) of the paired comparison in the gate (< 2: none)",
+            minimum=0,
+        ),
         LABEL_OPTION,
     )
-    state_keys = ("n", "sums")
+    state_keys = ("n", "sums", "block_sums", "seed_blocks")
 
     def __init__(
         self,
@@ -478,6 +486,7 @@ class BitsPerDim(Metric):
         *,
         label: str | None = None,
         data: str = "",
+        blocks: int = 10,
         **options: Any,
     ) -> None:
         if estimator not in ESTIMATORS:
@@ -533,6 +542,7 @@ class BitsPerDim(Metric):
             options,
         )
         self.data_spec = data
+        self.blocks = int(blocks)
         self.space = data
         self.custom_label = label
         self.source: Any = None  # from a config: the data source and the indices to evaluate
@@ -561,6 +571,8 @@ class BitsPerDim(Metric):
     def reset(self) -> None:
         self.n = 0
         self.sums = torch.zeros(5, dtype=torch.float64)  # bpd, bpd^2, prior, diffusion, decoder (bits/dim)
+        self.seed_blocks = SeedBlocks(max(self.blocks, 1))
+        self.block_sums = torch.zeros(self.seed_blocks.k, dtype=torch.float64)  # Σ bpd per seed block
 
     def estimate(self, x0: torch.Tensor, seeds: Sequence[int]) -> BpdEstimate:
         rng = SeedRNG([self.seed * 1_000_003 + int(s) for s in seeds])
@@ -586,10 +598,13 @@ class BitsPerDim(Metric):
             [bpd.sum(), (bpd**2).sum(), *(est.components[k].sum() / scale for k in ("prior", "diffusion", "decoder"))]
         )
         self.n += int(bpd.numel())
+        self.block_sums.index_add_(0, self.seed_blocks.assign(seeds, int(bpd.numel())), bpd.detach().cpu().double())
 
     def merge(self, other: BitsPerDim) -> BitsPerDim:
         self.n += other.n
         self.sums += other.sums
+        self.block_sums += other.block_sums
+        self.seed_blocks.merge(other.seed_blocks)
         return self
 
     def compute(self) -> MetricResult:
@@ -615,6 +630,11 @@ class BitsPerDim(Metric):
             "data": self.data_spec,
             "model": f"{self.prediction}-prediction, schedule {self.schedule.name}",
         }
+        if self.blocks >= 2 and min(self.seed_blocks.counts) >= 1 and max(self.seed_blocks.counts) < self.n:
+            loo = loo_means(self.block_sums, self.seed_blocks.counts) + offset
+            details["pairing"] = self.seed_blocks.record(
+                "jackknife", loo.tolist(), reference=f"{self.data_spec}; noise seed {self.seed}"
+            )
         return MetricResult(mean + offset, stderr, n_ref=self.n, convention=self.convention_text, details=details)
 
     def config_options(self) -> dict[str, Any]:
@@ -624,6 +644,7 @@ class BitsPerDim(Metric):
             "estimator": self.estimator,
             "seed": self.seed,
             "label": self.custom_label,
+            "blocks": self.blocks,
         }
         for key, value in self.settings.items():
             if key == "strata" and value is None:
@@ -692,6 +713,7 @@ class BitsPerDim(Metric):
             seed,
             label=options["label"],
             data=options["data"],
+            blocks=options["blocks"],
             **knobs,
         )
         metric.source, metric.indices, metric.n_requested = source, list(range(n)), options["n"]

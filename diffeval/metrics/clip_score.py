@@ -34,6 +34,7 @@ from diffeval.metrics.base import (
     require_finite,
 )
 from diffeval.options import Option
+from diffeval.uncertainty import SeedBlocks, loo_means
 
 __all__ = ["clip_score_torchmetrics", "clip_score_hessel", "CLIPScore", "CONVENTIONS"]
 
@@ -71,9 +72,16 @@ class CLIPScore(Metric):
             "torchmetrics: max(mean(100 cos), 0); clipscore: mean(2.5 max(cos, 0)) (Hessel et al.)",
             choices=CONVENTIONS,
         ),
+        Option(
+            "blocks",
+            int,
+            10,
+            "seed blocks (seed mod blocks) of the paired comparison in the gate (< 2: none)",
+            minimum=0,
+        ),
         LABEL_OPTION,
     )
-    state_keys = ("n", "sums")
+    state_keys = ("n", "sums", "block_sums", "seed_blocks", "prompt_print")
 
     def __init__(
         self,
@@ -85,6 +93,7 @@ class CLIPScore(Metric):
         label: str | None = None,
         model: str = "ViT-B-32",
         pretrained: str | None = "openai",
+        blocks: int = 10,
     ) -> None:
         if convention not in CONVENTIONS:
             raise InputError(
@@ -103,11 +112,15 @@ class CLIPScore(Metric):
         self.given_label = label
         self.custom_label = label or (None if convention == "torchmetrics" else f"clip_score[{convention}]@{extractor}")
         self.model, self.pretrained = model, pretrained
+        self.blocks = int(blocks)
         self.reset()
 
     def reset(self) -> None:
         self.n = 0
         self.sums = torch.zeros(4, dtype=torch.float64)  # Σ100cos, Σ(100cos)², Σ2.5cos+, Σ(2.5cos+)²
+        self.seed_blocks = SeedBlocks(max(self.blocks, 1))
+        self.block_sums = torch.zeros(self.seed_blocks.k, 2, dtype=torch.float64)  # per seed block: Σ100cos, Σ2.5cos+
+        self.prompt_print = 0  # Σ crc32(seed, prompt): which prompt went with which seed (order-free)
 
     def update(self, batch: Batch) -> None:
         images = batch.layer(self.extractor, self.layer, "CLIP score")
@@ -145,10 +158,17 @@ class CLIPScore(Metric):
         a, b = 100 * cos, 2.5 * cos.clamp_min(0)
         self.sums += torch.stack([a.sum(), (a * a).sum(), b.sum(), (b * b).sum()])
         self.n += int(cos.numel())
+        block = self.seed_blocks.assign(batch.seeds, int(cos.numel()))
+        self.block_sums.index_add_(0, block, torch.stack([a, b], dim=1))
+        seeds = batch.seeds if len(batch.seeds) == len(prompts) else [""] * len(prompts)
+        self.prompt_print += sum(zlib.crc32(f"{s}\0{p}".encode()) for s, p in zip(seeds, prompts, strict=True))
 
     def merge(self, other: CLIPScore) -> CLIPScore:
         self.n += other.n
         self.sums += other.sums
+        self.block_sums += other.block_sums
+        self.seed_blocks.merge(other.seed_blocks)
+        self.prompt_print += other.prompt_print
         return self
 
     def compute(self) -> MetricResult:
@@ -170,18 +190,19 @@ class CLIPScore(Metric):
         }
         value, stderr, text = values[self.convention]
         other = "clipscore" if self.convention == "torchmetrics" else "torchmetrics"
-        return MetricResult(
-            value,
-            stderr,
-            n_gen=self.n,
-            convention=text,
-            details={
-                f"{other}_value": values[other][0],
-                f"{other}_stderr": values[other][1],
-                "model": self.model,
-                "pretrained": self.pretrained,
-            },
-        )
+        details: dict[str, Any] = {
+            f"{other}_value": values[other][0],
+            f"{other}_stderr": values[other][1],
+            "model": self.model,
+            "pretrained": self.pretrained,
+            "stderr_is": "std (ddof 1) of the per-image scores / sqrt(n)",
+        }
+        if self.blocks >= 2 and min(self.seed_blocks.counts) >= 1 and max(self.seed_blocks.counts) < self.n:
+            loo = loo_means(self.block_sums, self.seed_blocks.counts)[:, 0 if self.convention == "torchmetrics" else 1]
+            loo = loo.clamp_min(0) if self.convention == "torchmetrics" else loo
+            reference = f"{self.model}/{self.pretrained}; prompts {self.prompt_print}"
+            details["pairing"] = self.seed_blocks.record("jackknife", loo.tolist(), reference=reference)
+        return MetricResult(value, stderr, n_gen=self.n, convention=text, details=details)
 
     def config_options(self) -> dict[str, Any]:
         return {
@@ -189,6 +210,7 @@ class CLIPScore(Metric):
             "pretrained": self.pretrained,
             "convention": self.convention,
             "label": self.given_label,
+            "blocks": self.blocks,
         }
 
     @classmethod
@@ -202,6 +224,7 @@ class CLIPScore(Metric):
             label=options["label"],
             model=options["model"],
             pretrained=options["pretrained"],
+            blocks=options["blocks"],
         )
 
     @classmethod

@@ -5,7 +5,10 @@ Inception) are softmaxed in float64, rows are shuffled with
 ``numpy.random.RandomState(seed).permutation`` (seed 2020; ``shuffle=False`` keeps the
 order, as torch-fidelity's ``isc_splits`` without shuffling), cut into ``splits``
 contiguous chunks (``[i N // splits, (i+1) N // splits)``), and the mean and standard
-deviation (ddof 0) of the per-split scores are reported.
+deviation (ddof 0) of the per-split scores are reported. The streaming metric puts rows
+in seed order before the shuffle (batching, shards and resumes then change nothing),
+so two runs on the same seeds cut the same splits: the per-split scores are the pairing
+record the gate uses for a paired comparison.
 
 Example::
 
@@ -35,6 +38,7 @@ from diffeval.metrics.base import (
     require_finite,
 )
 from diffeval.options import Option
+from diffeval.uncertainty import SeedBlocks, pairing
 
 __all__ = ["inception_score", "split_scores", "InceptionScore"]
 
@@ -88,7 +92,7 @@ class InceptionScore(Metric):
         ),
         Option("seed", int, 2020, "seed of the shuffle", minimum=0),
     )
-    state_keys = ("chunks",)
+    state_keys = ("chunks", "seed_chunks", "seed_blocks")
 
     def __init__(
         self,
@@ -121,14 +125,21 @@ class InceptionScore(Metric):
 
     def reset(self) -> None:
         self.chunks: list[torch.Tensor] = []
+        self.seed_chunks: list[torch.Tensor] = []  # each row's seed (rows fed without seeds keep arrival order)
+        self.seed_blocks = SeedBlocks(1)  # the seed fingerprint (the splits are the blocks)
 
     def update(self, batch: Batch) -> None:
         logits = batch.layer(self.extractor, self.layer, "Inception Score")
         require_finite(logits, "Inception Score")
+        self.seed_blocks.assign(batch.seeds, logits.shape[0])
         self.chunks.append(logits.detach().to(torch.float64))
+        if len(batch.seeds) == logits.shape[0]:
+            self.seed_chunks.append(torch.as_tensor(list(batch.seeds), dtype=torch.int64))
 
     def merge(self, other: InceptionScore) -> InceptionScore:
         self.chunks.extend(other.chunks)
+        self.seed_chunks.extend(other.seed_chunks)
+        self.seed_blocks.merge(other.seed_blocks)
         return self
 
     def check_count(self, n: int) -> None:
@@ -153,6 +164,8 @@ class InceptionScore(Metric):
                     fix="check the images fed to the extractor",
                 )
             )
+        if self.chunks and not self.seed_blocks.unseeded:  # seed order: independent of batching, shards, resumes
+            logits = logits[torch.argsort(torch.cat(self.seed_chunks), stable=True)]
         scores = split_scores(logits, self.splits, self.shuffle, self.seed)
         order = f"shuffled (RandomState({self.seed}))" if self.shuffle else "unshuffled"
         # disjoint splits give independent scores: the mean's standard error is std (ddof 1) / sqrt(splits)
@@ -165,6 +178,13 @@ class InceptionScore(Metric):
                 "std (ddof 1) of the disjoint splits' scores / sqrt(splits)" if stderr is not None else "none (1 split)"
             ),
         }
+        if stderr is not None:
+            rule = f"{self.splits} splits of the seed-ordered rows" + (
+                f", shuffled ({self.seed})" if self.shuffle else ""
+            )
+            details["pairing"] = pairing(
+                "blocks", scores.tolist(), self.splits, seeds=self.seed_blocks.fingerprint, rule=rule
+            )
         return MetricResult(
             float(scores.mean()),
             stderr,

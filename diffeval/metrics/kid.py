@@ -11,8 +11,9 @@ standard deviation over subsets (ddof 0) is kept as ``kid_std`` in the details �
 the spread of one subset's estimate, not the uncertainty of the mean. When a set has
 fewer rows than ``subset_size`` the subset size shrinks to fit, and the result says so.
 
-Standard error: a delete-a-block jackknife over ``blocks`` contiguous blocks of the
-generated samples (in seed order). Leaving block ``a`` out of every subset keeps the
+Generated rows are put in seed order first (so batching, shards and resumes do not move
+the subset draws). Standard error: a delete-a-block jackknife over ``blocks`` seed blocks
+(``seed mod blocks``; rows fed without seeds: contiguous blocks). Leaving block ``a`` out of every subset keeps the
 same subset draws (common random numbers, so the Monte Carlo noise of the draws cancels)
 and gives an unbiased MMD² with ``m_a`` generated rows::
 
@@ -22,7 +23,8 @@ and gives an unbiased MMD² with ``m_a`` generated rows::
 computed from per-block sums of the same kernel matrices (no extra kernel evaluations);
 ``SE = sqrt((K - 1) / K Σ_a (KID_(-a) - mean)²)``. It is the standard error over the
 generated samples given the reference set (what a comparison against the same
-reference needs).
+reference needs). The K leave-one-out values are the pairing record the gate uses to
+compare two runs on the same seeds.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from diffeval.metrics.base import (
     require_finite,
 )
 from diffeval.options import Option
+from diffeval.uncertainty import SeedBlocks, digest, jackknife_se
 
 __all__ = ["mmd2_unbiased", "kernel_inception_distance", "kid_with_jackknife", "KidEstimate", "KID"]
 
@@ -78,6 +81,7 @@ class KidEstimate:
     subset_size: int
     stderr: float | None  # delete-a-block jackknife over the generated samples (None without blocks)
     blocks: int
+    left_out: tuple[float, ...] = ()  # the K leave-one-block-out values (the pairing record)
 
 
 def kid_with_jackknife(
@@ -87,8 +91,13 @@ def kid_with_jackknife(
     subset_size: int = 1000,
     seed: int = 2020,
     blocks: int = 10,
+    block_ids: torch.Tensor | None = None,
 ) -> KidEstimate:
-    """KID over random subsets and its delete-a-block jackknife standard error (``blocks`` = 0: none)."""
+    """KID over random subsets and its delete-a-block jackknife standard error (``blocks`` = 0: none).
+
+    ``block_ids`` (n_gen,) gives each generated row's block in ``0 .. blocks - 1`` (the seed
+    blocks); without it, rows fall into ``blocks`` contiguous blocks.
+    """
     n_gen, n_ref = generated.shape[0], reference.shape[0]
     size = min(subset_size, n_gen, n_ref)
     if size < 2:
@@ -102,8 +111,11 @@ def kid_with_jackknife(
         )
     x_all = generated.detach().to(torch.float64)
     y_all = reference.detach().to(torch.float64).to(x_all.device)
-    blocks = min(blocks, n_gen // 2)
-    block_of = torch.arange(n_gen, device=x_all.device) * blocks // n_gen if blocks >= 2 else None
+    if block_ids is None:
+        blocks = min(blocks, n_gen // 2)
+        block_of = torch.arange(n_gen, device=x_all.device) * blocks // n_gen if blocks >= 2 else None
+    else:
+        block_of = block_ids.to(x_all.device, torch.int64) if blocks >= 2 else None
     rng = np.random.RandomState(seed)
     values = np.empty(subsets)
     left_out = np.full((subsets, max(blocks, 1)), np.nan)
@@ -127,12 +139,15 @@ def kid_with_jackknife(
         xx = off_xx - 2 * s_xx.sum(1) + s_xx.diagonal()
         est = xx / (m_a * (m_a - 1)) + yy_term - 2 * (sum_xy - s_xy) / (m_a * m)
         left_out[i] = torch.where(m_a >= 2, est, torch.full_like(est, float("nan"))).cpu().numpy()
-    stderr = None
+    stderr, theta = None, ()
     if block_of is not None:
-        theta = np.nanmean(left_out, axis=0)
-        if np.isfinite(theta).all():
-            stderr = float(np.sqrt((blocks - 1) / blocks * ((theta - theta.mean()) ** 2).sum()))
-    return KidEstimate(float(values.mean()), float(values.std()), size, stderr, blocks if block_of is not None else 0)
+        with np.errstate(all="ignore"):
+            means = np.nanmean(left_out, axis=0) if np.isfinite(left_out).any(0).all() else np.full(blocks, np.nan)
+        if np.isfinite(means).all():
+            stderr, theta = jackknife_se(means), tuple(means.tolist())
+    return KidEstimate(
+        float(values.mean()), float(values.std()), size, stderr, blocks if block_of is not None else 0, theta
+    )
 
 
 @register_metric
@@ -151,9 +166,11 @@ class KID(Metric):
         Option("subsets", int, 100, "number of random subsets", minimum=1),
         Option("subset_size", int, 1000, "rows per subset (shrinks to the smaller set, said in the row)", minimum=2),
         Option("seed", int, 2020, "seed of the subset draws", minimum=0),
-        Option("blocks", int, 10, "blocks of generated samples for the jackknife standard error (0: none)", minimum=0),
+        Option(
+            "blocks", int, 10, "seed blocks (seed mod blocks) for the jackknife standard error (< 2: none)", minimum=0
+        ),
     )
-    state_keys = ("chunks",)
+    state_keys = ("chunks", "seed_chunks", "seed_blocks")
 
     def __init__(
         self,
@@ -213,6 +230,8 @@ class KID(Metric):
 
     def reset(self) -> None:
         self.chunks: list[torch.Tensor] = []
+        self.seed_chunks: list[torch.Tensor] = []  # each row's seed (rows fed without seeds keep arrival order)
+        self.seed_blocks = SeedBlocks(max(self.blocks, 1))
 
     def update(self, batch: Batch) -> None:
         features = batch.layer(self.extractor, self.layer, "KID")
@@ -226,10 +245,15 @@ class KID(Metric):
                 )
             )
         require_finite(features, "KID")
+        self.seed_blocks.assign(batch.seeds, features.shape[0])
         self.chunks.append(features.detach().to(torch.float64))
+        if len(batch.seeds) == features.shape[0]:
+            self.seed_chunks.append(torch.as_tensor(list(batch.seeds), dtype=torch.int64))
 
     def merge(self, other: KID) -> KID:
         self.chunks.extend(other.chunks)
+        self.seed_chunks.extend(other.seed_chunks)
+        self.seed_blocks.merge(other.seed_blocks)
         return self
 
     def check_count(self, n: int) -> None:
@@ -253,19 +277,32 @@ class KID(Metric):
                     fix="check the images fed to the extractor",
                 )
             )
-        est = kid_with_jackknife(generated, self.reference, self.subsets, self.subset_size, self.seed, self.blocks)
+        blocks, block_ids = (self.blocks if self.blocks >= 2 else 0), None
+        if self.chunks and not self.seed_blocks.unseeded:  # seed order: independent of batching, shards, resumes
+            seeds = torch.cat(self.seed_chunks)
+            order = torch.argsort(seeds, stable=True)
+            generated, block_ids = generated[order], seeds[order] % max(blocks, 1)
+            blocks = blocks if min(self.seed_blocks.counts) >= 2 else 0
+        est = kid_with_jackknife(
+            generated, self.reference, self.subsets, self.subset_size, self.seed, blocks, block_ids
+        )
         details = {
             "subsets": self.subsets,
             "subset_size": est.subset_size,
             "subset_size_reduced": est.subset_size < self.subset_size,
             "kid_std": est.std,
             "stderr_is": (
-                f"delete-a-block jackknife over {est.blocks} blocks of generated samples (given the reference)"
+                f"delete-a-block jackknife over {est.blocks} seed blocks (seed mod {est.blocks}) of generated"
+                " samples, common subset draws (given the reference)"
                 if est.stderr is not None
-                else "none (fewer than 4 samples or blocks = 0)"
+                else f"none (blocks < 2, or a seed block with < 2 samples: counts {self.seed_blocks.counts})"
             ),
             "reference": self.reference_spec,
         }
+        if est.stderr is not None:
+            details["pairing"] = self.seed_blocks.record(
+                "jackknife", est.left_out, reference=f"{digest(self.reference)}:subsets {self.subsets}/{self.seed}"
+            )
         return MetricResult(
             est.value,
             est.stderr,
