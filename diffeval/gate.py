@@ -33,8 +33,8 @@ The noise of a relative verdict is the standard error of ``candidate - baseline`
 shows baseline, candidate, difference, its standard error, ``z = worse / SE`` and the mode.
 
 Without rules (or with only ``[noise]``/``[compare]``): every metric row of the baseline
-is held to "no worse" (0 %, noise-aware with k = 2) and no check may newly fail. Rows are matched by label and sweep knob
-value; a missing metric, a different sample count or feature space between the runs,
+is held to "no worse" (0 %, noise-aware with k = 2) and no check may newly fail. Rows are
+matched by label and sweep knob value; a missing metric, a different sample count or feature space between the runs,
 an unreadable file or a failed run are errors (exit 2) — never a pass. Runs on
 different world sizes are compared on quality metrics, never on latency rows.
 """
