@@ -167,6 +167,9 @@ def fid_between(
     notes = "; ".join(x.notes for x in (gen_input, ref_input) if getattr(x, "notes", ""))
     out = {
         "fid": result.value,
+        "stderr": result.stderr,
+        "stderr_is": result["stderr_is"],
+        **{k: result[k] for k in ("fid_infinity", "fid_infinity_stderr") if k in result.details},
         "n_gen": result.n_gen,
         "n_ref": result.n_ref,
         "matched": result["matched"],
