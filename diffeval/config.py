@@ -9,7 +9,8 @@ Layout (see ``diffeval/demo/demo.toml``)::
     [cond]       labels = "seed_mod_10" | prompts = "prompts.txt"   (optional)
     [[metrics]]  name = a registered metric, and its declared options
     [checks]     name = true, or name = { its declared options }
-    [sweep]      knob = "steps" | "guidance_scale" | "eta" | ..., values = [...]   (optional)
+    [sweep]      knob = "steps", values = [...] | [sweep.grid] gamma = [...], delta = [...] | points = [{...}]
+                 (optional; see :mod:`diffeval.sweeps`)
 
 Metric and check options are validated against the declarations of the registered
 classes (:data:`diffeval.metrics.base.METRICS`, :data:`diffeval.checks.base.CHECKS`),
@@ -28,6 +29,7 @@ from typing import Any
 
 from diffeval.errors import ConfigError, explain
 from diffeval.registry import Registry
+from diffeval.sweeps import SweepSpec, parse_sweep
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -86,12 +88,6 @@ class CheckSpec:
 
 
 @dataclass(frozen=True)
-class SweepSpec:
-    knob: str
-    values: list[Any]
-
-
-@dataclass(frozen=True)
 class RunConfig:
     name: str
     sampler: SamplerSpec | None
@@ -133,7 +129,7 @@ class RunConfig:
             "metrics": [{"name": m.name, **m.options} for m in self.metrics],
             "checks": {c.name: c.options for c in self.checks},
             "cond": self.cond,
-            "sweep": None if self.sweep is None else {"knob": self.sweep.knob, "values": self.sweep.values},
+            "sweep": None if self.sweep is None else self.sweep.to_dict(),
         }
 
 
@@ -366,20 +362,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path = Path("."), source: st
                 fix="use labels = 'seed_mod_10'",
             )
         )
-    sweep = None
-    if "sweep" in data:
-        sw = _table(data["sweep"], "sweep")
-        _only(sw, {"knob", "values"}, "[sweep]")
-        if not isinstance(sw.get("knob"), str) or not isinstance(sw.get("values"), list) or not sw["values"]:
-            raise ConfigError(
-                explain(
-                    "[sweep] needs knob and a non-empty values list",
-                    expected="knob = 'steps', values = [10, 25, 50]",
-                    got=repr(sw),
-                    fix="add both",
-                )
-            )
-        sweep = SweepSpec(sw["knob"], list(sw["values"]))
+    sweep = parse_sweep(_table(data["sweep"], "sweep")) if "sweep" in data else None
     shape = run.get("image_shape")
     if shape is not None and (
         not isinstance(shape, list)

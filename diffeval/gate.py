@@ -34,7 +34,7 @@ shows baseline, candidate, difference, its standard error, ``z = worse / SE`` an
 
 Without rules (or with only ``[noise]``/``[compare]``): every metric row of the baseline
 is held to "no worse" (0 %, noise-aware with k = 2) and no check may newly fail. Rows are
-matched by label and sweep knob value; a missing metric, a different sample count or feature space between the runs,
+matched by label and sweep point; a missing metric, a different sample count or feature space between the runs,
 an unreadable file or a failed run are errors (exit 2) — never a pass. Runs on
 different world sizes are compared on quality metrics, never on latency rows.
 """
@@ -58,6 +58,7 @@ import pandas as pd
 from diffeval.config import read_toml
 from diffeval.errors import ConfigError, DiffevalError, ExitCode, InputError, explain
 from diffeval.report import Report, writable_file
+from diffeval.sweeps import parse_point, point_key, point_text
 from diffeval.uncertainty import paired_se, pairing_problem
 
 __all__ = [
@@ -263,12 +264,16 @@ def _rows(frame: pd.DataFrame, key: str) -> pd.DataFrame:
     return by_label if not by_label.empty else gated[gated["name"] == key]
 
 
-def _key(row: Any) -> tuple[str, str, float]:
-    return (row["label"], row["knob"], -math.inf if pd.isna(row["knob_value"]) else float(row["knob_value"]))
+def _key(row: Any) -> tuple[str, str]:
+    return (row["label"], point_key(row["point"]))
+
+
+def _at(row: Any) -> str:
+    return "" if not row["point"] else f" @ {point_text(parse_point(row['point']))}"
 
 
 def _where(row: Any) -> str:
-    return row["label"] + ("" if not row["knob"] else f" @ {row['knob']}={row['knob_value']:g}")
+    return row["label"] + _at(row)
 
 
 def _direction(row: Any) -> int:
@@ -520,13 +525,13 @@ ALWAYS_CHECKED = ("output_range",)  # checks no candidate may fail, whatever the
 
 
 def _check_where(row: Any) -> str:
-    return row["name"] + ("" if not row["knob"] else f" @ {row['knob']}={row['knob_value']:g}")
+    return row["name"] + _at(row)
 
 
 def _check_verdicts(rules: GateRules, base: pd.DataFrame, cand: pd.DataFrame) -> list[Verdict]:
     c_checks = cand[cand["kind"] == "check"]
     b_checks = base[base["kind"] == "check"]
-    b_status = {_check_where(r): r["status"] for _, r in b_checks.iterrows()}
+    b_status = {(r["name"], point_key(r["point"])): r["status"] for _, r in b_checks.iterrows()}
     names = list(dict.fromkeys(c_checks["name"])) if rules.must_pass == "all" else list(rules.must_pass)
     out = []
     for name in names:
@@ -543,7 +548,7 @@ def _check_verdicts(rules: GateRules, base: pd.DataFrame, cand: pd.DataFrame) ->
         for _, row in rows.iterrows():
             where = _check_where(row)
             status = row["status"]
-            note = f"status {status} (baseline {b_status.get(where, '-')})"
+            note = f"status {status} (baseline {b_status.get((row['name'], point_key(row['point'])), '-')})"
             verdict = "pass" if status == "pass" else "regression"
             out.append(Verdict("check must pass", where, math.nan, float(row["value"]), "pass", verdict, note))
     for _, row in c_checks[c_checks["name"].isin(ALWAYS_CHECKED) & ~c_checks["name"].isin(names)].iterrows():
@@ -554,7 +559,7 @@ def _check_verdicts(rules: GateRules, base: pd.DataFrame, cand: pd.DataFrame) ->
     if rules.default:
         for _, row in c_checks[~c_checks["name"].isin(ALWAYS_CHECKED)].iterrows():
             where = _check_where(row)
-            before = b_status.get(where)
+            before = b_status.get((row["name"], point_key(row["point"])))
             if row["status"] == "fail" and before != "fail":
                 note = f"baseline {before or 'absent'} -> fail"
                 out.append(

@@ -19,6 +19,8 @@ from typing import Any
 
 import pandas as pd
 
+from diffeval.sweeps import parse_point, point_text
+
 __all__ = ["to_markdown", "to_html", "incomplete"]
 
 _STOPPED = ("run_error", "run_interrupted")
@@ -57,7 +59,7 @@ def _metric_cells(row: Any) -> list[str]:
     details = _details(row)
     if "fid_infinity" in details:  # FID's bias in N: the extrapolated value beside FID at N
         value += f" (FID∞ {_fmt(details['fid_infinity'])} ± {_fmt(details['fid_infinity_stderr'], 3)})"
-    knob = f"{row['knob']}={row['knob_value']:g}" if row["knob"] else ""
+    knob = point_text(parse_point(row["point"]))
     return [
         row["label"],
         value,
@@ -72,7 +74,7 @@ def _metric_cells(row: Any) -> list[str]:
 
 def _check_cells(row: Any) -> list[str]:
     details = _details(row)
-    knob = f"{row['knob']}={row['knob_value']:g}" if row["knob"] else ""
+    knob = point_text(parse_point(row["point"]))
     return [
         row["status"].upper(),
         row["name"],
@@ -106,8 +108,11 @@ def _sampler_lines(report: Any, frame: pd.DataFrame) -> list[str]:
         lines.append(
             f"n = {config.get('n')}, seeds {report.provenance.get('seeds', '')}, batch size {config.get('batch_size')}"
         )
-    if config.get("sweep"):
-        lines.append(f"sweep over {config['sweep'].get('knob')}: {config['sweep'].get('values')}")
+    sweep = config.get("sweep") or {}
+    if sweep:
+        points = sweep.get("points") or [{sweep.get("knob"): v} for v in sweep.get("values") or []]  # older reports
+        knobs = sweep.get("knobs") or list(dict.fromkeys(k for p in points for k in p))
+        lines = lines[:1] + [f"sweep over {', '.join(map(str, knobs))}: {len(points)} points (one row per point)"]
     return lines
 
 

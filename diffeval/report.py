@@ -29,6 +29,7 @@ from typing import Any
 import pandas as pd
 
 from diffeval.errors import InputError, explain
+from diffeval.sweeps import parse_point, point_json, point_text
 
 __all__ = [
     "writable_folder",
@@ -59,8 +60,7 @@ ROW_COLUMNS = (
     "n_ref",
     "extractor",
     "sampler",
-    "knob",
-    "knob_value",
+    "point",
     "details",
 )
 RUN_COLUMNS = (
@@ -76,7 +76,7 @@ RUN_COLUMNS = (
 )
 COLUMNS = RUN_COLUMNS + ROW_COLUMNS
 KINDS = ("metric", "baseline", "latency", "check")
-_FLOAT = ("value", "stderr", "knob_value", "wall_s")
+_FLOAT = ("value", "stderr", "wall_s")
 _INT = ("n_gen", "n_ref")
 
 
@@ -92,14 +92,13 @@ def make_row(
     n_ref: int | None = None,
     extractor: str = "",
     sampler: str = "",
-    knob: str = "",
-    knob_value: float | None = None,
+    point: Mapping[str, float] | None = None,
     details: Mapping[str, Any] | None = None,
     label: str | None = None,
     direction: str = "",
 ) -> dict[str, Any]:
-    """One report row; ``label`` (default: ``name``) keys it within a run; ``direction`` (lower/higher) tells the gate
-    which way is worse.
+    """One report row; ``label`` (default: ``name``) keys it within a run (with ``point``, the sweep point, if any);
+    ``direction`` (lower/higher) tells the gate which way is worse.
     """
     if kind not in KINDS:
         raise InputError(
@@ -127,8 +126,7 @@ def make_row(
         "n_ref": None if n_ref is None else int(n_ref),
         "extractor": extractor,
         "sampler": sampler,
-        "knob": knob,
-        "knob_value": float("nan") if knob_value is None else float(knob_value),
+        "point": point_json(point),
         "details": json.dumps(dict(details or {}), sort_keys=True, default=str),
     }
 
@@ -177,7 +175,7 @@ def writable_file(path: str | Path, option: str) -> Path:
 
 
 def metric_row(
-    metric: Any, result: Any, *, sampler: str = "", knob: str = "", knob_value: float | None = None
+    metric: Any, result: Any, *, sampler: str = "", point: Mapping[str, float] | None = None
 ) -> dict[str, Any]:
     """The report row of a metric's :class:`~diffeval.metrics.base.MetricResult`, from the metric's own description."""
     details = dict(result.details)
@@ -194,15 +192,14 @@ def metric_row(
         n_ref=result.n_ref,
         extractor=metric.space,
         sampler=sampler,
-        knob=knob,
-        knob_value=knob_value,
+        point=point,
         details=details,
         label=metric.label,
         direction=metric.direction,
     )
 
 
-def check_row(result: Any, *, knob: str = "", knob_value: float | None = None, **extra: Any) -> dict[str, Any]:
+def check_row(result: Any, *, point: Mapping[str, float] | None = None, **extra: Any) -> dict[str, Any]:
     """The report row (kind ``check``) of a :class:`~diffeval.checks.base.CheckResult` (at a sweep point if given)."""
     value = (
         result.value if isinstance(result.value, (int, float)) and not isinstance(result.value, bool) else float("nan")
@@ -212,8 +209,7 @@ def check_row(result: Any, *, knob: str = "", knob_value: float | None = None, *
         "check",
         value,
         status=result.status,
-        knob=knob,
-        knob_value=knob_value,
+        point=point,
         details={"threshold": result.threshold, "message": result.message, **extra},
     )
 
@@ -345,21 +341,7 @@ class Report:
             )
         for figure in figures:
             paths[f"{figure.name}_png"] = figure.draw(out / f"{figure.name}.png")
-        frame = self.to_frame()
-        swept = frame[(frame["knob"] != "") & (frame["kind"] == "metric")]
-        for (knob, label), group in swept.groupby(["knob", "label"]):
-            group = group.sort_values("knob_value")
-            x = group["knob_value"].tolist()
-            axis = knob
-            if knob == "steps":  # FID vs NFE: the x axis is the network evaluations per sample
-                nfe = frame[(frame["name"] == "nfe") & (frame["knob"] == knob)].set_index("knob_value")["value"]
-                x = [float(nfe.get(v, v)) for v in x]
-                axis = "NFE"
-            errors = group["stderr"].tolist() if group["stderr"].notna().any() else None
-            stem = _file_stem(f"sweep_{label}")
-            paths[f"{stem}_png"] = plots.plot_metric_vs_knob(
-                axis, x, label, group["value"].tolist(), out / f"{stem}.png", errors
-            )
+        paths.update(plots.sweep_figures(self.to_frame(), out))
         return paths
 
     def to_markdown(self) -> str:
@@ -394,9 +376,10 @@ class Report:
     def to_text(self) -> str:
         """A plain table for the terminal."""
         frame = self.to_frame()
-        cols = ["label", "kind", "value", "stderr", "unit", "status", "n_gen", "n_ref"] + (
-            ["knob", "knob_value"] if (frame["knob"] != "").any() else []
-        )
+        cols = ["label", "kind", "value", "stderr", "unit", "status", "n_gen", "n_ref"]
+        if (frame["point"] != "").any():
+            frame = frame.assign(point=[point_text(parse_point(p)) for p in frame["point"]])
+            cols.append("point")
         return frame[cols].to_string(index=False, float_format=lambda v: f"{v:.5g}", na_rep="")
 
     @classmethod
@@ -438,12 +421,15 @@ def _file_stem(text: str) -> str:
 
 
 def _upgrade_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A row of a report written before rows carried ``label`` and ``direction``: label = name; a metric's direction
-    from
-    the registry.
+    """A row of an older report: label = name, a metric's direction from the registry, ``knob``/``knob_value`` as
+    ``point``.
     """
     row = dict(row)
     row.setdefault("label", row.get("name"))
+    if "point" not in row:  # before multi-knob sweeps: one knob and its value
+        knob, value = row.pop("knob", ""), row.pop("knob_value", None)
+        has_value = value is not None and not (isinstance(value, float) and math.isnan(value))
+        row["point"] = point_json({knob: value}) if knob and has_value else ""
     if "direction" not in row:
         direction = ""
         if row.get("kind") == "metric":
@@ -466,6 +452,11 @@ def _json_value(value: Any) -> Any:
 def read_csv(path: str | Path) -> pd.DataFrame:
     """A report.csv back as the frame :meth:`Report.to_frame` wrote (same dtypes)."""
     frame = pd.read_csv(Path(path), dtype=str, keep_default_na=False)
+    if "point" not in frame.columns and {"knob", "knob_value"} <= set(frame.columns):  # an older report.csv
+        frame["point"] = [
+            point_json({k: float(v)}) if k and v not in ("", "nan") else ""
+            for k, v in zip(frame["knob"], frame["knob_value"], strict=True)
+        ]
     missing = set(COLUMNS) - set(frame.columns)
     if missing:
         raise InputError(

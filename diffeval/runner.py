@@ -36,6 +36,7 @@ from diffeval.metrics.base import BuildContext, Metric, metric_class
 from diffeval.report import Report, check_row, make_row, metric_row, provenance, writable_folder
 from diffeval.sources import open_images, open_source
 from diffeval.subjects import Subject, build_subject, cond_fn
+from diffeval.sweeps import check_points, point_text
 
 __all__ = [
     "run_config",
@@ -341,14 +342,13 @@ class _Run:
         cfg = self.cfg
         shape = _image_shape(cfg, subject)
         conditions = cond_fn(cfg)
-        sweep_values = cfg.sweep.values if cfg.sweep else [None]
+        points = list(cfg.sweep.points) if cfg.sweep else [None]
         every_s = _checkpoint_every_s()
-        for index, value in enumerate(sweep_values):
-            if index < self.sweep_done:
+        for index, point in enumerate(points):
+            if index < self.sweep_done:  # a resumed grid keeps the points already done
                 continue
-            knob = {} if value is None else {cfg.sweep.knob: value}
-            self.stage = "sampling" + (f" at {cfg.sweep.knob} = {value}" if value is not None else "")
-            run_sampler = subject.sampler if value is None else subject.make(knob)
+            self.stage = "sampling" + (f" at {point_text(point)} ({index + 1}/{len(points)})" if point else "")
+            run_sampler = subject.sampler if point is None else subject.make(point)
             for metric in metrics:
                 metric.reset()
             resume, self.loop = self.loop, None
@@ -371,7 +371,7 @@ class _Run:
             )
             if result is None:  # not rank 0: rank 0 merges and reports
                 continue
-            extra = {"knob": cfg.sweep.knob, "knob_value": float(value)} if value is not None else {}
+            extra = {"point": point} if point else {}
             label = result.sampler.label() if result.sampler else subject.info.label()
             self.rows += _sample_rows(result, metrics, label, extra)
             if self.samples is None:
@@ -416,6 +416,9 @@ class _Run:
         w = self.world
         try:
             subject = build_subject(self.cfg)
+            if self.cfg.sweep is not None and self.cfg.sampler is not None:
+                replace = getattr(subject.sampler, "replace", None)
+                check_points(self.cfg.sweep, subject.info.knobs, (lambda p: replace(**p)) if replace else None)
             self.stage = "reference statistics"
             metrics, extractors = build_metrics(self.cfg, subject.info, self.progress and w.rank == 0)
             sample_metrics = [m for m in metrics if m.inputs == "samples"]

@@ -12,6 +12,7 @@ from diffeval.config import load_config, parse_config
 from diffeval.errors import ConfigError
 from diffeval.report import Report, load_frames, make_row, read_csv
 from diffeval.runner import RunFailed, run_config
+from diffeval.sweeps import sweep_table
 
 
 def _write(tmp_path, name, text):
@@ -143,7 +144,7 @@ def test_sweep_rows_and_plot(tmp_path):
     cfg = load_config(_write(tmp_path, "w.toml", SMALL + '\n[sweep]\nknob = "steps"\nvalues = [2, 8]\n'))
     out = run_config(cfg, tmp_path / "w")
     frame = out.report.to_frame()
-    fids = frame[frame["name"] == "fid"].set_index("knob_value")["value"]
+    fids = sweep_table(frame).query("name == 'fid'").set_index("steps")["value"]
     assert list(fids.index) == [2.0, 8.0] and fids[8.0] < fids[2.0]
     assert out.paths["sweep_fid_demo-digits_features_png"].stat().st_size > 5000
 

@@ -4,7 +4,8 @@
   (over the exact denoiser of a Gaussian fit of the digits: a continuous-time model);
 - data set ``digits`` (``digits``, ``digits:train``, ``digits:test``);
 - feature extractor ``demo-digits`` (the bundled classifier's 64-d features and logits);
-- named configs ``demo`` (``demo.toml``: ``diffeval run demo``) and ``demo-gaussian`` (``gaussian.toml``);
+- named configs ``demo`` (``demo.toml``: ``diffeval run demo``), ``demo-gaussian`` (``gaussian.toml``) and
+  ``s2n`` (``s2n.toml``: the S2N (gamma, delta) experiment);
 - command ``diffeval demo``.
 
 It is loaded through the ``diffeval.plugins`` entry point (``pyproject.toml``); no module
@@ -74,4 +75,5 @@ DATASETS.register("digits", _digits)
 EXTRACTORS.register("demo-digits", _extractor)
 CONFIGS.register("demo", _config_path())
 CONFIGS.register("demo-gaussian", _config_path("gaussian.toml"))
+CONFIGS.register("s2n", _config_path("s2n.toml"))
 COMMANDS.register("demo", Command("run the whole job on the bundled digits model (offline)", _add_arguments, _command))

@@ -1,13 +1,32 @@
-"""The generalized DDPM/DDIM sampler over any eps-, x0- or v-prediction model.
+"""The generalized DDPM/DDIM sampler over any eps-, x0- or v-prediction model, with the S2N family.
 
-One step from noise level t to s < t (Song et al. 2021, eq. 12, in SNR terms)::
+One step from noise level t to s < t, in log-SNR terms (``lambda = log(alpha^2 / sigma^2)``,
+``h = lambda_s - lambda_t > 0``; x0_hat and eps_hat from the model at t)::
 
-    x0_hat = (z_t - sigma_t eps_hat) / alpha_t
-    c**2   = eta**2 sigma_s**2 (1 - SNR_t / SNR_s)
-    z_s    = alpha_s x0_hat + sqrt(sigma_s**2 - c**2) eps_hat + c xi,   xi ~ N(0, I)
+    beta**2 = sigma_s**2 (1 - exp(-gamma h))            # S2N family (gamma, delta)
+            = eta**2 sigma_s**2 (1 - exp(-h))           # or DDIM's eta (Song et al. 2021, eq. 12)
+    z_s     = alpha_s x0_hat + sqrt(sigma_s**2 - beta**2) eps_hat + delta beta xi,   xi ~ N(0, I)
 
-``eta = 0`` is DDIM, ``eta = 1`` is DDPM ancestral sampling with the fixed-small
-variance. ``churn`` adds EDM's stochasticity (Karras et al. 2022, Alg. 2): before a
+One step function serves both parameterizations. ``eta = 0`` is DDIM, ``eta = 1`` is DDPM
+ancestral sampling with the fixed-small variance. **diffeval's S2N family** (``gamma``,
+``delta``) is the exact one-step solution of the backward SDE of "Connective Viewpoints of
+Signal-to-Noise Diffusion Models" (arXiv 2408.04221) in signal-to-noise form,
+``dz = [f z - (1 + eta_sde^2) g^2 score / 2] dt + eta_sde g dw``, with the model output held
+fixed over the step and ``gamma = eta_sde^2`` (derived here; the paper's own step equation
+was not consulted, so the name is diffeval's): ``gamma`` rescales the log-SNR rate of the
+injected noise where ``eta`` rescales its amplitude. Special cases:
+
+- ``gamma = 0`` (delta has no effect): DDIM, the probability-flow ODE's exact exponential
+  step (Euler in EDM variables, k-diffusion ``sample_euler``);
+- ``gamma = 1, delta = 1``: the DDPM posterior q(z_s | z_t, x0_hat) exactly (= ``eta = 1``;
+  k-diffusion ``sample_euler_ancestral`` in EDM variables);
+- ``gamma = inf, delta = 1``: re-noising from x0_hat, ``z_s = alpha_s x0_hat + sigma_s xi``;
+- ``delta = 0, gamma > 0``: deterministic samplers other than DDIM (the paper's
+  deterministic-mode sweep);
+- ``delta != 1``: leaves the forward marginals on purpose (too little or too much fresh
+  noise, like EDM's ``s_noise``): z_s's variance is no longer alpha_s^2 Var(x0) + sigma_s^2.
+
+``churn`` adds EDM's stochasticity (Karras et al. 2022, Alg. 2): before a
 step the noise level is raised from ``sigma_t`` to ``sigma_hat = sigma_t (1 + gamma)``
 (VE sigma, ``gamma = min(churn / steps, sqrt(2) - 1)``) by injecting fresh noise, and
 the step starts from ``sigma_hat``. The last step lands on clean data (alpha = 1).
@@ -50,6 +69,41 @@ def _alpha_sigma(log_snr: float) -> tuple[float, float]:
     return math.sqrt(alpha_sq), math.sqrt(sigma_sq)
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_s2n(eta: Any, gamma: Any, delta: Any) -> None:
+    """gamma >= 0 (inf allowed) or None, delta >= 0 and finite, and not both eta > 0 and gamma."""
+    if gamma is not None and not (_number(gamma) and float(gamma) >= 0 and not math.isnan(gamma)):
+        raise SamplerError(
+            explain(
+                "gamma out of range",
+                expected="a number >= 0 (0 = DDIM, 1 = DDPM with delta = 1, inf = re-noising), or None to use eta",
+                got=repr(gamma),
+                fix="choose gamma >= 0",
+            )
+        )
+    if not (_number(delta) and float(delta) >= 0 and math.isfinite(delta)):
+        raise SamplerError(
+            explain(
+                "delta out of range",
+                expected="a finite number >= 0 (1 keeps the forward marginals, 0 = deterministic)",
+                got=repr(delta),
+                fix="choose delta >= 0",
+            )
+        )
+    if gamma is not None and _number(eta) and float(eta) > 0:
+        raise SamplerError(
+            explain(
+                "eta and gamma both set",
+                expected="one parameterization of the step's noise: eta (DDIM) or gamma (S2N)",
+                got=f"eta = {eta}, gamma = {gamma}",
+                fix="set eta = 0 to use gamma (gamma = 1, delta = 1 is eta = 1), or drop gamma",
+            )
+        )
+
+
 class GeneralizedSampler:
     """DDIM (eta = 0) … DDPM ancestral (eta = 1), with EDM churn, over any denoiser.
 
@@ -61,6 +115,10 @@ class GeneralizedSampler:
         prediction: what the model predicts: ``eps``, ``x0`` or ``v``.
         steps: number of sampling steps (1..T).
         eta: DDIM stochasticity in [0, 1].
+        gamma: S2N log-SNR rate of the injected noise, >= 0 (``inf`` allowed: re-noising);
+            None (default) uses ``eta``. Set one of ``eta > 0`` and ``gamma``, not both.
+        delta: scale of the injected noise, >= 0 (1 keeps the forward marginals); applies
+            to ``eta``'s noise too.
         churn: EDM ``S_churn`` >= 0 (0 disables it).
         spacing: ``trailing`` (starts at T), ``leading`` (diffusers' default) or ``linspace``.
         clip_x0: clamp ``x0_hat`` to [-1, 1] at every step (and re-derive ``eps_hat``).
@@ -79,6 +137,8 @@ class GeneralizedSampler:
         prediction: str = "eps",
         steps: int = 50,
         eta: float = 0.0,
+        gamma: float | None = None,
+        delta: float = 1.0,
         churn: float = 0.0,
         spacing: str = "trailing",
         clip_x0: bool = True,
@@ -87,6 +147,7 @@ class GeneralizedSampler:
         image_shape: Sequence[int] | None = None,
     ) -> None:
         check_prediction(prediction)
+        _check_s2n(eta, gamma, delta)
         self.denoiser = Denoiser(model, schedule, prediction)
         if not (isinstance(eta, (int, float)) and not isinstance(eta, bool) and 0.0 <= float(eta) <= 1.0):
             raise SamplerError(
@@ -136,6 +197,8 @@ class GeneralizedSampler:
         self.prediction = prediction
         self.steps = steps
         self.eta = float(eta)
+        self.gamma = None if gamma is None else float(gamma)
+        self.delta = float(delta)
         self.churn = float(churn)
         self.spacing = spacing
         self.clip_x0 = bool(clip_x0)
@@ -151,6 +214,8 @@ class GeneralizedSampler:
             "prediction": self.prediction,
             "steps": self.steps,
             "eta": self.eta,
+            "gamma": self.gamma,
+            "delta": self.delta,
             "churn": self.churn,
             "spacing": self.spacing,
             "clip_x0": self.clip_x0,
@@ -177,6 +242,8 @@ class GeneralizedSampler:
             "prediction": self.prediction,
             "steps": self.steps,
             "eta": self.eta,
+            "gamma": self.gamma,
+            "delta": self.delta,
             "churn": self.churn,
             "spacing": self.spacing,
             "clip_x0": self.clip_x0,
@@ -197,6 +264,36 @@ class GeneralizedSampler:
         model = changes.pop("model", self.model)
         schedule = changes.pop("schedule", self.schedule)
         return GeneralizedSampler(model, schedule, **{**args, **changes})
+
+    # -- one step from lambda_t to lambda_s, given the model's x0_hat and eps_hat -----
+    def noise_variance(self, lam_t: float, lam_s: float) -> float:
+        """``beta^2``: the fresh-noise variance of a step from log-SNR ``lam_t`` to ``lam_s`` (before ``delta``)."""
+        alpha_s, sigma_s = _alpha_sigma(lam_s)
+        h = lam_s - lam_t
+        if self.gamma is None:  # DDIM's eta: eta^2 sigma_s^2 (1 - SNR_t / SNR_s)
+            beta_sq = self.eta**2 * sigma_s**2 * -math.expm1(-h)
+        elif math.isinf(self.gamma):  # gamma -> inf: all of sigma_s is fresh noise (re-noising from x0_hat)
+            beta_sq = sigma_s**2
+        else:  # S2N: sigma_s^2 (1 - exp(-gamma h))
+            beta_sq = sigma_s**2 * -math.expm1(-self.gamma * h)
+        return min(max(beta_sq, 0.0), sigma_s**2)
+
+    def step(
+        self,
+        z: torch.Tensor,
+        x0_hat: torch.Tensor,
+        eps_hat: torch.Tensor,
+        lam_t: float,
+        lam_s: float,
+        randn_like: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """``z_s = alpha_s x0_hat + sqrt(sigma_s^2 - beta^2) eps_hat + delta beta xi`` (eta and S2N alike)."""
+        alpha_s, sigma_s = _alpha_sigma(lam_s)
+        beta_sq = self.noise_variance(lam_t, lam_s)
+        z = alpha_s * x0_hat + math.sqrt(sigma_s**2 - beta_sq) * eps_hat
+        if beta_sq > 0 and self.delta > 0:
+            z = z + self.delta * math.sqrt(beta_sq) * randn_like(z)
+        return z
 
     # -- one network evaluation, with guidance -------------------------------------
     def _predict(self, z: torch.Tensor, model_time: float, cond: Any, step: int, timer: StepTimer) -> torch.Tensor:
@@ -267,14 +364,7 @@ class GeneralizedSampler:
                         z = x0_hat  # last step lands on clean data: alpha_s = 1, sigma_s = 0
                         continue
                     lam_s = float(lam[indices[i + 1]])
-                    alpha_s, sigma_s = _alpha_sigma(lam_s)
-                    # c^2 = eta^2 sigma_s^2 (1 - SNR_t / SNR_s)
-                    c_sq = self.eta**2 * sigma_s**2 * (1.0 - math.exp(lam_t - lam_s))
-                    c_sq = min(max(c_sq, 0.0), sigma_s**2)
-                    # z_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c xi
-                    z = alpha_s * x0_hat + math.sqrt(sigma_s**2 - c_sq) * eps_hat
-                    if c_sq > 0:
-                        z = z + math.sqrt(c_sq) * randn_like(z)
+                    z = self.step(z, x0_hat, eps_hat, lam_t, lam_s, randn_like)
         stats = timer.stop()
         stats.x0_outside = float(outside) / counted if counted else float("nan")
         self.last_run = stats
