@@ -160,6 +160,70 @@ def _kid(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _cmmd_args(p: argparse.ArgumentParser, pos: Any, nonneg: Any) -> None:
+    from diffeval.metrics.cmmd import ESTIMATORS
+
+    p.add_argument("gen", help="generated images: folder, .npz batch (arr_0) or a data set")
+    p.add_argument("ref", help="reference images: folder, .npz batch or a data set")
+    p.add_argument("--model", default="ViT-L-14-336", help="open_clip model (CMMD needs a 336 px input)")
+    p.add_argument("--pretrained", default="openai", help="open_clip weights tag")
+    p.add_argument("--weights", default=None, help="explicit CLIP checkpoint file (takes the place of --pretrained)")
+    p.add_argument("--estimator", default="min-variance", choices=ESTIMATORS, help="MMD estimator")
+    p.add_argument("--blocks", type=nonneg, default=10, help="seed blocks of the jackknife standard error (0: none)")
+    _common(p)
+
+
+def _cmmd(args: argparse.Namespace) -> int:
+    from diffeval.image_metrics import cmmd_between
+
+    result = cmmd_between(
+        args.gen,
+        args.ref,
+        model=args.model,
+        pretrained=args.pretrained,
+        weights=args.weights,
+        estimator=args.estimator,
+        blocks=args.blocks,
+        device=args.device,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    _print_result(result, args.json)
+    return ExitCode.OK
+
+
+def _prdc_args(p: argparse.ArgumentParser, pos: Any, nonneg: Any) -> None:
+    p.add_argument("gen", help="generated images: folder, .npz batch (arr_0) or a data set")
+    p.add_argument("ref", help="reference: images (folder, .npz batch, data set) or an .npz saved by --save-reference")
+    _features(p)
+    p.add_argument("--k-pr", type=pos, default=3, help="nearest neighbours for precision and recall")
+    p.add_argument("--k-dc", type=pos, default=5, help="nearest neighbours for density and coverage")
+    p.add_argument("--blocks", type=nonneg, default=10, help="seed blocks of the jackknife standard errors (0: none)")
+    p.add_argument(
+        "--save-reference", default=None, help="save the reference features and their k-NN radii to this .npz"
+    )
+
+
+def _prdc(args: argparse.Namespace) -> int:
+    from diffeval.image_metrics import prdc_between
+
+    result = prdc_between(
+        args.gen,
+        args.ref,
+        features=args.features,
+        weights=args.weights,
+        k_pr=args.k_pr,
+        k_dc=args.k_dc,
+        blocks=args.blocks,
+        save_reference=args.save_reference,
+        device=args.device,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    _print_result(result, args.json)
+    return ExitCode.OK
+
+
 def _ref_args(p: argparse.ArgumentParser, pos: Any, nonneg: Any) -> None:
     p.add_argument("images", help="image folder, .npz batch or a data set")
     p.add_argument("--out", type=Path, required=True, help="output .npz (mu, sigma, n + metadata)")
@@ -531,6 +595,12 @@ COMMANDS.register(
 )
 COMMANDS.register("fid", Command("FID between two image sets or statistics files, at matched counts", _fid_args, _fid))
 COMMANDS.register("kid", Command("KID between two image sets, with its jackknife standard error", _kid_args, _kid))
+COMMANDS.register(
+    "cmmd", Command("CMMD (CLIP ViT-L/14@336, RBF MMD^2 x 1000) between two image sets", _cmmd_args, _cmmd)
+)
+COMMANDS.register(
+    "prdc", Command("precision, recall (k=3), density, coverage (k=5) of an image set", _prdc_args, _prdc)
+)
 COMMANDS.register("ref", Command("reference statistics (mu, sigma, n) of an image set", _ref_args, _ref))
 COMMANDS.register("is", Command("Inception Score of an image set (torch-fidelity convention)", _is_args, _is))
 COMMANDS.register("clip-score", Command("CLIP score of images against prompts (both conventions)", _clip_args, _clip))

@@ -156,16 +156,19 @@ def check_labels(metrics: Sequence[Any]) -> None:
     """Every metric's label must be unique within a run (it keys results and rows)."""
     seen: dict[str, Any] = {}
     for metric in metrics:
-        if metric.label in seen:
-            raise ConfigError(
-                explain(
-                    f"two metrics share the label {metric.label!r}",
-                    expected="one label per metric in a run",
-                    got=f"{type(seen[metric.label]).__name__} and {type(metric).__name__}",
-                    fix="give one of them label = '...' in its [[metrics]] table",
+        parts = getattr(metric, "parts", ())
+        labels = [metric.label] + ([metric.part_label(p) for p, _ in parts] if parts else [])
+        for label in labels:
+            if label in seen:
+                raise ConfigError(
+                    explain(
+                        f"two metrics share the label {label!r}",
+                        expected="one label per metric (and per row of a multi-row metric) in a run",
+                        got=f"{type(seen[label]).__name__} and {type(metric).__name__}",
+                        fix="give one of them label = '...' in its [[metrics]] table",
+                    )
                 )
-            )
-        seen[metric.label] = metric
+            seen[label] = metric
 
 
 def extractor_table(

@@ -1,8 +1,9 @@
 """Feature extractors: ``extractor(uint8 NCHW) -> {layer: (N, D) float}``.
 
 Features are computed once per batch and fanned out to every metric. Extractors are
-looked up by name in :data:`EXTRACTORS` (unknown names get a "did you mean"); plugins
-register their own (the bundled demo registers ``demo-digits``).
+looked up by name in :data:`EXTRACTORS` (unknown names get a "did you mean"): ``inception-v3``
+(and ``-fast``), ``clip`` (any open_clip model; ViT-L-14-336 for CMMD) and ``dinov2-vit-l14``
+(:mod:`diffeval.dinov2`); plugins register their own (the bundled demo registers ``demo-digits``).
 
 An extractor declares ``name``, ``layers`` (layer → D), ``default_layers`` (metric name
 → the layer it reads by default), ``channels``, and ``key``: its identity within a run
@@ -20,7 +21,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from diffeval.errors import InputError, WeightsError, explain
+from diffeval.errors import WeightsError, explain
+from diffeval.images import match_channels
 from diffeval.quantize import GRID, to_uint8
 from diffeval.registry import Registry
 from diffeval.weights import (
@@ -93,23 +95,6 @@ def weights_tag(path: Any, verified: bool) -> str:
     return "" if verified or path is None else f"[sha256:{sha256_file(path)[:12]}]"
 
 
-def match_channels(images: torch.Tensor, channels: int, who: str) -> torch.Tensor:
-    """Repeat grayscale to ``channels``; any other mismatch is an :class:`InputError`."""
-    c = images.shape[1]
-    if c == channels:
-        return images
-    if c == 1:
-        return images.expand(-1, channels, -1, -1)
-    raise InputError(
-        explain(
-            f"{who} got images with {c} channels",
-            expected=f"{channels} channel(s) (grayscale is repeated)",
-            got=f"{c} channels",
-            fix="drop the alpha channel / convert to RGB or grayscale first",
-        )
-    )
-
-
 # -- Inception-v3 (torch-fidelity's network) -------------------------------------------
 INCEPTION_WEIGHTS = PublishedWeights(
     filename="weights-inception-2015-12-05-6726825d.pth",
@@ -128,7 +113,7 @@ class InceptionV3Extractor:
     """
 
     layers = {"2048": 2048, "logits_unbiased": 1008}
-    default_layers = {"fid": "2048", "kid": "2048", "inception_score": "logits_unbiased"}
+    default_layers = {"fid": "2048", "kid": "2048", "prdc": "2048", "inception_score": "logits_unbiased"}
     channels = 3
     resize = "tf1-bilinear-299"
 
@@ -292,6 +277,7 @@ class ClipExtractor:
         "fid": "image",
         "kid": "image",
         "cmmd": "image",
+        "prdc": "image",
         "inception_score": "image",
     }
     channels = 3
@@ -381,3 +367,12 @@ def _clip(
 ) -> FeatureExtractor:
     """``weights`` (a checkpoint path, as for every extractor) takes the place of ``pretrained``."""
     return ClipExtractor(model=model, pretrained=weights if weights is not None else pretrained, device=device)
+
+
+# -- DINOv2 ViT-L/14 (timm architecture; diffeval/dinov2.py) --------------------------------
+@EXTRACTORS.register("dinov2-vit-l14")
+def _dinov2(device: str = "cpu", weights: str | None = None) -> FeatureExtractor:
+    """DINOv2 ViT-L/14 CLS features (1024-d) for FD-DINOv2, PRDC, KID."""
+    from diffeval.dinov2 import Dinov2Extractor
+
+    return Dinov2Extractor(weights=weights, device=device)

@@ -225,6 +225,107 @@ def kid_between(
     }
 
 
+def cmmd_between(
+    gen: str,
+    ref: str,
+    *,
+    model: str = "ViT-L-14-336",
+    pretrained: str | None = "openai",
+    weights: str | None = None,
+    estimator: str = "min-variance",
+    blocks: int = 10,
+    device: str = "cpu",
+    batch_size: int = 64,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """CMMD between two image sets on CLIP ViT-L/14@336 embeddings, with its jackknife standard error."""
+    from diffeval.features import ClipExtractor
+    from diffeval.metrics.cmmd import CMMD, check_clip_input
+
+    gen_source = open_images(gen, who="CMMD (the generated set)")
+    ref_source = open_images(ref, who="CMMD (the reference: CMMD needs images, not statistics)")
+    extractor = ClipExtractor(
+        model=model, pretrained=weights if weights is not None else pretrained, device=str(resolve_device(device))
+    )
+    check_clip_input(extractor)
+    reference = build_reference(
+        ref_source, extractor, feature_layers=["image"], batch_size=batch_size, progress=progress
+    )
+    metric = CMMD(
+        reference.features["image"],
+        extractor.key,
+        "image",
+        estimator=estimator,
+        blocks=blocks,
+        reference_spec=str(ref),
+        model=model,
+        pretrained=pretrained,
+        weights=weights,
+    )
+    metric.check_count(len(gen_source))
+    result = measure(gen_source, extractors=[extractor], metrics=[metric], batch_size=batch_size, progress=progress)[
+        metric.label
+    ]
+    return {
+        "cmmd": result.value,
+        "cmmd_stderr": result.stderr,
+        "estimator": estimator,
+        "n_gen": result.n_gen,
+        "n_ref": result.n_ref,
+        "features": metric.space,
+        "stderr_is": result["stderr_is"],
+    }
+
+
+def prdc_between(
+    gen: str,
+    ref: str,
+    *,
+    features: str = "inception-v3",
+    weights: str | None = None,
+    k_pr: int = 3,
+    k_dc: int = 5,
+    blocks: int = 10,
+    save_reference: str | Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 64,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Precision, recall, density and coverage of an image set against a reference (images or saved features)."""
+    from diffeval.metrics.base import BuildContext
+    from diffeval.metrics.prdc import PRDC, reference_features
+
+    out_path = writable_file(save_reference, "--save-reference") if save_reference is not None else None
+    gen_source = open_images(gen, who="PRDC (the generated set)")
+    extractor = _extractor(features, weights, device)
+    layer = choose_layer(extractor, None, "prdc")
+    ctx = BuildContext(
+        n=len(gen_source),
+        seed=0,
+        batch_size=batch_size,
+        extractor=lambda *a, **k: extractor,
+        open_source=open_source,
+        base_dir=Path("."),
+        progress=progress,
+    )
+    reference = reference_features(ref, extractor, layer, ctx)
+    metric = PRDC(
+        reference, extractor_key(extractor), layer, k_pr=k_pr, k_dc=k_dc, blocks=blocks, reference_spec=str(ref)
+    )
+    metric.check_count(len(gen_source))
+    result = measure(gen_source, extractors=[extractor], metrics=[metric], batch_size=batch_size, progress=progress)[
+        metric.label
+    ]
+    out: dict[str, Any] = {}
+    for part, sub in result.parts.items():
+        out[part] = sub.value
+        out[f"{part}_stderr"] = sub.stderr
+    out.update(k_pr=k_pr, k_dc=k_dc, n_gen=result.n_gen, n_ref=result.n_ref, features=metric.space)
+    if out_path is not None:
+        out["saved_reference"] = str(metric.reference.save(out_path))
+    return out
+
+
 def compute_reference(
     images: str,
     out: str | Path,

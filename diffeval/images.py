@@ -1,4 +1,4 @@
-"""Sample grids: uint8 NCHW images tiled into one PNG."""
+"""Image helpers: sample grids (uint8 NCHW images tiled into one PNG) and channel matching for extractors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from diffeval.errors import InputError, explain
 
-__all__ = ["make_grid", "save_grid"]
+__all__ = ["make_grid", "save_grid", "match_channels"]
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, scale: int = 1, pad: int = 1) -> torch.Tensor:
@@ -43,3 +43,20 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, s
     mode = "L" if grid.shape[2] == 1 else "RGB"
     Image.fromarray(grid[:, :, 0] if mode == "L" else grid, mode=mode).save(Path(path))
     return Path(path)
+
+
+def match_channels(images: torch.Tensor, channels: int, who: str) -> torch.Tensor:
+    """Repeat grayscale to ``channels``; any other mismatch is an :class:`InputError`."""
+    c = images.shape[1]
+    if c == channels:
+        return images
+    if c == 1:
+        return images.expand(-1, channels, -1, -1)
+    raise InputError(
+        explain(
+            f"{who} got images with {c} channels",
+            expected=f"{channels} channel(s) (grayscale is repeated)",
+            got=f"{c} channels",
+            fix="drop the alpha channel / convert to RGB or grayscale first",
+        )
+    )

@@ -42,6 +42,7 @@ __all__ = [
     "provenance",
     "make_row",
     "metric_row",
+    "metric_rows",
     "check_row",
     "load_frames",
     "read_csv",
@@ -197,6 +198,37 @@ def metric_row(
         label=metric.label,
         direction=metric.direction,
     )
+
+
+def metric_rows(metric: Any, result: Any, **extra: Any) -> list[dict[str, Any]]:
+    """The report rows of a metric's result: one, or one per declared part (``Metric.parts``)."""
+    if not getattr(metric, "parts", ()):
+        return [metric_row(metric, result, **extra)]
+    rows = []
+    for part, direction in metric.parts:
+        sub = result.parts[part]
+        details = {**dict(sub.details), "computed_with": metric.label}
+        if sub.convention:
+            details["convention"] = sub.convention
+        rows.append(
+            make_row(
+                part,
+                "metric",
+                sub.value,
+                stderr=sub.stderr,
+                unit=metric.unit,
+                status=sub.status,
+                n_gen=sub.n_gen,
+                n_ref=sub.n_ref,
+                extractor=metric.space,
+                sampler=extra.get("sampler", ""),
+                point=extra.get("point"),
+                details=details,
+                label=metric.part_label(part),
+                direction=direction,
+            )
+        )
+    return rows
 
 
 def check_row(result: Any, *, point: Mapping[str, float] | None = None, **extra: Any) -> dict[str, Any]:

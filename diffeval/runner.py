@@ -33,7 +33,7 @@ from diffeval.errors import ConfigError, DiffevalError, explain
 from diffeval.evaluate import EvaluationResult, LoopState, check_labels, measure, resolve_device
 from diffeval.features import get_extractor
 from diffeval.metrics.base import BuildContext, Metric, metric_class
-from diffeval.report import Report, check_row, make_row, metric_row, provenance, writable_folder
+from diffeval.report import Report, check_row, make_row, metric_rows, provenance, writable_folder
 from diffeval.sources import open_images, open_source
 from diffeval.subjects import Subject, build_subject, cond_fn
 from diffeval.sweeps import check_points, point_text
@@ -140,7 +140,7 @@ def _sample_rows(
     result: EvaluationResult, metrics: list[Metric], sampler_label: str, extra: dict[str, Any]
 ) -> list[dict[str, Any]]:
     rows = [check_row(result.range_check, **extra)]
-    rows += [metric_row(m, result.metrics[m.label], sampler=sampler_label, **extra) for m in metrics]
+    rows += [row for m in metrics for row in metric_rows(m, result.metrics[m.label], sampler=sampler_label, **extra)]
     return rows + latency_rows(result.latency, sampler_label, extra)
 
 
@@ -153,7 +153,7 @@ def data_metric_rows(
         out = measure(
             metric.source, metrics=[metric], batch_size=cfg.batch_size, indices=metric.indices, progress=progress
         )[metric.label]
-        rows.append(metric_row(metric, out, sampler=sampler_label))
+        rows += metric_rows(metric, out, sampler=sampler_label)
     return rows
 
 

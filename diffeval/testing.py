@@ -237,6 +237,11 @@ def assert_conforms(sampler: Any, **kwargs: Any) -> None:
 
 # -- metrics ------------------------------------------------------------------------------------------
 def _close(a: MetricResult, b: MetricResult, rtol: float) -> tuple[bool, float]:
+    if a.parts or b.parts:  # a multi-row metric: every row must agree
+        if set(a.parts) != set(b.parts):
+            return False, math.inf
+        checks = [_close(a.parts[k], b.parts[k], rtol) for k in a.parts]
+        return all(ok for ok, _ in checks), max(d for _, d in checks)
     diff = abs(a.value - b.value) / max(abs(b.value), 1e-300) if a.value != b.value else 0.0
     same_se = (a.stderr is None and b.stderr is None) or (
         a.stderr is not None

@@ -105,11 +105,17 @@ WEIGHTS_DIR_ENV = "DIFFEVAL_WEIGHTS_DIR"
 
 @dataclass(frozen=True)
 class PublishedWeights:
-    """A published weight file: its file name, download URL and SHA-256 prefix (torch.hub style)."""
+    """A published weight file: its file name, download URL, SHA-256 prefix (torch.hub style) and size.
+
+    ``sha256_prefix=None`` marks a file whose hash diffeval has not pinned yet: a local copy is
+    accepted when its size matches ``size`` (its full SHA-256 still goes into every row's
+    feature-space identity), and it is never downloaded — a download nobody can verify is refused.
+    """
 
     filename: str
     url: str
-    sha256_prefix: str
+    sha256_prefix: str | None
+    size: int | None = None
 
 
 def offline() -> bool:
@@ -127,6 +133,18 @@ def candidate_paths(spec: PublishedWeights) -> list[Path]:
 
 
 def _check_prefix(path: Path, spec: PublishedWeights) -> None:
+    if spec.sha256_prefix is None:
+        size = path.stat().st_size
+        if spec.size is not None and size != spec.size:
+            raise WeightsError(
+                explain(
+                    f"weight file {path} has the wrong size (truncated, or another file)",
+                    expected=f"{spec.size:,} bytes ({spec.url})",
+                    got=f"{size:,} bytes",
+                    fix=f"delete it and download {spec.url} again",
+                )
+            )
+        return
     digest = sha256_file(path)
     if not digest.startswith(spec.sha256_prefix):
         raise WeightsError(
@@ -140,7 +158,7 @@ def _check_prefix(path: Path, spec: PublishedWeights) -> None:
 
 
 def resolve(spec: PublishedWeights, path: str | Path | None = None) -> tuple[Path, bool]:
-    """Find a weight file; returns ``(path, verified)``.
+    """Find a weight file; returns ``(path, verified)`` (verified: its hash, or for an unpinned file its size, matched).
 
     Order: explicit ``path`` (a user file: not hash-checked, still loaded weights-only) →
     ``$DIFFEVAL_WEIGHTS_DIR/<filename>`` → torch hub cache → download from ``spec.url``
@@ -172,6 +190,21 @@ def resolve(spec: PublishedWeights, path: str | Path | None = None) -> tuple[Pat
                 expected=f"the file in one of: {searched}",
                 got="no such file",
                 fix=f"download {spec.url} into ${WEIGHTS_DIR_ENV} (or pass an explicit path), or unset {OFFLINE_ENV}",
+            )
+        )
+    if spec.sha256_prefix is None:
+        raise WeightsError(
+            explain(
+                f"weights {spec.filename} not found, and diffeval has no pinned SHA-256 to verify a download",
+                expected=f"the file in one of: {searched}",
+                got="no such file",
+                fix=(
+                    f"download {spec.url} ({spec.size:,} bytes) yourself into ${WEIGHTS_DIR_ENV} or the torch hub"
+                    " cache (torch.hub.load('facebookresearch/dinov2', ...) puts it there), or pass an explicit path;"
+                    " its SHA-256 is recorded in every row"
+                    if spec.size
+                    else f"download {spec.url} yourself into ${WEIGHTS_DIR_ENV}, or pass an explicit path"
+                ),
             )
         )
     target = candidates[-1]

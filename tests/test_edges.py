@@ -194,6 +194,8 @@ BAD_INPUT = {
     "gate": ["gate", "--baseline", "missing.json", "--candidate", "missing.json"],
     "fid": ["fid", "missing", "missing"],
     "kid": ["kid", "missing", "missing"],
+    "cmmd": ["cmmd", "missing", "missing"],
+    "prdc": ["prdc", "missing", "missing"],
     "ref": ["ref", "missing", "--out", "{tmp}/r.npz"],
     "is": ["is", "missing"],
     "clip-score": ["clip-score", "missing", "missing.txt"],

@@ -139,7 +139,7 @@ class DigitsFeatureExtractor:
 
     name = "demo-digits"
     layers = {"features": DigitsClassifier.FEATURE_DIM, "logits": 10}
-    default_layers = {"fid": "features", "kid": "features", "inception_score": "logits"}
+    default_layers = {"fid": "features", "kid": "features", "prdc": "features", "inception_score": "logits"}
     channels = 1
 
     def __init__(

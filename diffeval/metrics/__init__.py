@@ -6,9 +6,11 @@ Importing this package registers the built-in metrics in :data:`METRICS`.
 from diffeval.metrics.base import METRICS, Batch, BuildContext, Metric, MetricExample, MetricResult, register_metric
 from diffeval.metrics.bpd import BitsPerDim
 from diffeval.metrics.clip_score import CLIPScore, clip_score_hessel, clip_score_torchmetrics
+from diffeval.metrics.cmmd import CMMD
 from diffeval.metrics.fid import FID, FrechetResult, frechet_distance, trace_sqrt_product
 from diffeval.metrics.inception_score import InceptionScore, inception_score
 from diffeval.metrics.kid import KID, kernel_inception_distance, mmd2_unbiased
+from diffeval.metrics.prdc import PRDC
 
 __all__ = [
     "METRICS",
@@ -16,6 +18,7 @@ __all__ = [
     "BitsPerDim",
     "BuildContext",
     "CLIPScore",
+    "CMMD",
     "FID",
     "FrechetResult",
     "InceptionScore",
@@ -23,6 +26,7 @@ __all__ = [
     "Metric",
     "MetricExample",
     "MetricResult",
+    "PRDC",
     "clip_score_hessel",
     "clip_score_torchmetrics",
     "frechet_distance",

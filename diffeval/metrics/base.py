@@ -157,6 +157,7 @@ class MetricResult:
     convention: str = ""
     status: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    parts: dict[str, MetricResult] = field(default_factory=dict)  # a multi-row metric's rows (see Metric.parts)
 
     def __getitem__(self, key: str) -> Any:
         """Dict-style access to ``value``, ``stderr``, counts or a detail (``result["matched"]``)."""
@@ -208,11 +209,18 @@ class Metric(ABC):
     layer: str | None = None
     space: str = ""  # the feature space (or data) the value lives in, for rows: "inception-v3:2048"
     custom_label: str | None = None
+    # A metric computed in one pass that reports several rows (precision, recall, density, coverage) declares
+    # them here as (row name, direction); compute() fills MetricResult.parts with one result per row.
+    parts: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     @property
     def label(self) -> str:
         """The metric's key within a run: ``custom_label`` if set, else ``name@space`` (or ``name``)."""
         return self.custom_label or (f"{self.name}@{self.space}" if self.space else self.name)
+
+    def part_label(self, part: str) -> str:
+        """The row label of one of ``parts``: ``part@space`` (or ``custom_label[part]``)."""
+        return f"{self.custom_label}[{part}]" if self.custom_label else (f"{part}@{self.space}" if self.space else part)
 
     @abstractmethod
     def reset(self) -> None: ...

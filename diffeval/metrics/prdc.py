@@ -1,0 +1,436 @@
+"""Precision and recall (Kynkäänniemi et al. 2019, k = 3), density and coverage (Naeem et al. 2020, k = 5).
+
+With ``r_k(z)`` the distance from ``z`` to its k-th nearest neighbour within its own set
+(the point itself not counted), generated samples ``Y`` (M) and reference samples ``X`` (N)::
+
+    precision = mean_j [ exists i: ||y_j - x_i|| <= r_k(x_i) ]                (generated in the real manifold)
+    recall    = mean_i [ exists j: ||x_i - y_j|| <= r_k(y_j) ]                (real in the generated manifold)
+    density   = 1 / (k M) sum_j sum_i [ ||y_j - x_i|| <= r_k(x_i) ]
+    coverage  = mean_i [ min_j ||x_i - y_j|| <= r_k(x_i) ]
+
+Ties count as inside (``<=``), as the definitions say — so a set compared with itself scores
+precision = recall = coverage = 1. Distances are Euclidean, computed as squared distances in
+float64 in row blocks on the features' device (no N x M matrix: at N = M = 50,000 and d =
+1024 the features take 0.8 GB and a block 0.13 GB). The reference radii are computed once
+(:class:`PrdcReference`, saved with the reference features by ``diffeval prdc
+--save-reference``). One pass gives the four rows of the ``prdc`` metric.
+
+Standard errors: delete-a-block jackknife over the generated samples' seed blocks, the
+reference fixed. Precision and density are means over generated samples; coverage keeps,
+per reference sample, the nearest generated sample of each block; recall keeps, per
+generated sample, its k + 1 nearest neighbours in each block, so each leave-one-block-out
+replicate re-derives the generated radii exactly as the full computation would.
+
+Example::
+
+    >>> import torch
+    >>> x = torch.tensor([[0.0], [1.0], [2.0], [3.0]], dtype=torch.float64)
+    >>> out = prdc(x, x, k_pr=1, k_dc=1)
+    >>> [round(out[k], 6) for k in ("precision", "recall", "density", "coverage")]
+    [1.0, 1.0, 2.5, 1.0]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffeval.errors import InputError, explain
+from diffeval.metrics.base import (
+    Batch,
+    BuildContext,
+    Metric,
+    MetricExample,
+    MetricResult,
+    choose_layer,
+    feature_options,
+    register_metric,
+    require_finite,
+)
+from diffeval.options import Option
+from diffeval.uncertainty import SeedBlocks, digest, jackknife_se
+
+__all__ = ["knn_radii", "prdc", "PrdcReference", "PRDC", "PARTS"]
+
+PARTS = ("precision", "recall", "density", "coverage")
+_BLOCK_ELEMENTS = 1 << 24  # rows x columns of one block of squared distances: 16 M float64 (128 MB)
+
+
+def _rows_per_block(columns: int, block_elements: int = _BLOCK_ELEMENTS) -> int:
+    return max(1, block_elements // max(columns, 1))
+
+
+def _sq_dist(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances (rows of a) x (rows of b), float64, clamped at 0 — one block-sized buffer."""
+    d = a @ b.T
+    return d.mul_(-2.0).add_((a * a).sum(1, keepdim=True)).add_(b_sq[None, :]).clamp_min_(0)
+
+
+def _check_k(k: int, n: int, who: str) -> None:
+    if not (isinstance(k, int) and 1 <= k < n):
+        raise InputError(
+            explain(
+                f"{who}: k = {k} nearest neighbours needs more samples",
+                expected=f"1 <= k < N (N = {n} samples in the set)",
+                got=f"k = {k}, N = {n}",
+                fix="evaluate more samples or lower k",
+            )
+        )
+
+
+def knn_radii(x: torch.Tensor, k: int, *, block_elements: int = _BLOCK_ELEMENTS) -> torch.Tensor:
+    """Squared distance of every row to its k-th nearest neighbour in ``x`` (itself not counted), in row blocks."""
+    _check_k(k, x.shape[0], "k-NN radii")
+    x = x.to(torch.float64)
+    sq = (x * x).sum(1)
+    out = []
+    for lo in range(0, x.shape[0], _rows_per_block(x.shape[0], block_elements)):
+        block = x[lo : lo + _rows_per_block(x.shape[0], block_elements)]
+        d2 = _sq_dist(block, x, sq)
+        rows = torch.arange(block.shape[0], device=x.device)
+        d2[rows, rows + lo] = 0.0  # the point itself: exactly 0 (not a rounding residue)
+        out.append(d2.kthvalue(k + 1, dim=1).values)  # k + 1: the point itself is the first
+    return torch.cat(out)
+
+
+@dataclass
+class PrdcReference:
+    """Reference features and their k-NN squared radii per k (computed once, saved with the features)."""
+
+    features: torch.Tensor
+    radii: dict[int, torch.Tensor] = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def radius(self, k: int) -> torch.Tensor:
+        if k not in self.radii:
+            self.radii[k] = knn_radii(self.features, k)
+        return self.radii[k]
+
+    def save(self, path: str | Path) -> Path:
+        arrays = {"features": self.features.cpu().numpy()}
+        arrays.update({f"radii_k{k}": r.cpu().numpy() for k, r in self.radii.items()})
+        arrays.update({f"meta_{k}": np.array(v) for k, v in self.meta.items()})
+        np.savez(Path(path), **arrays)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PrdcReference:
+        with np.load(Path(path), allow_pickle=False) as data:
+            if "features" not in data.files:
+                raise InputError(
+                    explain(
+                        f"{path} holds no reference features",
+                        expected="an .npz written by `diffeval prdc --save-reference` (features, radii_k*)",
+                        got=f"arrays {sorted(data.files)}",
+                        fix="point to the reference images, or save the reference with --save-reference",
+                    )
+                )
+            features = torch.from_numpy(data["features"]).to(torch.float64)
+            radii = {int(k[len("radii_k") :]): torch.from_numpy(data[k]) for k in data.files if k.startswith("radii_k")}
+            meta = {k[len("meta_") :]: str(data[k]) for k in data.files if k.startswith("meta_")}
+        require_finite(features, f"reference features {path}")
+        return cls(features, radii, meta)
+
+
+def prdc(
+    generated: torch.Tensor,
+    reference: torch.Tensor | PrdcReference,
+    *,
+    k_pr: int = 3,
+    k_dc: int = 5,
+    block_ids: torch.Tensor | None = None,
+    blocks: int = 0,
+    block_elements: int = _BLOCK_ELEMENTS,
+) -> dict[str, Any]:
+    """The four values (and, with ``block_ids``, their K leave-one-block-out replicates under ``loo``)."""
+    ref = reference if isinstance(reference, PrdcReference) else PrdcReference(reference.to(torch.float64))
+    y = generated.to(torch.float64).to(ref.features.device)
+    x = ref.features.to(torch.float64)
+    m, n = y.shape[0], x.shape[0]
+    if y.shape[1] != x.shape[1]:
+        raise InputError(
+            explain(
+                "generated and reference features have different dimensions",
+                expected=f"d = {x.shape[1]} (the reference's)",
+                got=f"d = {y.shape[1]}",
+                fix="compute both with the same extractor and layer",
+            )
+        )
+    for k in (k_pr, k_dc):
+        _check_k(k, n, "reference set")
+        _check_k(k, m, "generated set")
+    r_pr, r_dc = ref.radius(k_pr).to(x.device), ref.radius(k_dc).to(x.device)
+    kb = blocks if block_ids is not None and blocks >= 2 else 1
+    ids = block_ids.to(x.device, torch.int64) if kb > 1 else torch.zeros(m, dtype=torch.int64, device=x.device)
+    if kb > 1 and int(m - torch.bincount(ids, minlength=kb).max()) <= max(k_pr, 1):
+        kb, ids = 1, torch.zeros(m, dtype=torch.int64, device=x.device)  # a replicate would lack k + 1 samples
+    x_sq, y_sq = (x * x).sum(1), (y * y).sum(1)
+
+    # pass 1, over generated rows: precision and density per generated sample; per-block k+1 nearest generated
+    inside = torch.zeros(m, dtype=torch.float64, device=x.device)
+    count = torch.zeros(m, dtype=torch.float64, device=x.device)
+    nearest = torch.full((m, kb, k_pr + 1), float("inf"), dtype=torch.float64, device=x.device)
+    rows = _rows_per_block(max(n, m), block_elements)
+    for lo in range(0, m, rows):
+        yb = y[lo : lo + rows]
+        d_xr = _sq_dist(yb, x, x_sq)  # (B, N)
+        inside[lo : lo + rows] = (d_xr <= r_pr[None, :]).any(1).to(torch.float64)
+        count[lo : lo + rows] = (d_xr <= r_dc[None, :]).sum(1).to(torch.float64)
+        del d_xr
+        d_yy = _sq_dist(yb, y, y_sq)  # (B, M)
+        own = torch.arange(yb.shape[0], device=x.device)
+        d_yy[own, own + lo] = 0.0
+        for b in range(kb):
+            cols = d_yy[:, ids == b]
+            take = min(k_pr + 1, cols.shape[1])
+            if take:
+                nearest[lo : lo + rows, b, :take] = cols.topk(take, dim=1, largest=False).values
+
+    def radii_without(b: int | None) -> torch.Tensor:
+        keep = nearest if b is None else torch.cat([nearest[:, :b], nearest[:, b + 1 :]], dim=1)
+        return keep.reshape(m, -1).kthvalue(k_pr + 1, dim=1).values
+
+    r_gen = [radii_without(None)] + ([radii_without(b) for b in range(kb)] if kb > 1 else [])
+
+    # pass 2, over reference rows: recall (per replicate radii) and coverage (nearest generated per block)
+    covered = torch.zeros(len(r_gen), n, dtype=torch.bool, device=x.device)
+    nearest_gen = torch.full((n, kb), float("inf"), dtype=torch.float64, device=x.device)
+    rows = _rows_per_block(m, block_elements)
+    for lo in range(0, n, rows):
+        d = _sq_dist(x[lo : lo + rows], y, y_sq)  # (B, M)
+        for r, radii in enumerate(r_gen):
+            ok = d <= radii[None, :]
+            if r > 0:
+                ok &= (ids != r - 1)[None, :]
+            covered[r, lo : lo + rows] = ok.any(1)
+        for b in range(kb):
+            cols = d[:, ids == b]
+            if cols.shape[1]:
+                nearest_gen[lo : lo + rows, b] = cols.min(1).values
+
+    precision, density = float(inside.mean()), float(count.sum() / (k_dc * m))
+    recall = float(covered[0].to(torch.float64).mean())
+    coverage = float((nearest_gen.min(1).values <= r_dc).to(torch.float64).mean())
+    out: dict[str, Any] = {"precision": precision, "recall": recall, "density": density, "coverage": coverage}
+    if kb > 1:
+        sizes = torch.bincount(ids, minlength=kb).to(torch.float64)
+        in_sum = torch.zeros(kb, dtype=torch.float64, device=x.device).index_add_(0, ids, inside)
+        ct_sum = torch.zeros(kb, dtype=torch.float64, device=x.device).index_add_(0, ids, count)
+        loo: dict[str, list[float]] = {p: [] for p in PARTS}
+        for b in range(kb):
+            rest = float(m - sizes[b])
+            loo["precision"].append(float((inside.sum() - in_sum[b]) / rest))
+            loo["density"].append(float((count.sum() - ct_sum[b]) / (k_dc * rest)))
+            loo["recall"].append(float(covered[b + 1].to(torch.float64).mean()))
+            others = torch.cat([nearest_gen[:, :b], nearest_gen[:, b + 1 :]], dim=1).min(1).values
+            loo["coverage"].append(float((others <= r_dc).to(torch.float64).mean()))
+        out["loo"] = loo
+    return out
+
+
+@register_metric
+class PRDC(Metric):
+    """Precision, recall (k = 3), density and coverage (k = 5) in one pass: four rows, all higher-is-better."""
+
+    name = "prdc"
+    direction = "higher"
+    parts = tuple((p, "higher") for p in PARTS)
+    options = (
+        Option(
+            "reference",
+            str,
+            doc=(
+                "reference images (folder, .npz image batch, 'name:split'), or an .npz of reference features and radii"
+                " from `diffeval prdc --save-reference`"
+            ),
+        ),
+        *feature_options(),
+        Option("k_pr", int, 3, "nearest neighbours for precision and recall", minimum=1),
+        Option("k_dc", int, 5, "nearest neighbours for density and coverage", minimum=1),
+        Option(
+            "blocks", int, 10, "seed blocks (seed mod blocks) for the jackknife standard errors (< 2: none)", minimum=0
+        ),
+    )
+    state_keys = ("chunks", "seed_chunks", "seed_blocks")
+
+    def __init__(
+        self,
+        reference: torch.Tensor | PrdcReference,
+        extractor: str,
+        layer: str,
+        *,
+        k_pr: int = 3,
+        k_dc: int = 5,
+        blocks: int = 10,
+        label: str | None = None,
+        reference_spec: str = "<features in memory>",
+        extractor_name: str | None = None,
+        weights: str | None = None,
+    ) -> None:
+        ref = reference if isinstance(reference, PrdcReference) else PrdcReference(reference.detach().to(torch.float64))
+        if ref.features.ndim != 2:
+            raise InputError(
+                explain(
+                    "PRDC reference features must be 2-D",
+                    expected="(N_ref, d)",
+                    got=f"{tuple(ref.features.shape)}",
+                    fix="pass the reference set's features of one layer",
+                )
+            )
+        require_finite(ref.features, "PRDC reference")
+        for k in (k_pr, k_dc):
+            _check_k(k, ref.features.shape[0], "PRDC reference set")
+        self.reference = ref
+        ref.radius(k_pr), ref.radius(k_dc)  # computed once, before any sampling
+        self.extractor, self.layer = extractor, layer
+        self.space = f"{extractor}:{layer}"
+        self.k_pr, self.k_dc, self.blocks = int(k_pr), int(k_dc), int(blocks)
+        self.custom_label = label
+        self.reference_spec = reference_spec
+        self.extractor_name = extractor_name or extractor
+        self.weights = weights
+        self.reference_digest = digest(ref.features)
+        self.reset()
+
+    def reset(self) -> None:
+        self.chunks: list[torch.Tensor] = []
+        self.seed_chunks: list[torch.Tensor] = []
+        self.seed_blocks = SeedBlocks(max(self.blocks, 1))
+
+    def update(self, batch: Batch) -> None:
+        features = batch.layer(self.extractor, self.layer, "PRDC")
+        if features.shape[1] != self.reference.features.shape[1]:
+            raise InputError(
+                explain(
+                    "PRDC feature dimension differs from the reference",
+                    expected=f"d = {self.reference.features.shape[1]} ({self.reference.meta.get('extractor', 'ref')})",
+                    got=f"d = {features.shape[1]}",
+                    fix="use the same extractor layer for both sets",
+                )
+            )
+        require_finite(features, "PRDC")
+        self.seed_blocks.assign(batch.seeds, features.shape[0])
+        self.chunks.append(features.detach().to(torch.float64))
+        if len(batch.seeds) == features.shape[0]:
+            self.seed_chunks.append(torch.as_tensor(list(batch.seeds), dtype=torch.int64))
+
+    def merge(self, other: PRDC) -> PRDC:
+        self.chunks.extend(other.chunks)
+        self.seed_chunks.extend(other.seed_chunks)
+        self.seed_blocks.merge(other.seed_blocks)
+        return self
+
+    def check_count(self, n: int) -> None:
+        for k in (self.k_pr, self.k_dc):
+            _check_k(k, n, "PRDC generated set")
+
+    def compute(self) -> MetricResult:
+        d = self.reference.features.shape[1]
+        y = torch.cat([c.cpu() for c in self.chunks]) if self.chunks else torch.empty(0, d, dtype=torch.float64)
+        ids, k = None, 0
+        if self.chunks and not self.seed_blocks.unseeded and self.blocks >= 2 and min(self.seed_blocks.counts) >= 1:
+            ids, k = torch.cat(self.seed_chunks) % self.blocks, self.blocks
+        out = prdc(y, self.reference, k_pr=self.k_pr, k_dc=self.k_dc, block_ids=ids, blocks=k)
+        n_gen, n_ref = int(y.shape[0]), int(self.reference.features.shape[0])
+        conventions = {
+            "precision": f"k = {self.k_pr}: share of generated samples inside the real k-NN balls (<=)",
+            "recall": f"k = {self.k_pr}: share of real samples inside the generated k-NN balls (<=)",
+            "density": f"k = {self.k_dc}: real k-NN balls holding each generated sample, / k, averaged",
+            "coverage": f"k = {self.k_dc}: share of real samples whose k-NN ball holds a generated sample (<=)",
+        }
+        parts = {}
+        for part in PARTS:
+            details: dict[str, Any] = {"k": self.k_pr if part in ("precision", "recall") else self.k_dc}
+            stderr = None
+            if "loo" in out:
+                stderr = jackknife_se(out["loo"][part])
+                details["stderr_is"] = f"delete-a-block jackknife over {k} seed blocks (seed mod {k}), reference fixed"
+                details["pairing"] = self.seed_blocks.record(
+                    "jackknife", out["loo"][part], reference=f"{self.reference_digest}:k{details['k']}"
+                )
+            else:
+                details["stderr_is"] = "none (blocks < 2, samples without seeds, or an empty seed block)"
+            parts[part] = MetricResult(
+                out[part], stderr, n_gen=n_gen, n_ref=n_ref, convention=conventions[part], details=details
+            )
+        return MetricResult(
+            out["precision"],
+            parts["precision"].stderr,
+            n_gen=n_gen,
+            n_ref=n_ref,
+            convention="precision, recall, density, coverage (one pass)",
+            details={"reference": self.reference_spec},
+            parts=parts,
+        )
+
+    def config_options(self) -> dict[str, Any]:
+        return {
+            "reference": self.reference_spec,
+            "extractor": self.extractor_name,
+            "layer": self.layer,
+            "weights": self.weights,
+            "label": self.custom_label,
+            "k_pr": self.k_pr,
+            "k_dc": self.k_dc,
+            "blocks": self.blocks,
+        }
+
+    @classmethod
+    def from_config(cls, options: dict[str, Any], ctx: BuildContext) -> PRDC:
+        ex = ctx.extractor(options["extractor"], weights=options["weights"])
+        layer = choose_layer(ex, options["layer"], "prdc")
+        reference = reference_features(options["reference"], ex, layer, ctx)
+        return cls(
+            reference,
+            ex.key,
+            layer,
+            k_pr=options["k_pr"],
+            k_dc=options["k_dc"],
+            blocks=options["blocks"],
+            label=options["label"],
+            reference_spec=options["reference"],
+            extractor_name=options["extractor"],
+            weights=options["weights"],
+        )
+
+    @classmethod
+    def example(cls) -> MetricExample:
+        g = torch.Generator().manual_seed(5)
+        reference = torch.randn(50, 4, generator=g, dtype=torch.float64)
+        features = torch.randn(60, 4, generator=g, dtype=torch.float64) * 1.2 + 0.2
+        return MetricExample(
+            lambda: cls(reference, "x", "f", blocks=5),
+            Batch(features={"x": {"f": features}}, seeds=list(range(60))).split([17, 23, 20]),
+        )
+
+
+def reference_features(spec: str, extractor: Any, layer: str, ctx: BuildContext) -> PrdcReference:
+    """A PRDC reference: a saved ``.npz`` of features and radii (its feature space checked), or images."""
+    from diffeval.features import feature_space
+    from diffeval.references import build_reference
+    from diffeval.stats import FeatureMoments, check_space
+
+    path = ctx.base_dir / spec if not Path(spec).is_absolute() else Path(spec)
+    if path.suffix == ".npz" and path.is_file():
+        with np.load(path, allow_pickle=False) as data:
+            saved = "features" in data.files
+        if saved:
+            ref = PrdcReference.load(path)
+            check_space(ref.meta, feature_space(extractor, layer), f"reference features {spec}")
+            return ref
+    source = ctx.open_source(spec)
+    if isinstance(source, FeatureMoments):
+        raise InputError(
+            explain(
+                f"PRDC reference {spec} holds statistics",
+                expected="reference images, or features saved by `diffeval prdc --save-reference`",
+                got="mu/sigma statistics (PRDC needs the features)",
+                fix="point reference to the image folder or .npz image batch",
+            )
+        )
+    ref = build_reference(source, extractor, feature_layers=[layer], batch_size=ctx.batch_size, progress=ctx.progress)
+    return PrdcReference(ref.features[layer], meta={**feature_space(extractor, layer), "source": source.name})
