@@ -193,7 +193,8 @@ def point_json(point: Mapping[str, float] | None) -> str:
 
 def point_key(point: Mapping[str, float] | str) -> str:
     """An order-free key of a point (or of its ``point`` column text): what matches two runs' rows."""
-    return json.dumps(parse_point(point) if isinstance(point, str) else dict(point), sort_keys=True)
+    values = parse_point(point) if isinstance(point, str) else dict(point)
+    return json.dumps({k: float(v) for k, v in values.items()}, sort_keys=True)  # 8 and 8.0 are one point
 
 
 def parse_point(text: str) -> dict[str, float]:

@@ -342,3 +342,23 @@ def test_the_shipped_s2n_config_parses_into_the_papers_grid():
     assert len(stochastic) == 2 * 5 * 4 and {p["steps"] for p in points} == {10, 50}
     assert {p["gamma"] for p in points if p["delta"] == 0} >= {0.0}  # DDIM in the deterministic sweep
     assert {"steps": 10, "gamma": 1.0, "delta": 1.0} in stochastic  # DDPM in the stochastic grid
+
+
+def test_reports_from_before_multi_knob_sweeps_still_load(tmp_path):
+    """A report.json / report.csv with the old knob / knob_value columns reads back with the point column."""
+    from diffeval.report import Report, make_row, read_csv
+
+    row = make_row("fid", "metric", 12.0, n_gen=10, n_ref=10, extractor="x:f", direction="lower", point={"steps": 8})
+    old = {k: v for k, v in row.items() if k != "point"} | {"knob": "steps", "knob_value": 8.0}
+    plain = {k: v for k, v in row.items() if k != "point"} | {"knob": "", "knob_value": None, "name": "kid"}
+    (tmp_path / "report.json").write_text(json.dumps({"run_id": "old", "rows": [old, plain], "provenance": {}}))
+    frame = Report.load(tmp_path / "report.json").to_frame()
+    assert frame["point"].tolist() == ['{"steps": 8.0}', ""]
+    assert sweep_table(frame)["steps"].tolist() == [8.0]
+    csv = frame.drop(columns=["point"]).assign(knob=["steps", ""], knob_value=["8.0", ""])
+    csv.to_csv(tmp_path / "report.csv", index=False)
+    assert read_csv(tmp_path / "report.csv")["point"].tolist() == ['{"steps": 8.0}', ""]
+    from diffeval.sweeps import point_key
+
+    assert point_key('{"steps": 8.0}') == point_key({"steps": 8}) == point_key('{"steps": 8}')
+    assert point_key({"gamma": 1, "delta": 0.5}) == point_key({"delta": 0.5, "gamma": 1.0})
