@@ -136,6 +136,88 @@ class PrdcReference:
         return cls(features, radii, meta)
 
 
+@dataclass
+class _Passes:
+    """What the two blocked passes leave behind: enough for the four values and every leave-one-block-out replicate."""
+
+    inside: torch.Tensor  # (M,) generated sample inside some real k_pr-ball
+    count: torch.Tensor  # (M,) real k_dc-balls holding the generated sample
+    covered: torch.Tensor  # (1 + K, N) real sample inside some generated k_pr-ball: all blocks, then without block b
+    nearest_gen: torch.Tensor  # (N, K) each real sample's nearest generated sample (squared distance) per block
+
+
+def _generated_pass(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    radii: tuple[torch.Tensor, torch.Tensor],
+    ids: torch.Tensor,
+    kb: int,
+    k: int,
+    cap: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Over generated rows: precision/density indicators and each row's k + 1 nearest generated per seed block."""
+    m, r_pr, r_dc = y.shape[0], *radii
+    x_sq, y_sq = (x * x).sum(1), (y * y).sum(1)
+    inside = torch.zeros(m, dtype=torch.float64, device=x.device)
+    count = torch.zeros(m, dtype=torch.float64, device=x.device)
+    nearest = torch.full((m, kb, k + 1), float("inf"), dtype=torch.float64, device=x.device)
+    rows = _rows_per_block(max(x.shape[0], m), cap)
+    for lo in range(0, m, rows):
+        yb = y[lo : lo + rows]
+        d_xr = _sq_dist(yb, x, x_sq)  # (B, N)
+        inside[lo : lo + rows] = (d_xr <= r_pr[None, :]).any(1).to(torch.float64)
+        count[lo : lo + rows] = (d_xr <= r_dc[None, :]).sum(1).to(torch.float64)
+        del d_xr
+        d_yy = _sq_dist(yb, y, y_sq)  # (B, M)
+        own = torch.arange(yb.shape[0], device=x.device)
+        d_yy[own, own + lo] = 0.0
+        for b in range(kb):
+            cols = d_yy[:, ids == b]
+            take = min(k + 1, cols.shape[1])
+            if take:
+                nearest[lo : lo + rows, b, :take] = cols.topk(take, dim=1, largest=False).values
+    return inside, count, nearest
+
+
+def _reference_pass(
+    x: torch.Tensor, y: torch.Tensor, r_gen: list[torch.Tensor], ids: torch.Tensor, kb: int, cap: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Over reference rows: inside a generated ball (per radii replicate, its block left out), nearest per block."""
+    n, y_sq = x.shape[0], (y * y).sum(1)
+    covered = torch.zeros(len(r_gen), n, dtype=torch.bool, device=x.device)
+    nearest_gen = torch.full((n, kb), float("inf"), dtype=torch.float64, device=x.device)
+    rows = _rows_per_block(y.shape[0], cap)
+    for lo in range(0, n, rows):
+        d = _sq_dist(x[lo : lo + rows], y, y_sq)  # (B, M)
+        for r, radii in enumerate(r_gen):
+            ok = d <= radii[None, :]
+            if r > 0:
+                ok &= (ids != r - 1)[None, :]
+            covered[r, lo : lo + rows] = ok.any(1)
+        for b in range(kb):
+            cols = d[:, ids == b]
+            if cols.shape[1]:
+                nearest_gen[lo : lo + rows, b] = cols.min(1).values
+    return covered, nearest_gen
+
+
+def _leave_one_out(p: _Passes, ids: torch.Tensor, kb: int, k_dc: int, r_dc: torch.Tensor) -> dict[str, list[float]]:
+    """The four values with each seed block left out, from the passes' per-sample and per-block results."""
+    m = p.inside.shape[0]
+    sizes = torch.bincount(ids, minlength=kb).to(torch.float64)
+    in_sum = torch.zeros(kb, dtype=torch.float64, device=ids.device).index_add_(0, ids, p.inside)
+    ct_sum = torch.zeros(kb, dtype=torch.float64, device=ids.device).index_add_(0, ids, p.count)
+    loo: dict[str, list[float]] = {part: [] for part in PARTS}
+    for b in range(kb):
+        rest = float(m - sizes[b])
+        loo["precision"].append(float((p.inside.sum() - in_sum[b]) / rest))
+        loo["density"].append(float((p.count.sum() - ct_sum[b]) / (k_dc * rest)))
+        loo["recall"].append(float(p.covered[b + 1].to(torch.float64).mean()))
+        others = torch.cat([p.nearest_gen[:, :b], p.nearest_gen[:, b + 1 :]], dim=1).min(1).values
+        loo["coverage"].append(float((others <= r_dc).to(torch.float64).mean()))
+    return loo
+
+
 def prdc(
     generated: torch.Tensor,
     reference: torch.Tensor | PrdcReference,
@@ -168,67 +250,23 @@ def prdc(
     ids = block_ids.to(x.device, torch.int64) if kb > 1 else torch.zeros(m, dtype=torch.int64, device=x.device)
     if kb > 1 and int(m - torch.bincount(ids, minlength=kb).max()) <= max(k_pr, 1):
         kb, ids = 1, torch.zeros(m, dtype=torch.int64, device=x.device)  # a replicate would lack k + 1 samples
-    x_sq, y_sq = (x * x).sum(1), (y * y).sum(1)
+    inside, count, nearest = _generated_pass(y, x, (r_pr, r_dc), ids, kb, k_pr, block_elements)
 
-    # pass 1, over generated rows: precision and density per generated sample; per-block k+1 nearest generated
-    inside = torch.zeros(m, dtype=torch.float64, device=x.device)
-    count = torch.zeros(m, dtype=torch.float64, device=x.device)
-    nearest = torch.full((m, kb, k_pr + 1), float("inf"), dtype=torch.float64, device=x.device)
-    rows = _rows_per_block(max(n, m), block_elements)
-    for lo in range(0, m, rows):
-        yb = y[lo : lo + rows]
-        d_xr = _sq_dist(yb, x, x_sq)  # (B, N)
-        inside[lo : lo + rows] = (d_xr <= r_pr[None, :]).any(1).to(torch.float64)
-        count[lo : lo + rows] = (d_xr <= r_dc[None, :]).sum(1).to(torch.float64)
-        del d_xr
-        d_yy = _sq_dist(yb, y, y_sq)  # (B, M)
-        own = torch.arange(yb.shape[0], device=x.device)
-        d_yy[own, own + lo] = 0.0
-        for b in range(kb):
-            cols = d_yy[:, ids == b]
-            take = min(k_pr + 1, cols.shape[1])
-            if take:
-                nearest[lo : lo + rows, b, :take] = cols.topk(take, dim=1, largest=False).values
-
-    def radii_without(b: int | None) -> torch.Tensor:
+    def radii_without(b: int | None) -> torch.Tensor:  # the generated k-NN radii, block b's samples left out
         keep = nearest if b is None else torch.cat([nearest[:, :b], nearest[:, b + 1 :]], dim=1)
         return keep.reshape(m, -1).kthvalue(k_pr + 1, dim=1).values
 
     r_gen = [radii_without(None)] + ([radii_without(b) for b in range(kb)] if kb > 1 else [])
-
-    # pass 2, over reference rows: recall (per replicate radii) and coverage (nearest generated per block)
-    covered = torch.zeros(len(r_gen), n, dtype=torch.bool, device=x.device)
-    nearest_gen = torch.full((n, kb), float("inf"), dtype=torch.float64, device=x.device)
-    rows = _rows_per_block(m, block_elements)
-    for lo in range(0, n, rows):
-        d = _sq_dist(x[lo : lo + rows], y, y_sq)  # (B, M)
-        for r, radii in enumerate(r_gen):
-            ok = d <= radii[None, :]
-            if r > 0:
-                ok &= (ids != r - 1)[None, :]
-            covered[r, lo : lo + rows] = ok.any(1)
-        for b in range(kb):
-            cols = d[:, ids == b]
-            if cols.shape[1]:
-                nearest_gen[lo : lo + rows, b] = cols.min(1).values
-
-    precision, density = float(inside.mean()), float(count.sum() / (k_dc * m))
-    recall = float(covered[0].to(torch.float64).mean())
-    coverage = float((nearest_gen.min(1).values <= r_dc).to(torch.float64).mean())
-    out: dict[str, Any] = {"precision": precision, "recall": recall, "density": density, "coverage": coverage}
+    covered, nearest_gen = _reference_pass(x, y, r_gen, ids, kb, block_elements)
+    passes = _Passes(inside, count, covered, nearest_gen)
+    out: dict[str, Any] = {
+        "precision": float(inside.mean()),
+        "recall": float(covered[0].to(torch.float64).mean()),
+        "density": float(count.sum() / (k_dc * m)),
+        "coverage": float((nearest_gen.min(1).values <= r_dc).to(torch.float64).mean()),
+    }
     if kb > 1:
-        sizes = torch.bincount(ids, minlength=kb).to(torch.float64)
-        in_sum = torch.zeros(kb, dtype=torch.float64, device=x.device).index_add_(0, ids, inside)
-        ct_sum = torch.zeros(kb, dtype=torch.float64, device=x.device).index_add_(0, ids, count)
-        loo: dict[str, list[float]] = {p: [] for p in PARTS}
-        for b in range(kb):
-            rest = float(m - sizes[b])
-            loo["precision"].append(float((inside.sum() - in_sum[b]) / rest))
-            loo["density"].append(float((count.sum() - ct_sum[b]) / (k_dc * rest)))
-            loo["recall"].append(float(covered[b + 1].to(torch.float64).mean()))
-            others = torch.cat([nearest_gen[:, :b], nearest_gen[:, b + 1 :]], dim=1).min(1).values
-            loo["coverage"].append(float((others <= r_dc).to(torch.float64).mean()))
-        out["loo"] = loo
+        out["loo"] = _leave_one_out(passes, ids, kb, k_dc, r_dc)
     return out
 
 
