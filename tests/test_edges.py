@@ -586,6 +586,7 @@ def _readme_blocks():
 def test_every_readme_snippet_runs():
     """Every Python snippet of the README runs as written (the k-diffusion one in its own environment); TOML parses."""
     from diffeval.gate import parse_rules
+    from diffeval.sweeps import parse_sweep
 
     blocks = _readme_blocks()
     python = [code for lang, code in blocks if lang == "python" and "k_diffusion" not in code]
@@ -596,7 +597,11 @@ def test_every_readme_snippet_runs():
     tomls = [code for lang, code in blocks if lang == "toml"]
     assert tomls
     for code in tomls:
-        parse_rules(tomllib.loads(code))
+        table = tomllib.loads(code)
+        if "sweep" in table:  # a [sweep] example of a config
+            assert parse_sweep(table["sweep"]).points
+        else:  # gate rules
+            parse_rules(table)
 
 
 @pytest.mark.kdiffusion
