@@ -19,7 +19,9 @@ resolved there, before any sampling); ``example()`` builds a small instance over
 synthetic batches for :func:`diffeval.testing.check_metric`.
 
 Adding a metric is one module: subclass :class:`Metric` and decorate it with
-:func:`register_metric` (plugins do the same from their own package).
+:func:`register_metric` (plugins do the same from their own package). A metric that must keep
+every generated row (not moments) subclasses :class:`diffeval.metrics.rows.RowMetric`, which
+streams, merges and seed-orders the rows for it.
 """
 
 from __future__ import annotations

@@ -36,14 +36,14 @@ from diffeval.metrics.base import (
     LABEL_OPTION,
     Batch,
     BuildContext,
-    Metric,
     MetricExample,
     MetricResult,
     register_metric,
     require_finite,
 )
+from diffeval.metrics.rows import RowMetric
 from diffeval.options import Option
-from diffeval.uncertainty import SeedBlocks, digest, jackknife_se
+from diffeval.uncertainty import digest, jackknife_se
 
 __all__ = ["cmmd", "CmmdEstimate", "CMMD", "ESTIMATORS", "SIGMA", "SCALE", "CLIP_INPUT"]
 
@@ -156,7 +156,7 @@ def cmmd(
 
 
 @register_metric
-class CMMD(Metric):
+class CMMD(RowMetric):
     """Streaming CMMD against reference CLIP embeddings (kept, float64; kernel sums in blocks)."""
 
     name = "cmmd"
@@ -177,7 +177,8 @@ class CMMD(Metric):
         ),
         LABEL_OPTION,
     )
-    state_keys = ("chunks", "seed_chunks", "seed_blocks")
+    display_name = "CMMD"
+    width_fix = "embed both sets with the same CLIP model"
 
     def __init__(
         self,
@@ -219,33 +220,8 @@ class CMMD(Metric):
         self.reference_digest = digest(self.reference)
         self.reset()
 
-    def reset(self) -> None:
-        self.chunks: list[torch.Tensor] = []
-        self.seed_chunks: list[torch.Tensor] = []
-        self.seed_blocks = SeedBlocks(max(self.blocks, 1))
-
-    def update(self, batch: Batch) -> None:
-        features = batch.layer(self.extractor, self.layer, "CMMD")
-        if features.shape[1] != self.reference.shape[1]:
-            raise InputError(
-                explain(
-                    "CMMD embedding dimension differs from the reference",
-                    expected=f"d = {self.reference.shape[1]}",
-                    got=f"d = {features.shape[1]}",
-                    fix="embed both sets with the same CLIP model",
-                )
-            )
-        require_finite(features, "CMMD")
-        self.seed_blocks.assign(batch.seeds, features.shape[0])
-        self.chunks.append(features.detach().to(torch.float64))
-        if len(batch.seeds) == features.shape[0]:
-            self.seed_chunks.append(torch.as_tensor(list(batch.seeds), dtype=torch.int64))
-
-    def merge(self, other: CMMD) -> CMMD:
-        self.chunks.extend(other.chunks)
-        self.seed_chunks.extend(other.seed_chunks)
-        self.seed_blocks.merge(other.seed_blocks)
-        return self
+    def reference_width(self) -> int:
+        return self.reference.shape[1]
 
     def check_count(self, n: int) -> None:
         if n < 2:
@@ -255,11 +231,10 @@ class CMMD(Metric):
 
     def compute(self) -> MetricResult:
         d = self.reference.shape[1]
-        x = torch.cat([c.cpu() for c in self.chunks]) if self.chunks else torch.empty(0, d, dtype=torch.float64)
+        x = self.rows(d)
         ids, k = None, 0
-        if self.chunks and not self.seed_blocks.unseeded and self.blocks >= 2:
-            seeds = torch.cat(self.seed_chunks)
-            ids, k = seeds % self.blocks, self.blocks
+        if self.seeded() and self.blocks >= 2:
+            ids, k = self.row_seeds() % self.blocks, self.blocks
         est = cmmd(
             x.to(self.reference.device),
             self.reference,

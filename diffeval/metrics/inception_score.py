@@ -29,16 +29,15 @@ from diffeval.errors import InputError, explain
 from diffeval.metrics.base import (
     Batch,
     BuildContext,
-    Metric,
     MetricExample,
     MetricResult,
     choose_layer,
     feature_options,
     register_metric,
-    require_finite,
 )
+from diffeval.metrics.rows import RowMetric
 from diffeval.options import Option
-from diffeval.uncertainty import SeedBlocks, pairing
+from diffeval.uncertainty import pairing
 
 __all__ = ["inception_score", "split_scores", "InceptionScore"]
 
@@ -79,7 +78,7 @@ def split_scores(logits: torch.Tensor, splits: int = 10, shuffle: bool = True, s
 
 
 @register_metric
-class InceptionScore(Metric):
+class InceptionScore(RowMetric):
     """Streaming Inception Score: keeps the (N, C) logits in float64 (needed for the shuffle and splits)."""
 
     name = "inception_score"
@@ -92,7 +91,7 @@ class InceptionScore(Metric):
         ),
         Option("seed", int, 2020, "seed of the shuffle", minimum=0),
     )
-    state_keys = ("chunks", "seed_chunks", "seed_blocks")
+    display_name = "Inception Score"
 
     def __init__(
         self,
@@ -123,24 +122,8 @@ class InceptionScore(Metric):
         self.weights = weights
         self.reset()
 
-    def reset(self) -> None:
-        self.chunks: list[torch.Tensor] = []
-        self.seed_chunks: list[torch.Tensor] = []  # each row's seed (rows fed without seeds keep arrival order)
-        self.seed_blocks = SeedBlocks(1)  # the seed fingerprint (the splits are the blocks)
-
-    def update(self, batch: Batch) -> None:
-        logits = batch.layer(self.extractor, self.layer, "Inception Score")
-        require_finite(logits, "Inception Score")
-        self.seed_blocks.assign(batch.seeds, logits.shape[0])
-        self.chunks.append(logits.detach().to(torch.float64))
-        if len(batch.seeds) == logits.shape[0]:
-            self.seed_chunks.append(torch.as_tensor(list(batch.seeds), dtype=torch.int64))
-
-    def merge(self, other: InceptionScore) -> InceptionScore:
-        self.chunks.extend(other.chunks)
-        self.seed_chunks.extend(other.seed_chunks)
-        self.seed_blocks.merge(other.seed_blocks)
-        return self
+    def seed_block_count(self) -> int:
+        return 1  # the seed fingerprint only: the splits are the blocks
 
     def check_count(self, n: int) -> None:
         if n < self.splits:
@@ -154,7 +137,7 @@ class InceptionScore(Metric):
             )
 
     def compute(self) -> MetricResult:
-        logits = torch.cat([c.cpu() for c in self.chunks]) if self.chunks else torch.empty(0, 0, dtype=torch.float64)
+        logits = self.rows(0)
         if not bool(torch.isfinite(logits).all()):
             raise InputError(
                 explain(
@@ -164,8 +147,8 @@ class InceptionScore(Metric):
                     fix="check the images fed to the extractor",
                 )
             )
-        if self.chunks and not self.seed_blocks.unseeded:  # seed order: independent of batching, shards, resumes
-            logits = logits[torch.argsort(torch.cat(self.seed_chunks), stable=True)]
+        if self.seeded():  # seed order: independent of batching, shards, resumes
+            logits = logits[torch.argsort(self.row_seeds(), stable=True)]
         scores = split_scores(logits, self.splits, self.shuffle, self.seed)
         order = f"shuffled (RandomState({self.seed}))" if self.shuffle else "unshuffled"
         # disjoint splits give independent scores: the mean's standard error is std (ddof 1) / sqrt(splits)

@@ -39,16 +39,15 @@ from diffeval.errors import InputError, explain
 from diffeval.metrics.base import (
     Batch,
     BuildContext,
-    Metric,
     MetricExample,
     MetricResult,
     choose_layer,
     feature_options,
     register_metric,
-    require_finite,
 )
+from diffeval.metrics.rows import RowMetric
 from diffeval.options import Option
-from diffeval.uncertainty import SeedBlocks, digest, jackknife_se
+from diffeval.uncertainty import digest, jackknife_se
 
 __all__ = ["mmd2_unbiased", "kernel_inception_distance", "kid_with_jackknife", "KidEstimate", "KID"]
 
@@ -151,7 +150,7 @@ def kid_with_jackknife(
 
 
 @register_metric
-class KID(Metric):
+class KID(RowMetric):
     """Streaming KID against reference features (KID needs features, not moments); float64 throughout."""
 
     name = "kid"
@@ -170,7 +169,7 @@ class KID(Metric):
             "blocks", int, 10, "seed blocks (seed mod blocks) for the jackknife standard error (< 2: none)", minimum=0
         ),
     )
-    state_keys = ("chunks", "seed_chunks", "seed_blocks")
+    display_name = "KID"
 
     def __init__(
         self,
@@ -228,33 +227,8 @@ class KID(Metric):
         self.weights = weights
         self.reset()
 
-    def reset(self) -> None:
-        self.chunks: list[torch.Tensor] = []
-        self.seed_chunks: list[torch.Tensor] = []  # each row's seed (rows fed without seeds keep arrival order)
-        self.seed_blocks = SeedBlocks(max(self.blocks, 1))
-
-    def update(self, batch: Batch) -> None:
-        features = batch.layer(self.extractor, self.layer, "KID")
-        if features.shape[1] != self.reference.shape[1]:
-            raise InputError(
-                explain(
-                    "KID feature dimension differs from the reference",
-                    expected=f"d = {self.reference.shape[1]}",
-                    got=f"d = {features.shape[1]}",
-                    fix="use the same extractor layer for both sets",
-                )
-            )
-        require_finite(features, "KID")
-        self.seed_blocks.assign(batch.seeds, features.shape[0])
-        self.chunks.append(features.detach().to(torch.float64))
-        if len(batch.seeds) == features.shape[0]:
-            self.seed_chunks.append(torch.as_tensor(list(batch.seeds), dtype=torch.int64))
-
-    def merge(self, other: KID) -> KID:
-        self.chunks.extend(other.chunks)
-        self.seed_chunks.extend(other.seed_chunks)
-        self.seed_blocks.merge(other.seed_blocks)
-        return self
+    def reference_width(self) -> int:
+        return self.reference.shape[1]
 
     def check_count(self, n: int) -> None:
         if n < 2:
@@ -263,11 +237,7 @@ class KID(Metric):
             )
 
     def compute(self) -> MetricResult:
-        generated = (
-            torch.cat([c.cpu() for c in self.chunks])
-            if self.chunks
-            else torch.empty(0, self.reference.shape[1], dtype=torch.float64)
-        )
+        generated = self.rows(self.reference.shape[1])
         if not bool(torch.isfinite(generated).all()):
             raise InputError(
                 explain(
@@ -278,8 +248,8 @@ class KID(Metric):
                 )
             )
         blocks, block_ids = (self.blocks if self.blocks >= 2 else 0), None
-        if self.chunks and not self.seed_blocks.unseeded:  # seed order: independent of batching, shards, resumes
-            seeds = torch.cat(self.seed_chunks)
+        if self.seeded():  # seed order: independent of batching, shards, resumes
+            seeds = self.row_seeds()
             order = torch.argsort(seeds, stable=True)
             generated, block_ids = generated[order], seeds[order] % max(blocks, 1)
             blocks = blocks if min(self.seed_blocks.counts) >= 2 else 0

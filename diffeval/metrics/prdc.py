@@ -43,7 +43,6 @@ from diffeval.errors import InputError, explain
 from diffeval.metrics.base import (
     Batch,
     BuildContext,
-    Metric,
     MetricExample,
     MetricResult,
     choose_layer,
@@ -51,8 +50,9 @@ from diffeval.metrics.base import (
     register_metric,
     require_finite,
 )
+from diffeval.metrics.rows import RowMetric
 from diffeval.options import Option
-from diffeval.uncertainty import SeedBlocks, digest, jackknife_se
+from diffeval.uncertainty import digest, jackknife_se
 
 __all__ = ["knn_radii", "prdc", "PrdcReference", "PRDC", "PARTS"]
 
@@ -271,7 +271,7 @@ def prdc(
 
 
 @register_metric
-class PRDC(Metric):
+class PRDC(RowMetric):
     """Precision, recall (k = 3), density and coverage (k = 5) in one pass: four rows, all higher-is-better."""
 
     name = "prdc"
@@ -293,7 +293,7 @@ class PRDC(Metric):
             "blocks", int, 10, "seed blocks (seed mod blocks) for the jackknife standard errors (< 2: none)", minimum=0
         ),
     )
-    state_keys = ("chunks", "seed_chunks", "seed_blocks")
+    display_name = "PRDC"
 
     def __init__(
         self,
@@ -334,33 +334,11 @@ class PRDC(Metric):
         self.reference_digest = digest(ref.features)
         self.reset()
 
-    def reset(self) -> None:
-        self.chunks: list[torch.Tensor] = []
-        self.seed_chunks: list[torch.Tensor] = []
-        self.seed_blocks = SeedBlocks(max(self.blocks, 1))
+    def reference_width(self) -> int:
+        return self.reference.features.shape[1]
 
-    def update(self, batch: Batch) -> None:
-        features = batch.layer(self.extractor, self.layer, "PRDC")
-        if features.shape[1] != self.reference.features.shape[1]:
-            raise InputError(
-                explain(
-                    "PRDC feature dimension differs from the reference",
-                    expected=f"d = {self.reference.features.shape[1]} ({self.reference.meta.get('extractor', 'ref')})",
-                    got=f"d = {features.shape[1]}",
-                    fix="use the same extractor layer for both sets",
-                )
-            )
-        require_finite(features, "PRDC")
-        self.seed_blocks.assign(batch.seeds, features.shape[0])
-        self.chunks.append(features.detach().to(torch.float64))
-        if len(batch.seeds) == features.shape[0]:
-            self.seed_chunks.append(torch.as_tensor(list(batch.seeds), dtype=torch.int64))
-
-    def merge(self, other: PRDC) -> PRDC:
-        self.chunks.extend(other.chunks)
-        self.seed_chunks.extend(other.seed_chunks)
-        self.seed_blocks.merge(other.seed_blocks)
-        return self
+    def reference_note(self) -> str:
+        return str(self.reference.meta.get("extractor", "ref"))
 
     def check_count(self, n: int) -> None:
         for k in (self.k_pr, self.k_dc):
@@ -368,10 +346,10 @@ class PRDC(Metric):
 
     def compute(self) -> MetricResult:
         d = self.reference.features.shape[1]
-        y = torch.cat([c.cpu() for c in self.chunks]) if self.chunks else torch.empty(0, d, dtype=torch.float64)
+        y = self.rows(d)
         ids, k = None, 0
-        if self.chunks and not self.seed_blocks.unseeded and self.blocks >= 2 and min(self.seed_blocks.counts) >= 1:
-            ids, k = torch.cat(self.seed_chunks) % self.blocks, self.blocks
+        if self.seeded() and self.blocks >= 2 and min(self.seed_blocks.counts) >= 1:
+            ids, k = self.row_seeds() % self.blocks, self.blocks
         out = prdc(y, self.reference, k_pr=self.k_pr, k_dc=self.k_dc, block_ids=ids, blocks=k)
         n_gen, n_ref = int(y.shape[0]), int(self.reference.features.shape[0])
         conventions = {
