@@ -403,7 +403,7 @@ class FID(Metric):
         evaluated at 1/N = 0: ``K FID - (K-1) mean(FID_(-b))`` for equal blocks — the
         jackknife bias correction, which removes FID's 1/N bias term. Its standard error is
         a delete-a-block jackknife of the same estimator on K-1 blocks, built from the
-        K(K-1)/2 leave-two-out FIDs (K + K(K-1)/2 Fréchet distances in all: 55 for K = 10).
+        K(K-1)/2 leave-two-out FIDs (K + K(K-1)/2 Fréchet distances beyond FID at N: 55 for K = 10).
         """
         k, sizes = self.k, [b.n for b in self.blocks_moments]
         if k < 2 or min(sizes) < 2:
