@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from diffeval.checks.base import Check, CheckContext, CheckOutcome, CheckResult, register_check
-from diffeval.checks.xt_normality import PREPROCESSINGS, load_model_inputs
+from diffeval.checks.xt_normality import data_options, load_model_inputs
 from diffeval.denoiser import Denoiser, check_prediction
 from diffeval.errors import InputError, explain
 from diffeval.options import Option
@@ -221,18 +221,7 @@ class TerminalEpsVariance(Check):
     name = "terminal_eps_variance"
     needs = ("schedule", "model", "prediction")
     options = (
-        Option(
-            "data",
-            str,
-            doc="training-like images: a folder, an .npz image batch or a registered data set ('name:split')",
-        ),
-        Option(
-            "preprocess",
-            str,
-            "signed",
-            "uint8 -> model input: signed x/127.5-1, unit x/255, raw 0-255",
-            choices=tuple(PREPROCESSINGS),
-        ),
+        *data_options(),
         Option("n", int, 512, "samples drawn (with replacement) from the data", minimum=2),
     )
 

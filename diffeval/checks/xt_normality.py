@@ -344,6 +344,24 @@ def check_xt_batch(x_T: torch.Tensor, alpha_bar_T: float = 0.0) -> list[CheckRes
     return [*_moments(x, alpha_bar_T), *_reference_tests(x), *_radius_and_correlation(x, alpha_bar_T)]
 
 
+def data_options() -> tuple[Option, Option]:
+    """The ``data`` and ``preprocess`` options of a check that reads real images (see :func:`load_model_inputs`)."""
+    return (
+        Option(
+            "data",
+            str,
+            doc="training-like images: a folder, an .npz image batch or a registered data set ('name:split')",
+        ),
+        Option(
+            "preprocess",
+            str,
+            "signed",
+            "uint8 -> model input: signed x/127.5-1, unit x/255, raw 0-255",
+            choices=tuple(PREPROCESSINGS),
+        ),
+    )
+
+
 def load_model_inputs(ctx: CheckContext, spec: str, preprocess: str, limit: int) -> torch.Tensor:
     """The first ``limit`` images of ``spec`` mapped to model space by the named preprocessing."""
     source = ctx.open_data(spec)
@@ -360,18 +378,7 @@ class XtNormality(Check):
     name = "xt_normality"
     needs = ("schedule",)
     options = (
-        Option(
-            "data",
-            str,
-            doc="training-like images: a folder, an .npz image batch or a registered data set ('name:split')",
-        ),
-        Option(
-            "preprocess",
-            str,
-            "signed",
-            "uint8 -> model input: signed x/127.5-1, unit x/255, raw 0-255",
-            choices=tuple(PREPROCESSINGS),
-        ),
+        *data_options(),
         Option("n", int, 4096, "use at most this many images", minimum=1),
     )
 
