@@ -278,11 +278,20 @@ def _schedule(table: Any) -> ScheduleSpec:
         preset=sch.get("preset"),
         alphas=sch.get("alphas"),
         diffusers_config=sch.get("diffusers_config"),
-        rescale_zero_snr=bool(sch.get("rescale_zero_snr", False)),
+        rescale_zero_snr=_bool(sch.get("rescale_zero_snr", False), "[schedule] rescale_zero_snr"),
         prediction=check_prediction(sch.get("prediction"), allow_none=True),
         steps=None if "steps" not in sch else _int(sch["steps"], "[schedule] steps", 1),
         spacing=sch.get("spacing"),
     )
+
+
+def _bool(value: Any, where: str) -> bool:
+    """A TOML boolean; a string such as "no" is an error, not True."""
+    if not isinstance(value, bool):
+        raise ConfigError(
+            explain(f"bad {where}", expected="true or false", got=repr(value), fix=f"{where.split()[-1]} = true")
+        )
+    return value
 
 
 def parse_config(data: Mapping[str, Any], base_dir: Path = Path("."), source: str = "<dict>") -> RunConfig:

@@ -169,6 +169,28 @@ def _parse_change(metric: str, text: Any) -> Change:
     return Change(metric, direction, float(match.group(2)), match.group(5) == "%")
 
 
+def _rules_table(data: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The ``[name]`` table of a rules mapping ({} when absent); anything but a table is an error."""
+    value = data.get(name, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            explain(
+                f"[{name}] in gate rules is not a table",
+                expected=f"a [{name}] table of key = value lines",
+                got=f"{name} = {value!r}",
+                fix=f"write it as a [{name}] section",
+            )
+        )
+    return dict(value)
+
+
+def check_k(k: Any, where: str) -> float:
+    """A noise multiplier: a finite number >= 0 (NaN or inf would switch the noise test off)."""
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or k < 0:
+        raise ConfigError(explain(f"bad {where}", expected="a finite number >= 0", got=repr(k), fix="use k = 2.0"))
+    return float(k)
+
+
 def parse_rules(data: Mapping[str, Any]) -> GateRules:
     """Validate a rules mapping (as read from TOML)."""
     unknown = sorted(set(data) - {"absolute", "relative", "checks", "noise", "compare"})
@@ -181,7 +203,7 @@ def parse_rules(data: Mapping[str, Any]) -> GateRules:
                 fix="correct the table names",
             )
         )
-    checks = dict(data.get("checks", {}))
+    checks = _rules_table(data, "checks")
     if set(checks) - {"must_pass"}:
         raise ConfigError(
             explain(
@@ -201,7 +223,7 @@ def parse_rules(data: Mapping[str, Any]) -> GateRules:
                 fix="e.g. must_pass = ['terminal_snr']",
             )
         )
-    noise = dict(data.get("noise", {}))
+    noise = _rules_table(data, "noise")
     if set(noise) - {"k", "paired"}:
         raise ConfigError(
             explain(
@@ -211,15 +233,13 @@ def parse_rules(data: Mapping[str, Any]) -> GateRules:
                 fix="use k = 2.0 and/or paired = true",
             )
         )
-    k = noise.get("k", 2.0)
-    if not isinstance(k, (int, float)) or isinstance(k, bool) or k < 0:
-        raise ConfigError(explain("bad [noise] k", expected="a number >= 0", got=repr(k), fix="use k = 2.0"))
+    k = check_k(noise.get("k", 2.0), "[noise] k")
     paired = noise.get("paired", False)
     if not isinstance(paired, bool):
         raise ConfigError(
             explain("bad [noise] paired", expected="true or false", got=repr(paired), fix="use paired = true")
         )
-    compare = dict(data.get("compare", {}))
+    compare = _rules_table(data, "compare")
     if set(compare) - {"different_n"}:
         raise ConfigError(
             explain(
@@ -239,11 +259,20 @@ def parse_rules(data: Mapping[str, Any]) -> GateRules:
                 fix='use different_n = "infinity"',
             )
         )
+    if paired and different_n == "infinity":
+        raise ConfigError(
+            explain(
+                'gate rules ask for paired comparisons and different_n = "infinity"',
+                expected="one of them: FID∞ rows at different N cannot be paired (their seeds differ)",
+                got='[noise] paired = true with [compare] different_n = "infinity"',
+                fix="drop paired = true, or compare at the same N",
+            )
+        )
     return GateRules(
-        absolute=[_parse_bound(m, t) for m, t in dict(data.get("absolute", {})).items()],
-        relative=[_parse_change(m, t) for m, t in dict(data.get("relative", {})).items()],
+        absolute=[_parse_bound(m, t) for m, t in _rules_table(data, "absolute").items()],
+        relative=[_parse_change(m, t) for m, t in _rules_table(data, "relative").items()],
         must_pass=must_pass,
-        k=float(k),
+        k=k,
         paired=paired,
         different_n=different_n,
         default=not any(table in data for table in ("absolute", "relative", "checks")),  # only [noise]/[compare]
@@ -258,10 +287,51 @@ def load_rules(path: str | Path | None) -> GateRules:
 
 
 def _rows(frame: pd.DataFrame, key: str) -> pd.DataFrame:
-    """Metric and latency rows whose label or name is ``key``."""
+    """Metric and latency rows whose label or name is ``key`` (every one of them: none goes ungated)."""
     gated = frame[frame["kind"].isin(["metric", "latency"])]
-    by_label = gated[gated["label"] == key]
-    return by_label if not by_label.empty else gated[gated["name"] == key]
+    return gated[(gated["label"] == key) | (gated["name"] == key)]
+
+
+def _by_key(rows: pd.DataFrame, side: str) -> dict[tuple[str, str], Any]:
+    """Rows by (label, point); two rows for one key is an error (which one would be gated?)."""
+    out: dict[tuple[str, str], Any] = {}
+    for _, row in rows.iterrows():
+        if _key(row) in out:
+            raise InputError(
+                explain(
+                    f"two rows for {_where(row)} in the {side}",
+                    expected="one row per metric label and sweep point",
+                    got="a duplicate (a report merged or edited by hand?)",
+                    fix=f"regenerate the {side} report",
+                )
+            )
+        out[_key(row)] = row
+    return out
+
+
+def _number(row: Any, value: Any, what: str, side: str) -> float:
+    """A row's value as a finite float; NaN, inf or nothing is an error, never a silent pass."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise InputError(
+            explain(
+                f"{_where(row)}: the {side}'s {what} is not a finite number",
+                expected="a finite value to compare",
+                got=repr(value),
+                fix="re-run that evaluation and look at the row's status and details",
+            )
+        )
+    return number
+
+
+def _float_or_nan(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _key(row: Any) -> tuple[str, str]:
@@ -346,9 +416,9 @@ def _pairs(
                 fix="run the candidate with the same config as the baseline",
             )
         )
-    cand_by_key = {_key(r): r for _, r in c_rows.iterrows()}
+    cand_by_key = _by_key(c_rows, "candidate")
     pairs = []
-    for _, b in b_rows.iterrows():
+    for b in _by_key(b_rows, "baseline").values():
         if b["kind"] == "latency" and sizes[0] != sizes[1]:
             raise InputError(
                 explain(
@@ -372,7 +442,7 @@ def _pairs(
                 )
             )
         infinity = False
-        for col in ("n_gen", "n_ref", "extractor"):
+        for col in ("n_gen", "n_ref", "extractor", "direction", "unit"):
             bv, cv = b[col], c[col]
             same = (pd.isna(bv) and pd.isna(cv)) or (not pd.isna(bv) and not pd.isna(cv) and bv == cv)
             if not same and _by_infinity(b, c, col, different_n):
@@ -398,10 +468,10 @@ def _noise(b: Any, c: Any, infinity: bool, rules: GateRules) -> Noise:
     bd, cd = _details(b), _details(c)
     if infinity:
         problem = "FID∞ rows at different N are compared unpaired"
-        se_b, se_c = float(bd.get("fid_infinity_stderr", math.nan)), float(cd.get("fid_infinity_stderr", math.nan))
+        se_b, se_c = _float_or_nan(bd.get("fid_infinity_stderr")), _float_or_nan(cd.get("fid_infinity_stderr"))
     else:
         problem = pairing_problem(bd.get("pairing"), cd.get("pairing"))
-        se_b, se_c = float(b["stderr"]), float(c["stderr"])
+        se_b, se_c = _float_or_nan(b["stderr"]), _float_or_nan(c["stderr"])
     if problem is None:
         se = paired_se(bd["pairing"], cd["pairing"])
         if math.isfinite(se):
@@ -444,9 +514,10 @@ def _relative_verdicts(
                 )
             )
         if infinity:
-            bv, cv = float(_details(b)["fid_infinity"]), float(_details(c)["fid_infinity"])
+            bv = _number(b, _details(b).get("fid_infinity"), "FID∞", "baseline")
+            cv = _number(c, _details(c).get("fid_infinity"), "FID∞", "candidate")
         else:
-            bv, cv = float(b["value"]), float(c["value"])
+            bv, cv = _number(b, b["value"], "value", "baseline"), _number(c, c["value"], "value", "candidate")
         noise = _noise(b, c, infinity, rules)
         worse = (cv - bv) * direction + 0.0  # no "-0"
         allowance = change.allowance(bv)
@@ -463,7 +534,7 @@ def _relative_verdicts(
         if infinity:
             note = f"FID∞ (N {b['n_gen']} vs {c['n_gen']}); " + note
         if noise.why and noise.mode != "paired":
-            note += f"; unpaired: {noise.why}"
+            note += f"; not paired: {noise.why}"
         rule = change.text(direction)
         verdicts.append(
             Verdict(
@@ -494,9 +565,9 @@ def _absolute_verdicts(bound: Bound, base: pd.DataFrame, cand: pd.DataFrame, siz
                 fix="gate on a metric the run computed",
             )
         )
-    base_by_key = {_key(r): r for _, r in _rows(base, bound.metric).iterrows()}
+    base_by_key = _by_key(_rows(base, bound.metric), "baseline")
     out = []
-    for _, c in rows.iterrows():
+    for c in _by_key(rows, "candidate").values():
         if c["kind"] == "latency" and sizes[0] != sizes[1]:
             raise InputError(
                 explain(
@@ -507,15 +578,16 @@ def _absolute_verdicts(bound: Bound, base: pd.DataFrame, cand: pd.DataFrame, siz
                 )
             )
         b = base_by_key.get(_key(c))
-        bv = float(b["value"]) if b is not None else math.nan
+        bv = _float_or_nan(b["value"]) if b is not None else math.nan
+        cv = _number(c, c["value"], "value", "candidate")
         out.append(
             Verdict(
                 f"absolute {bound.op} {bound.limit:g}",
                 _where(c),
                 bv,
-                float(c["value"]),
+                cv,
                 f"{bound.op} {bound.limit:g}",
-                "pass" if bound.holds(float(c["value"])) else "regression",
+                "pass" if bound.holds(cv) else "regression",
             )
         )
     return out
@@ -554,7 +626,7 @@ def _check_verdicts(rules: GateRules, base: pd.DataFrame, cand: pd.DataFrame) ->
     for _, row in c_checks[c_checks["name"].isin(ALWAYS_CHECKED) & ~c_checks["name"].isin(names)].iterrows():
         where = _check_where(row)
         verdict = "regression" if row["status"] == "fail" else "pass"
-        note = f"status {row['status']}: " + str(json.loads(row["details"]).get("message", ""))[:160]
+        note = f"status {row['status']}: " + str(_details(row).get("message", ""))[:160]
         out.append(Verdict("must not fail (always)", where, math.nan, float(row["value"]), "not fail", verdict, note))
     if rules.default:
         for _, row in c_checks[~c_checks["name"].isin(ALWAYS_CHECKED)].iterrows():
@@ -710,7 +782,7 @@ def run_gate(
         try:
             rules = load_rules(rules_path)
             if k is not None:
-                rules = dataclasses.replace(rules, k=float(k))
+                rules = dataclasses.replace(rules, k=check_k(k, "--k"))
             verdicts = evaluate_gate(Report.load(baseline), Report.load(candidate), rules)
             if not verdicts:
                 raise ConfigError(

@@ -263,7 +263,8 @@ class _Run:
         self.cfg, self.out, self.progress, self.extra_rows = cfg, out, progress, extra_rows
         self.device = resolve_device(cfg.device)
         self.world = world()
-        self.fingerprint = json.dumps(cfg.to_dict() | {"device": str(self.device)}, sort_keys=True, default=str)
+        content = {k: v for k, v in cfg.to_dict().items() if k != "source"}  # where the file lies is not the config
+        self.fingerprint = json.dumps(content | {"device": str(self.device)}, sort_keys=True, default=str)
         self.rows: list[dict[str, Any]] = []
         self.checks: list[CheckResult] = []
         self.figures: list[tuple[str, str]] = []
@@ -297,7 +298,7 @@ class _Run:
                 explain(
                     f"the config differs from the one the interrupted run in {self.out} used",
                     expected="the same config (and device)",
-                    got=f"different {', '.join(differing)}",
+                    got="; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in differing)[:600],
                     fix="resume with the original config, or run into a new --out folder",
                 )
             )
@@ -380,7 +381,11 @@ class _Run:
             self._save()
 
     def _report(self) -> Report:
-        config = json.loads(self.fingerprint) | {"world_size": self.world.size, "resumed": self.resumed}
+        config = json.loads(self.fingerprint) | {
+            "source": self.cfg.source,
+            "world_size": self.world.size,
+            "resumed": self.resumed,
+        }
         seeds = f"{self.cfg.seed}..{self.cfg.seed + self.cfg.n - 1}" if self.cfg.n else ""
         code = self.cfg.sampler.factory if self.cfg.sampler is not None else None
         wall_s = time.perf_counter() - self.t0
@@ -458,4 +463,16 @@ def run_config(
     each stage); ``resume=True`` continues an interrupted run from it, with the same values as an uninterrupted run.
     """
     out = writable_folder(Path(out))
+    if not resume and (out / checkpoint.FILENAME).exists():
+        raise ConfigError(
+            explain(
+                f"{out} holds the checkpoint of an interrupted run",
+                expected="a folder without checkpoint.pt (a fresh run would overwrite that work)",
+                got=str(out / checkpoint.FILENAME),
+                fix=(
+                    f"continue it with `diffeval run CONFIG --resume {out}`, choose another --out,"
+                    f" or delete {out / checkpoint.FILENAME} to start over"
+                ),
+            )
+        )
     return _Run(cfg, out, progress, extra_rows, resume).execute()

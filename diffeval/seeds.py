@@ -84,6 +84,11 @@ class SeedRNG:
         return SeedRNG([(s + offset) % (MAX_SEED + 1) for s in self.seeds], self.device)
 
 
+#: seed offset of the noise a foreign sampler draws at its steps when diffeval supplied the initial noise
+#: (``rng.derived(STEP_NOISE_OFFSET)``): the steps must not redraw z_T
+STEP_NOISE_OFFSET = 1_000_003
+
+
 def seeded_noise(
     seeds: Sequence[int], shape: Sequence[int], device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:

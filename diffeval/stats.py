@@ -169,6 +169,8 @@ class FeatureMoments:
             self.shift = f.mean(0)
             self.sum = torch.zeros(d, dtype=torch.float64, device=f.device)
             self.sum_outer = torch.zeros(d, d, dtype=torch.float64, device=f.device)
+        if self.sum.device != f.device:  # e.g. resumed from a CPU checkpoint, then fed CUDA features
+            self.shift, self.sum, self.sum_outer = (t.to(f.device) for t in (self.shift, self.sum, self.sum_outer))
         y = f - self.shift
         self.n += f.shape[0]
         self.sum += y.sum(0)
@@ -194,6 +196,8 @@ class FeatureMoments:
                 other.sum.clone(),
                 other.sum_outer.clone(),
             )
+            bad = other.nonfinite_rows
+            self.nonfinite_rows = bad.clone() if torch.is_tensor(bad) else bad  # the deferred NaN count goes along
             return self
         if other.sum.numel() != self.sum.numel():
             raise InputError(

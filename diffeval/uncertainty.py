@@ -54,10 +54,11 @@ class SeedBlocks:
 
     ``assign(seeds, n)`` returns each sample's block (``seed mod k``). Samples given without
     seeds fall into blocks by arrival order; such a run still gets a standard error but no
-    fingerprint, so the gate never pairs it. The fingerprint (count, Σ seed, Σ seed², exact
-    integers) is the same for two runs exactly when — barring a contrived collision — they
-    used the same seed set, whatever the batching, sharding or resumes. Plain fields only,
-    so a checkpoint stores it as values.
+    fingerprint, so the gate never pairs it. The fingerprint (count, Σ seed, Σ seed² in exact
+    integers, and Σ splitmix64(seed) mod 2⁶⁴ — the sums alone collide, e.g. {1, 5, 6} and
+    {2, 3, 7}) is order-free and additive, so it is the same whatever the batching, sharding
+    or resumes, and two different seed sets share it only by a 64-bit hash collision. Plain
+    fields only, so a checkpoint stores it as values.
     """
 
     k: int
@@ -65,6 +66,7 @@ class SeedBlocks:
     n: int = 0
     seed_sum: int = 0
     seed_sumsq: int = 0
+    seed_hash: int = 0
     unseeded: int = 0
 
     def __post_init__(self) -> None:
@@ -72,10 +74,20 @@ class SeedBlocks:
         self.counts = list(self.counts) or [0] * self.k
 
     def assign(self, seeds: Sequence[int], n: int, device: Any = None) -> torch.Tensor:
+        if len(seeds) not in (0, n):
+            raise InputError(
+                explain(
+                    "a batch's seeds do not match its samples",
+                    expected=f"{n} seeds (one per sample) or none",
+                    got=f"{len(seeds)} seeds",
+                    fix="pass one seed per sample (Batch.seeds)",
+                )
+            )
         if len(seeds) == n:
             values = [int(x) for x in seeds]
             self.seed_sum += sum(values)
             self.seed_sumsq += sum(x * x for x in values)  # Python integers: exact, no overflow
+            self.seed_hash = (self.seed_hash + sum(_splitmix64(x) for x in values)) % 2**64
             s = torch.as_tensor(values, dtype=torch.int64)
         else:
             s = torch.arange(self.n, self.n + n, dtype=torch.int64)
@@ -100,19 +112,28 @@ class SeedBlocks:
         self.n += other.n
         self.seed_sum += other.seed_sum
         self.seed_sumsq += other.seed_sumsq
+        self.seed_hash = (self.seed_hash + other.seed_hash) % 2**64
         self.unseeded += other.unseeded
         return self
 
     @property
     def fingerprint(self) -> str | None:
-        """``n:Σs:Σs²`` of the seeds, or None when some samples came without seeds."""
-        return None if self.unseeded else f"{self.n}:{self.seed_sum}:{self.seed_sumsq}"
+        """``n:Σs:Σs²:hash`` of the seeds, or None when some samples came without seeds."""
+        return None if self.unseeded else f"{self.n}:{self.seed_sum}:{self.seed_sumsq}:{self.seed_hash:016x}"
 
     def record(self, kind: str, values: Sequence[float], reference: str | None = None) -> dict[str, Any]:
         """The pairing record for ``values`` over these blocks (see :func:`pairing`)."""
         out = pairing(kind, values, self.k, seeds=self.fingerprint, reference=reference)
         out["counts"] = list(self.counts)
         return out
+
+
+def _splitmix64(seed: int) -> int:
+    """A 64-bit mix of one seed (splitmix64's finalizer): the summand of the fingerprint's hash."""
+    z = (seed + 0x9E3779B97F4A7C15) % 2**64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+    return z ^ (z >> 31)
 
 
 def digest(*tensors: torch.Tensor) -> str:
@@ -195,7 +216,9 @@ def pairing_problem(base: Any, cand: Any) -> str | None:
             return f"{what} differs ({base.get(key)} vs {cand.get(key)})"
     if base.get("seeds") is None or cand.get("seeds") is None:
         return "a run fed samples without seeds"
-    if base["seeds"] != cand["seeds"]:
+    if str(base["seeds"]).count(":") != str(cand["seeds"]).count(":"):
+        return "the seed fingerprints are of different formats (an older report: re-run it)"
+    if base["seeds"] != cand["seeds"] or base.get("counts") != cand.get("counts"):
         return "the runs used different seeds"
     if len(base.get("values", [])) != len(cand.get("values", [])):
         return "different numbers of pairing values"

@@ -9,6 +9,7 @@ from diffeval.checks import check_snr_endpoints
 from diffeval.errors import SamplerError
 from diffeval.evaluate import evaluate
 from diffeval.samplers import SeedRNG
+from diffeval.seeds import STEP_NOISE_OFFSET
 from diffeval.testing import assert_conforms, check_sampler
 
 diffusers = pytest.importorskip("diffusers")
@@ -255,7 +256,7 @@ def test_text_to_image_pipeline(tiny_sd_pipeline):
         height=16,
         width=16,
         output_type="np",
-        generator=[torch.Generator().manual_seed(s) for s in seeds],
+        generator=[torch.Generator().manual_seed(s) for s in SeedRNG(seeds).derived(STEP_NOISE_OFFSET).seeds],
     ).images
     torch.testing.assert_close(ours, torch.from_numpy(direct).permute(0, 3, 1, 2).float() * 2 - 1, rtol=0, atol=0)
     with pytest.raises(SamplerError, match="needs one prompt per sample"):

@@ -299,6 +299,8 @@ def test_config_accepts_exactly_what_the_metric_accepts():
         )
     with pytest.raises(ConfigError, match="needs option 'reference'"):
         parse_config({"run": {"n": 4}, "sampler": {"factory": "demo"}, "metrics": [{"name": "fid"}]})
+    with pytest.raises(ConfigError, match="bad \\[schedule\\] rescale_zero_snr.*got 'no'"):  # not bool("no")
+        parse_config({"run": {"n": 4}, "schedule": {"preset": "linear", "rescale_zero_snr": "no"}})
 
 
 # -- bad statistics are refused at the boundary ----------------------------------------------------

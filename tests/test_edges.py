@@ -443,7 +443,8 @@ def test_sigterm_keeps_a_partial_report_and_resume_equals_an_uninterrupted_run(t
         partial.rows[-1]["name"] == "run_interrupted" and "INCOMPLETE" in (tmp_path / "cut" / "report.html").read_text()
     )
     assert any(r["name"] == "terminal_snr" for r in partial.rows)  # the work done before is in the report
-    resumed = _diffeval(["run", "slow.toml", "--resume", "cut", "--no-progress"], tmp_path, env)
+    # the config named by another spelling of its path is the same config
+    resumed = _diffeval(["run", str(tmp_path / "slow.toml"), "--resume", "cut", "--no-progress"], tmp_path, env)
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
     a, b = _rows(tmp_path / "full" / "report.json"), _rows(tmp_path / "cut" / "report.json")
     for label in ("fid@demo-digits:features", "kid@demo-digits:features", "inception_score@demo-digits:logits"):
@@ -488,6 +489,11 @@ def test_resume_refuses_another_config(tmp_path, capsys):
         assert "config differs" in capsys.readouterr().err
         assert main(["run", str(cfg), "--resume", str(tmp_path / "nothing"), "--no-progress"]) == 2
         assert "nothing to resume" in capsys.readouterr().err
+        # a fresh run into the folder of an interrupted one refuses to overwrite its checkpoint
+        assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "holds the checkpoint of an interrupted run" in err and "--resume" in err
+        assert (tmp_path / "o" / "checkpoint.pt").exists()
     finally:
         del os.environ["DIFFEVAL_CHECKPOINT_S"]
 

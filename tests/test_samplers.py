@@ -230,6 +230,13 @@ def test_model_wrong_shape_or_nan():
     with pytest.raises(SamplerError, match="NaN/inf at sampling step 5"):
         GeneralizedSampler(nan_late, schedules.linear(), steps=10, clip_x0=False)(noise)
 
+    def inf_late(x, t):  # an fp16 overflow: clipping x0_hat must not turn it into a flat image
+        return torch.full_like(x, math.inf) if float(t[0]) < 500 else torch.zeros_like(x)
+
+    for clip in (True, False):
+        with pytest.raises(SamplerError, match="NaN/inf at sampling step 5"):
+            GeneralizedSampler(inf_late, schedules.linear(), steps=10, clip_x0=clip)(noise)
+
 
 def test_callable_sampler():
     s = CallableSampler(lambda noise, cond: noise.clamp(-1, 1), name="clamp", nfe=1)

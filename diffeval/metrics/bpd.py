@@ -598,7 +598,9 @@ class BitsPerDim(Metric):
             [bpd.sum(), (bpd**2).sum(), *(est.components[k].sum() / scale for k in ("prior", "diffusion", "decoder"))]
         )
         self.n += int(bpd.numel())
-        self.block_sums.index_add_(0, self.seed_blocks.assign(seeds, int(bpd.numel())), bpd.detach().cpu().double())
+        # the real seeds only: invented indices (for the noise of unseeded batches) must not pair
+        blocks = self.seed_blocks.assign(batch.seeds, int(bpd.numel()))
+        self.block_sums.index_add_(0, blocks, bpd.detach().cpu().double())
 
     def merge(self, other: BitsPerDim) -> BitsPerDim:
         self.n += other.n
@@ -633,7 +635,12 @@ class BitsPerDim(Metric):
         if self.blocks >= 2 and min(self.seed_blocks.counts) >= 1 and max(self.seed_blocks.counts) < self.n:
             loo = loo_means(self.block_sums, self.seed_blocks.counts) + offset
             details["pairing"] = self.seed_blocks.record(
-                "jackknife", loo.tolist(), reference=f"{self.data_spec}; noise seed {self.seed}"
+                "jackknife",
+                loo.tolist(),
+                reference=(
+                    f"{self.data_spec}; noise seed {self.seed}; {self.estimator}"
+                    f" {sorted((k, str(v)) for k, v in self.settings.items())}"
+                ),
             )
         return MetricResult(mean + offset, stderr, n_ref=self.n, convention=self.convention_text, details=details)
 

@@ -238,15 +238,6 @@ class KID(RowMetric):
 
     def compute(self) -> MetricResult:
         generated = self.rows(self.reference.shape[1])
-        if not bool(torch.isfinite(generated).all()):
-            raise InputError(
-                explain(
-                    "features contain NaN or inf",
-                    expected="finite features",
-                    got="non-finite values",
-                    fix="check the images fed to the extractor",
-                )
-            )
         blocks, block_ids = (self.blocks if self.blocks >= 2 else 0), None
         if self.seeded():  # seed order: independent of batching, shards, resumes
             seeds = self.row_seeds()
@@ -271,7 +262,9 @@ class KID(RowMetric):
         }
         if est.stderr is not None:
             details["pairing"] = self.seed_blocks.record(
-                "jackknife", est.left_out, reference=f"{digest(self.reference)}:subsets {self.subsets}/{self.seed}"
+                "jackknife",
+                est.left_out,
+                reference=f"{digest(self.reference)}:subsets {self.subsets}x{est.subset_size}/{self.seed}",
             )
         return MetricResult(
             est.value,

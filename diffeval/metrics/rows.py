@@ -75,7 +75,9 @@ class RowMetric(Metric):
         """Every row kept, on the CPU, in arrival order (``(0, width)`` when none)."""
         if not self.chunks:
             return torch.empty(0, width, dtype=torch.float64)
-        return torch.cat([c.cpu() for c in self.chunks])
+        out = torch.cat([c.cpu() for c in self.chunks])
+        require_finite(out, self.display_name or self.name)  # CUDA rows were not checked as they came
+        return out
 
     def seeded(self) -> bool:
         """Whether every row came with its seed (so seed order and seed blocks are defined)."""

@@ -10,10 +10,12 @@ diffusers is imported inside the adapters only; install it with
 ``pip install 'diffeval[diffusers]'``.
 
 Noise and seeds: when the pipeline takes ``latents``, diffeval's per-seed noise is
-passed as the initial latents; pipelines without it (``DDPMPipeline``,
-``DDIMPipeline``) get one fresh ``torch.Generator`` per sample, seeded like diffeval's,
-so their first draw *is* diffeval's noise; the same generators drive the scheduler's
-stochastic steps. Either way a sample depends on its seed only.
+passed as the initial latents, and the scheduler's stochastic steps draw from CPU
+generators seeded ``seed + STEP_NOISE_OFFSET`` (so no step redraws z_T); pipelines
+without it (``DDPMPipeline``, ``DDIMPipeline``) get one CPU ``torch.Generator`` per
+sample seeded with the sample's seed, which draws the initial noise (in the pipeline's
+own dtype and device: equal to diffeval's draw on the CPU in float32, not on a GPU) and
+then the steps' noise. Either way a sample depends on its seed only.
 
 Outputs: pipelines are asked for ``output_type="np"`` (float [0, 1], NHWC) and mapped
 exactly with ``x * 2 - 1``; a pipeline that still returns PIL images (8-bit) is
@@ -34,6 +36,7 @@ from diffeval import schedules
 from diffeval.errors import ConfigError, SamplerError, explain
 from diffeval.quantize import dequantize
 from diffeval.samplers.base import RunStats, SamplerInfo, SeedRNG, StepTimer, check_sampler_output
+from diffeval.seeds import STEP_NOISE_OFFSET
 
 __all__ = [
     "DiffusersPipelineSampler",
@@ -272,7 +275,10 @@ class DiffusersPipelineSampler:
             kwargs["batch_size"] = noise.shape[0]
         if self.guidance_scale is not None:
             kwargs["guidance_scale"] = self.guidance_scale
-        generators = [torch.Generator(device="cpu").manual_seed(s) for s in rng.seeds] if rng is not None else None
+        generators = None
+        if rng is not None:
+            step_rng = rng.derived(STEP_NOISE_OFFSET) if self.takes_latents else rng
+            generators = [torch.Generator(device="cpu").manual_seed(s) for s in step_rng.seeds]
         if self.takes_latents:
             kwargs["latents"] = noise
         elif generators is None:
@@ -401,7 +407,7 @@ class DiffusersSchedulerSampler:
             extra = self.cond_fn(cond)
         self.scheduler.set_timesteps(self.steps, device=noise.device)
         generators = (
-            [torch.Generator(device=noise.device).manual_seed(s + 1_000_003) for s in rng.seeds]
+            [torch.Generator(device=noise.device).manual_seed(s) for s in rng.derived(STEP_NOISE_OFFSET).seeds]
             if rng is not None
             else None
         )

@@ -354,11 +354,11 @@ class GeneralizedSampler:
                     if lam_t >= 0:  # saturation where signal dominates (SNR >= 1), counted on the device (no sync)
                         outside += (x0_hat.abs() > 1 + SATURATION_MARGIN).sum()
                         counted += x0_hat.numel()
+                    bad_now = ~torch.isfinite(x0_hat).all()  # before clipping, which would turn inf into +-1
                     if self.clip_x0:
                         x0_hat = x0_hat.clamp(-1, 1)
                         if sigma_t > 0:
                             eps_hat = (z - alpha_t * x0_hat) / sigma_t
-                    bad_now = ~torch.isfinite(x0_hat).all()
                     first_bad = torch.where(bad_now & (first_bad < 0), torch.full_like(first_bad, i), first_bad)
                     if i + 1 == len(indices):
                         z = x0_hat  # last step lands on clean data: alpha_s = 1, sigma_s = 0
