@@ -10,6 +10,16 @@ def _offline(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(home))
     monkeypatch.delenv("DIFFEVAL_WEIGHTS_DIR", raising=False)
+    # and whatever a test unsets, a download fails loudly instead of reaching the network
+    import urllib.request
+
+    import torch.hub
+
+    def _no_network(*args, **kwargs):
+        raise AssertionError(f"a test tried to download: {args[:1]}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _no_network)
+    monkeypatch.setattr(urllib.request, "urlopen", _no_network)
 
 
 def pytest_report_header(config):

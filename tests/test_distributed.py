@@ -43,6 +43,10 @@ def test_two_gloo_ranks_equal_single_process(tmp_path):
     assert got["metrics"]["fid"]["value"] == pytest.approx(single["fid"].value, rel=1e-9)
     assert got["metrics"]["inception_score"]["value"] == pytest.approx(single["inception_score"].value, rel=1e-12)
     assert got["metrics"]["kid"]["value"] == pytest.approx(single["kid"].value, rel=1e-12)
+    # merged shards == single pass, standard errors included (FID's is a spread of leave-one-block-out FIDs of
+    # 32 samples in 64-d: the merge's float64 rounding shows at 1e-8)
+    for name, rel in (("fid", 1e-7), ("inception_score", 1e-12), ("kid", 1e-12)):
+        assert got["metrics"][name]["stderr"] == pytest.approx(single[name].stderr, rel=rel), name
 
 
 def test_a_failing_rank_is_named(tmp_path):

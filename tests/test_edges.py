@@ -284,12 +284,9 @@ def test_a_corrupt_image_is_exit_2_before_any_feature(tmp_path, capsys, monkeypa
     folder = _png_folder(tmp_path / "g", _digits()[:20])
     (folder / "0007.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     monkeypatch.setattr(evaluate_module, "feed", lambda *a, **k: pytest.fail("features were extracted"))
-    t = time.perf_counter()
     assert main(["fid", str(folder), "digits:test", "--features", "demo-digits", "--no-progress"]) == 2
-    assert time.perf_counter() - t < 10
-    assert "cannot read image" in capsys.readouterr().err and "0007.png" in capsys.readouterr().err + str(
-        folder / "0007.png"
-    )
+    err = capsys.readouterr().err
+    assert "cannot read image" in err and "0007.png" in err
 
 
 # -- 4. colour --------------------------------------------------------------------------------------------
@@ -434,6 +431,9 @@ def test_sigterm_keeps_a_partial_report_and_resume_equals_an_uninterrupted_run(t
         ):
             if _ckpt(tmp_path / "cut")["loop"].batches_done >= 2:
                 break
+    else:
+        run.kill()
+        pytest.fail("no checkpoint with 2 batches done appeared within 120 s")
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=120) == 130
     err = run.stderr.read()

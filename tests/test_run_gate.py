@@ -188,7 +188,7 @@ def test_gate_pass_absolute_relative_noise(tmp_path, capsys):
             [
                 "gate",
                 "--baseline",
-                str(base),
+                str(_report(tmp_path / "base_abs", fid=12.4)),  # +2% of 12.4 allows 12.648: only <= 12.5 fails
                 "--candidate",
                 str(_report(tmp_path / "abs", fid=12.6)),
                 "--rules",
@@ -197,6 +197,9 @@ def test_gate_pass_absolute_relative_noise(tmp_path, capsys):
         )
         == 1
     )
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if "12.6" in line.split()]
+    verdicts = {(r[0], "fid"): "REGRESSION" if "REGRESSION" in r else "PASS" for r in rows if "fid" in r}
+    assert verdicts == {("absolute", "fid"): "REGRESSION", ("relative", "fid"): "PASS"}, rows
     assert (
         main(
             [
