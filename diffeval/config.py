@@ -449,7 +449,7 @@ def load_config(path_or_name: str | Path) -> RunConfig:
     """Read and validate a TOML config file, or a registered named config (``demo``)."""
     path = Path(path_or_name)
     if (
-        not path.exists()
+        not path.is_file()  # a folder named like a config (e.g. a `demo` output folder) does not shadow it
         and isinstance(path_or_name, str)
         and "/" not in path_or_name
         and not path_or_name.endswith(".toml")

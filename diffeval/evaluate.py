@@ -477,7 +477,8 @@ def evaluate(
         if checkpoint is None:
             return
         now = time.perf_counter()
-        if now - last["t"] >= checkpoint_every_s or signals.requested():
+        done = loop.start_batch + count == loop.batches  # saved before compute, which may still fail
+        if done or now - last["t"] >= checkpoint_every_s or signals.requested():
             checkpoint(loop.state(loop.start_batch + count, metrics))
             last["t"] = time.perf_counter()
 

@@ -93,6 +93,15 @@ def fid_between(
     image is read.
     """
     gen_input, ref_input = open_source(gen), open_source(ref, stats_n=ref_n)
+    if ref_n is not None and not isinstance(ref_input, FeatureMoments):
+        raise InputError(
+            explain(
+                f"--ref-n {ref_n} applies only to reference statistics",
+                expected="a statistics .npz that records no sample count",
+                got=f"images: {ref}",
+                fix="drop --ref-n (the images are counted)",
+            )
+        )
     if isinstance(gen_input, FeatureMoments):
         if n is not None and n != gen_input.n:
             raise InputError(

@@ -691,3 +691,28 @@ def test_the_html_page_reads_well(tmp_path):
     page = (tmp_path / "o" / "report.html").read_text()
     assert "<title>range</title>" in page and "<h2>Sampler</h2>" in page and "factory run_helpers:noise_sampler" in page
     assert "<h2>Metrics</h2>" in page and "<h2>Latency</h2>" in page and "INCOMPLETE" not in page
+
+
+# -- review: inputs that used to pass silently ------------------------------------------------------------------
+def test_inputs_that_used_to_pass_silently_are_clear_errors(tmp_path, capsys, monkeypatch):
+    from diffeval.config import load_config
+    from diffeval.errors import ConfigError, InputError
+    from diffeval.metrics.cmmd import CMMD, cmmd
+    from diffeval.metrics.kid import KID
+
+    x = torch.randn(6, 4, dtype=torch.float64)
+    for sigma in (0.0, -1.0, math.nan):
+        with pytest.raises(ConfigError, match="bad CMMD kernel bandwidth"):
+            cmmd(x, x, sigma=sigma)
+        with pytest.raises(ConfigError, match="bad CMMD kernel bandwidth"):
+            CMMD(x, "clip", "image", sigma=sigma)
+    kid = KID(x, "x", "f", subsets=2, subset_size=2)
+    state = kid.state()
+    del state["seed_blocks"]  # a state missing a key must not merge an empty default
+    with pytest.raises(InputError, match="unknown or missing keys \\['seed_blocks'\\]"):
+        kid.merge_state(state)
+    assert main(["fid", "digits:test", "digits:all", "--ref-n", "7", "--features", "demo-digits", "--no-progress"]) == 2
+    assert "--ref-n 7 applies only to reference statistics" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()  # e.g. `diffeval demo --out demo`: the folder does not shadow the named config
+    assert load_config("demo").name == load_config(Path(__file__).parents[1] / "diffeval/demo/demo.toml").name

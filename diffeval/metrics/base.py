@@ -267,11 +267,11 @@ class Metric(ABC):
 
     def merge_state(self, state: dict[str, Any]) -> None:
         """Merge another shard's :meth:`state` into this metric (through :meth:`merge`)."""
-        unknown = sorted(set(state) - set(self.state_keys))
+        unknown = sorted(set(state) ^ set(self.state_keys))  # unknown, or missing (an empty default would merge)
         if unknown:
             raise InputError(
                 explain(
-                    f"state of {self.label} has unknown keys {unknown}",
+                    f"state of {self.label} has unknown or missing keys {unknown}",
                     expected=f"keys {list(self.state_keys)}",
                     got=", ".join(unknown),
                     fix="merge states of the same metric",

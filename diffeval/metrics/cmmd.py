@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +101,22 @@ def _estimate(s_xx: float, n_x: float, s_yy: float, n_y: float, s_xy: float, est
     return SCALE * (xx + yy - 2.0 * s_xy / (n_x * n_y))
 
 
+def _check_settings(estimator: str, sigma: float) -> None:
+    if estimator not in ESTIMATORS:
+        raise ConfigError(
+            explain(
+                "unknown CMMD estimator",
+                expected=" / ".join(ESTIMATORS),
+                got=repr(estimator),
+                fix="use 'min-variance' (the reference implementation's) or 'unbiased'",
+            )
+        )
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
+        raise ConfigError(
+            explain("bad CMMD kernel bandwidth", expected="a finite sigma > 0", got=repr(sigma), fix="use sigma = 10")
+        )
+
+
 def cmmd(
     generated: torch.Tensor,
     reference: torch.Tensor,
@@ -111,15 +128,7 @@ def cmmd(
     reference_sum: float | None = None,
 ) -> CmmdEstimate:
     """CMMD between (N, d) generated and (M, d) reference embeddings, with the jackknife SE over ``block_ids``."""
-    if estimator not in ESTIMATORS:
-        raise ConfigError(
-            explain(
-                "unknown CMMD estimator",
-                expected=" / ".join(ESTIMATORS),
-                got=repr(estimator),
-                fix="use 'min-variance' (the reference implementation's) or 'unbiased'",
-            )
-        )
+    _check_settings(estimator, sigma)
     x = generated.to(torch.float64)
     y = reference.to(torch.float64).to(x.device)
     n, m = x.shape[0], y.shape[0]
@@ -205,10 +214,7 @@ class CMMD(RowMetric):
                 )
             )
         require_finite(reference_embeddings, "CMMD reference")
-        if estimator not in ESTIMATORS:
-            raise ConfigError(
-                explain("unknown CMMD estimator", expected=" / ".join(ESTIMATORS), got=repr(estimator), fix="see above")
-            )
+        _check_settings(estimator, sigma)
         self.reference = reference_embeddings.detach().to(torch.float64)
         self.extractor, self.layer = extractor, layer
         self.space = f"{extractor}:{layer}"
