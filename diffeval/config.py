@@ -108,10 +108,6 @@ class RunConfig:
         path = Path(value)
         return path if path.is_absolute() else self.base_dir / path
 
-    def check_options(self, name: str) -> dict[str, Any] | None:
-        """The options of check ``name`` when the config runs it."""
-        return next((c.options for c in self.checks if c.name == name), None)
-
     def to_dict(self) -> dict[str, Any]:
         """The config as plain values (for provenance)."""
         return {

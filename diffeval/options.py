@@ -1,8 +1,8 @@
 """Declared options: what a metric or a check accepts, validated in one place.
 
-A metric or check lists its options as :class:`Option` objects; config validation,
-``--help`` text and the conformance round-trip are generated from that list, so an
-option cannot be accepted in one place and refused in another. Unknown keys are errors
+A metric or check lists its options as :class:`Option` objects; config validation
+and the conformance round-trip (``to_toml``) are driven by that list, so an option
+cannot be accepted in one place and refused in another. Unknown keys are errors
 with a "did you mean".
 
 Example::
@@ -24,7 +24,7 @@ from typing import Any
 
 from diffeval.errors import ConfigError, explain
 
-__all__ = ["Option", "REQUIRED", "validate_options", "to_toml", "describe_options"]
+__all__ = ["Option", "REQUIRED", "validate_options", "to_toml"]
 
 
 class _Required:
@@ -175,11 +175,6 @@ def validate_options(given: Mapping[str, Any], spec: Sequence[Option], where: st
         else:
             out[option.name] = option.default
     return out
-
-
-def describe_options(spec: Sequence[Option]) -> str:
-    """The options as ``--help`` lines."""
-    return "\n".join(f"  {o.help()}" for o in spec)
 
 
 def _toml_value(value: Any) -> str:

@@ -439,19 +439,6 @@ class Report:
             ) from None
 
 
-def _message(row: Mapping[str, Any]) -> str:
-    """A check row's message (or a failed run's error)."""
-    details = json.loads(row["details"])
-    return str(details.get("message", details.get("error", "")))
-
-
-def _file_stem(text: str) -> str:
-    """A file-name-safe form of a label (``sweep_fid@inception-v3:2048`` -> ``sweep_fid_inception-v3_2048``)."""
-    import re
-
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
-
-
 def _upgrade_row(row: dict[str, Any]) -> dict[str, Any]:
     """A row of an older report: label = name, a metric's direction from the registry, ``knob``/``knob_value`` as
     ``point``.

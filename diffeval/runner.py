@@ -16,6 +16,7 @@ continue from the last completed batch (:mod:`diffeval.checkpoint`).
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -240,16 +241,19 @@ CHECKPOINT_ENV = "DIFFEVAL_CHECKPOINT_S"
 def _checkpoint_every_s() -> float:
     text = os.environ.get(CHECKPOINT_ENV, "120")
     try:
-        return max(float(text), 0.0)
+        seconds = float(text)
     except ValueError:
+        seconds = math.nan
+    if math.isnan(seconds) or seconds < 0:  # nan would silently turn checkpoints off; inf means "never"
         raise ConfigError(
             explain(
-                f"${CHECKPOINT_ENV} is not a number",
-                expected="seconds between checkpoints",
+                f"${CHECKPOINT_ENV} is not a number of seconds",
+                expected="seconds between checkpoints (>= 0; inf: only at stage ends and on SIGTERM)",
                 got=repr(text),
                 fix="e.g. 120",
             )
-        ) from None
+        )
+    return seconds
 
 
 def _drawn(name: str, path: str) -> Figure:
@@ -462,6 +466,7 @@ def run_config(
     A checkpoint is kept in ``out`` (every ``$DIFFEVAL_CHECKPOINT_S`` seconds of sampling, default 120, and after
     each stage); ``resume=True`` continues an interrupted run from it, with the same values as an uninterrupted run.
     """
+    _checkpoint_every_s()  # a bad $DIFFEVAL_CHECKPOINT_S is refused before any work
     out = writable_folder(Path(out))
     if not resume and (out / checkpoint.FILENAME).exists():
         raise ConfigError(

@@ -239,6 +239,12 @@ def test_saturation_grows_with_guidance():
     values = [r.value for r in results]
     assert values[0] < values[1] < values[2] and results[0].status == "pass"
     assert results[2].name == "x0_saturation[guidance=10]"
+    from diffeval.samplers import CallableSampler
+
+    foreign = saturation_by_guidance(  # a sampler that does not report x0: a skip row, not an aborted run
+        lambda w: CallableSampler(lambda noise, cond: noise.clamp(-1, 1), name="clamp"), [1.0, 4.0], range(4), (1, 8, 8)
+    )
+    assert [(r.name, r.status) for r in foreign] == [("x0_saturation", "skip")] and "x0_outside" in foreign[0].message
 
 
 # -- CLI -----------------------------------------------------------------------------------------------------

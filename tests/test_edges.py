@@ -716,3 +716,7 @@ def test_inputs_that_used_to_pass_silently_are_clear_errors(tmp_path, capsys, mo
     monkeypatch.chdir(tmp_path)
     (tmp_path / "demo").mkdir()  # e.g. `diffeval demo --out demo`: the folder does not shadow the named config
     assert load_config("demo").name == load_config(Path(__file__).parents[1] / "diffeval/demo/demo.toml").name
+    monkeypatch.setenv("DIFFEVAL_CHECKPOINT_S", "nan")  # would have switched checkpoints off
+    assert main(["run", "demo", "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "DIFFEVAL_CHECKPOINT_S is not a number of seconds" in err and not (tmp_path / "o").exists()

@@ -363,9 +363,13 @@ def data_options() -> tuple[Option, Option]:
 
 
 def load_model_inputs(ctx: CheckContext, spec: str, preprocess: str, limit: int) -> torch.Tensor:
-    """The first ``limit`` images of ``spec`` mapped to model space by the named preprocessing."""
+    """Up to ``limit`` images of ``spec`` (all, or a subset drawn with the run's seed: a folder sorted by class
+    must not give the first classes only), mapped to model space by the named preprocessing."""
+    from diffeval.sources import seeded_subset
+
     source = ctx.open_data(spec)
-    return preprocessing(preprocess)(source.load(range(min(len(source), limit))))
+    n = len(source)
+    return preprocessing(preprocess)(source.load(range(n) if n <= limit else seeded_subset(n, limit, ctx.seed)))
 
 
 @register_check

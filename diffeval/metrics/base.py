@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import torch
 
 from diffeval.errors import ConfigError, InputError, explain
-from diffeval.options import Option, validate_options
+from diffeval.options import Option
 from diffeval.registry import Registry
 
 __all__ = [
@@ -55,7 +55,6 @@ __all__ = [
     "LABEL_OPTION",
     "require_finite",
     "choose_layer",
-    "validate_metric_options",
 ]
 
 DIRECTIONS = ("lower", "higher")
@@ -310,11 +309,6 @@ def register_metric(cls: type[Metric]) -> type[Metric]:
 def metric_class(name: str) -> type[Metric]:
     """The registered metric class ``name`` (unknown names get a "did you mean")."""
     return METRICS.get(name)
-
-
-def validate_metric_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """A config's ``[[metrics]]`` table (without ``name``) validated against the metric's declared options."""
-    return validate_options(options, metric_class(name).options, f"metric {name!r}")
 
 
 def mean_and_stderr(total: float, total_sq: float, n: int) -> tuple[float, float]:
