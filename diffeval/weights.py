@@ -158,7 +158,8 @@ def _check_prefix(path: Path, spec: PublishedWeights) -> None:
 
 
 def resolve(spec: PublishedWeights, path: str | Path | None = None) -> tuple[Path, bool]:
-    """Find a weight file; returns ``(path, verified)`` (verified: its hash, or for an unpinned file its size, matched).
+    """Find a weight file; returns ``(path, verified)`` (verified: its pinned hash matched; a file whose hash is not
+    pinned is only size-checked, and is not called verified, so its rows carry its own hash).
 
     Order: explicit ``path`` (a user file: not hash-checked, still loaded weights-only) →
     ``$DIFFEVAL_WEIGHTS_DIR/<filename>`` → torch hub cache → download from ``spec.url``
@@ -181,7 +182,7 @@ def resolve(spec: PublishedWeights, path: str | Path | None = None) -> tuple[Pat
     for candidate in candidates:
         if candidate.is_file():
             _check_prefix(candidate, spec)
-            return candidate, True
+            return candidate, spec.sha256_prefix is not None
     searched = ", ".join(str(c) for c in candidates)
     if offline():
         raise WeightsError(

@@ -145,6 +145,15 @@ def test_dinov2_weights_resolution_fails_closed(tmp_path, monkeypatch, dino_weig
     cached.write_bytes(b"0" * 100)
     with pytest.raises(WeightsError, match="wrong size"):
         Dinov2Extractor()
+    from diffeval.weights import resolve
+
+    right_size = tmp_path / "dir" / DINOV2_WEIGHTS.filename  # size-checked only: found, but not "verified"
+    right_size.parent.mkdir()
+    with right_size.open("wb") as f:
+        f.truncate(DINOV2_WEIGHTS.size)
+    monkeypatch.setenv("DIFFEVAL_WEIGHTS_DIR", str(right_size.parent))
+    assert resolve(DINOV2_WEIGHTS) == (right_size, False)
+    monkeypatch.delenv("DIFFEVAL_WEIGHTS_DIR")
     with pytest.raises(WeightsError, match="not found"):
         Dinov2Extractor(weights=tmp_path / "missing.pth")
     with pytest.raises(WeightsError, match="do not fit the DINOv2 ViT network"):
