@@ -244,8 +244,14 @@ class KID(RowMetric):
             order = torch.argsort(seeds, stable=True)
             generated, block_ids = generated[order], seeds[order] % max(blocks, 1)
             blocks = blocks if min(self.seed_blocks.counts) >= 2 else 0
-        est = kid_with_jackknife(
-            generated, self.reference, self.subsets, self.subset_size, self.seed, blocks, block_ids
+        est = kid_with_jackknife(  # on the reference's device (the GPU when features were extracted there)
+            generated.to(self.reference.device),
+            self.reference,
+            self.subsets,
+            self.subset_size,
+            self.seed,
+            blocks,
+            block_ids,
         )
         details = {
             "subsets": self.subsets,
