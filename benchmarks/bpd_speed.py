@@ -16,11 +16,11 @@ import time
 import torch
 
 from diffeval import schedules
+from diffeval.data.sources import TensorSource
 from diffeval.demo.bundle import load_denoiser
 from diffeval.demo.data import load_digits
-from diffeval.evaluate import measure
+from diffeval.engine.loop import measure
 from diffeval.metrics.bpd import BitsPerDim
-from diffeval.sources import TensorSource
 
 
 class ConvEps(torch.nn.Module):

@@ -78,7 +78,7 @@ def bench_extraction(n: int, batch_size: int, device: str) -> list[tuple[str, st
     from inception_fixture import save_random_inception
     from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-    from diffeval.features import InceptionV3Extractor
+    from diffeval.features.extractors import InceptionV3Extractor
 
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
 
@@ -115,9 +115,9 @@ _MEMORY_CHILD = """
 import json, resource, sys, torch
 from diffeval.demo.bundle import DigitsFeatureExtractor
 from diffeval.demo.run import reference_moments
-from diffeval.evaluate import measure
+from diffeval.engine.loop import measure
 from diffeval.metrics import FID
-from diffeval.sources import TensorSource
+from diffeval.data.sources import TensorSource
 n, batch = int(sys.argv[1]), int(sys.argv[2])
 ex = DigitsFeatureExtractor()
 ref = reference_moments(ex)

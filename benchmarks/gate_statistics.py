@@ -36,12 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffeval.gate import GateRules, evaluate_gate
+from diffeval.gate.gate import GateRules, evaluate_gate
 from diffeval.metrics import FID
 from diffeval.metrics.base import Batch
 from diffeval.metrics.fid import frechet_distance
-from diffeval.report import Report, metric_row
-from diffeval.stats import FeatureMoments
+from diffeval.report.report import Report, metric_row
+from diffeval.stats.moments import FeatureMoments
 
 CHUNK = 1000
 
@@ -264,7 +264,7 @@ def part_infinity(args: argparse.Namespace, store: Store) -> None:
 
 def part_demo(args: argparse.Namespace, store: Store) -> None:
     """The bundled demo: run twice and gate (pass); worse samplers on the same seeds (z in the table); SE ratios."""
-    from diffeval.uncertainty import paired_se
+    from diffeval.stats.uncertainty import paired_se
 
     runs = {"default": [], "again": [], **{f"steps {s}": ["--steps", str(s)] for s in args.demo_steps}, "eta 1": []}
     runs["eta 1"] = ["--eta", "1"]

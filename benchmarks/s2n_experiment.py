@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from diffeval.report import Report
-from diffeval.sweeps import sweep_table
-from diffeval.uncertainty import paired_se
+from diffeval.report.report import Report
+from diffeval.run.sweeps import sweep_table
+from diffeval.stats.uncertainty import paired_se
 
 
 def _row(table: pd.DataFrame, steps: int, gamma: float, delta: float) -> pd.Series | None:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from unet import cifar_sampler  # noqa: E402
 
-from diffeval.bench import bench_grid, format_table, measure_hook_overhead  # noqa: E402
+from diffeval.run.bench import bench_grid, format_table, measure_hook_overhead  # noqa: E402
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import SlowedModel, synchronize
 
-from diffeval.bench import _precision
+from diffeval.run.bench import _precision
 from diffeval.samplers import SeedRNG, StepTimer
 
 SAMPLERS = {"ddim": {"eta": 0.0}, "ddpm": {"eta": 1.0}}

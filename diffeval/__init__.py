@@ -4,17 +4,25 @@ Point it at any sampler (``sampler(noise, cond) -> images in [-1, 1]``) and get
 fidelity metrics, likelihood, diagnostics, latency and a report a CI gate can read.
 """
 
-from diffeval import schedules
-from diffeval.errors import ConfigError, DiffevalError, ExitCode, InputError, SamplerError, ScheduleError, WeightsError
-from diffeval.evaluate import EvaluationResult, evaluate, measure
-from diffeval.features import EXTRACTORS, get_extractor
+from diffeval.core.errors import (
+    ConfigError,
+    DiffevalError,
+    ExitCode,
+    InputError,
+    SamplerError,
+    ScheduleError,
+    WeightsError,
+)
+from diffeval.core.quantize import to_uint8
+from diffeval.core.seeds import SeedRNG
+from diffeval.diffusion import schedules
+from diffeval.diffusion.schedules import Schedule
+from diffeval.engine.loop import EvaluationResult, evaluate, measure
+from diffeval.features.extractors import EXTRACTORS, get_extractor
 from diffeval.metrics import FID, METRICS, Metric, MetricResult, frechet_distance, register_metric
-from diffeval.quantize import to_uint8
-from diffeval.report import Report
+from diffeval.report.report import Report
 from diffeval.samplers import CallableSampler, GeneralizedSampler, SamplerInfo, seeded_noise
-from diffeval.schedules import Schedule
-from diffeval.seeds import SeedRNG
-from diffeval.stats import FeatureMoments
+from diffeval.stats.moments import FeatureMoments
 from diffeval.version import __version__
 
 __all__ = [

@@ -1,3 +1,3 @@
-from diffeval.cli import main
+from diffeval.cli.main import main
 
 raise SystemExit(main())

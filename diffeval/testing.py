@@ -34,10 +34,10 @@ from typing import Any
 import torch
 
 from diffeval.checks.base import CheckResult
-from diffeval.errors import DiffevalError
+from diffeval.core.errors import DiffevalError
+from diffeval.core.seeds import SeedRNG
 from diffeval.metrics.base import DIRECTIONS, Batch, Metric, MetricResult
 from diffeval.samplers.base import StepTimer, describe
-from diffeval.seeds import SeedRNG
 
 __all__ = ["check_sampler", "assert_conforms", "check_metric", "assert_metric_conforms"]
 
@@ -289,7 +289,7 @@ def _state_dtypes(value: Any) -> list[torch.dtype]:
 
 def check_metric(make: Callable[[], Metric], batches: Sequence[Batch], *, rtol: float = 1e-9) -> list[CheckResult]:
     """Run the metric conformance checks on ``make()`` fed ``batches`` (at least two); problems are failed results."""
-    from diffeval.options import to_toml, validate_options
+    from diffeval.core.options import to_toml, validate_options
 
     batches = list(batches)
     results: list[CheckResult] = []

@@ -27,7 +27,7 @@ def worker(rank, world_size, init_file, out_file, mode):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         from diffeval.demo.bundle import demo_sampler
-        from diffeval.distributed import RankFailed, evaluate_sharded
+        from diffeval.engine.distributed import RankFailed, evaluate_sharded
 
         sampler = demo_sampler(steps=4, eta=1.0)
         if mode == "fail" and rank == 1:

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from diffeval.bench import measure_latency
 from diffeval.checks import check_snr_endpoints
-from diffeval.errors import SamplerError
-from diffeval.evaluate import evaluate
+from diffeval.core.errors import SamplerError
+from diffeval.core.seeds import STEP_NOISE_OFFSET
+from diffeval.engine.loop import evaluate
+from diffeval.run.bench import measure_latency
 from diffeval.samplers import SeedRNG
-from diffeval.seeds import STEP_NOISE_OFFSET
 from diffeval.testing import assert_conforms, check_sampler
 
 diffusers = pytest.importorskip("diffusers")
@@ -112,8 +112,8 @@ def test_snr_checks_through_scheduler_configs():
 
 
 def test_scheduler_without_alphas_cumprod_skips_checks(tmp_path):
-    from diffeval.config import parse_config
-    from diffeval.runner import run_config
+    from diffeval.run.config import parse_config
+    from diffeval.run.runner import run_config
 
     cfg = parse_config(
         {

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from diffeval.bench import format_table, latency_rows, measure_hook_overhead, measure_latency
-from diffeval.cli import main
+from diffeval.cli.main import main
+from diffeval.core.errors import ConfigError, SamplerError
 from diffeval.demo.bundle import demo_sampler
-from diffeval.errors import ConfigError, SamplerError
+from diffeval.run.bench import format_table, latency_rows, measure_hook_overhead, measure_latency
 from diffeval.samplers import StepTimer, seeded_noise
 
 

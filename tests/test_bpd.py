@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from diffeval import schedules
-from diffeval.cli import main
-from diffeval.errors import ConfigError, InputError, SamplerError
+from diffeval.cli.main import main
+from diffeval.core.errors import ConfigError, InputError, SamplerError
 from diffeval.metrics import Batch
 from diffeval.metrics.bpd import (
     BitsPerDim,

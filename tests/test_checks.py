@@ -20,11 +20,11 @@ from diffeval.checks import (
     worst,
 )
 from diffeval.checks.xt_normality import forward_samples
-from diffeval.cli import main
+from diffeval.cli.main import main
+from diffeval.core.errors import InputError, SamplerError, ScheduleError
 from diffeval.demo.bundle import demo_sampler, load_denoiser
 from diffeval.demo.data import load_digits
-from diffeval.errors import InputError, SamplerError, ScheduleError
-from diffeval.report import check_row
+from diffeval.report.report import check_row
 
 
 def _by_name(results):

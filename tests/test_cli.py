@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import diffeval
-from diffeval.cli import main
+from diffeval.cli.main import main
 
 
 def test_version_and_help():

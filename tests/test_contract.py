@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from diffeval.checks.base import CHECKS, Check, CheckOutcome, CheckResult, register_check
-from diffeval.cli import main
-from diffeval.config import load_config, parse_config
-from diffeval.errors import ConfigError, InputError
-from diffeval.features import EXTRACTORS
+from diffeval.cli.main import main
+from diffeval.core.errors import ConfigError, InputError
+from diffeval.features.extractors import EXTRACTORS
 from diffeval.metrics.base import LABEL_OPTION, METRICS, Batch, Metric, MetricExample, MetricResult, register_metric
-from diffeval.report import Report
-from diffeval.runner import RunFailed, run_config
+from diffeval.report.report import Report
+from diffeval.run.config import load_config, parse_config
+from diffeval.run.runner import RunFailed, run_config
 from diffeval.testing import check_metric
 
 PACKAGE = Path(__file__).resolve().parents[1] / "diffeval"
@@ -157,7 +157,7 @@ def test_conformance_catches_a_broken_metric():
 class ScheduleLength(Check):
     name = "schedule_length_test"
     needs = ("schedule",)
-    from diffeval.options import Option
+    from diffeval.core.options import Option
 
     options = (Option("max_T", int, 100, "longest schedule allowed", minimum=1),)
 
@@ -306,7 +306,7 @@ def test_config_accepts_exactly_what_the_metric_accepts():
 # -- bad statistics are refused at the boundary ----------------------------------------------------
 def test_bad_statistics_are_clear_errors(tmp_path):
     from diffeval.metrics import frechet_distance
-    from diffeval.stats import FeatureMoments
+    from diffeval.stats.moments import FeatureMoments
 
     eye = torch.eye(4, dtype=torch.float64)
     nan = eye.clone()
@@ -389,10 +389,10 @@ class Frozen:
 
 
 def test_the_harness_never_mutates_a_sampler():
-    from diffeval.bench import measure_hook_overhead, measure_latency
     from diffeval.checks.training import saturation_by_guidance
     from diffeval.demo.bundle import demo_sampler
-    from diffeval.evaluate import evaluate
+    from diffeval.engine.loop import evaluate
+    from diffeval.run.bench import measure_hook_overhead, measure_latency
 
     sampler = Frozen(demo_sampler(steps=3))
     result = evaluate(sampler, seeds=range(6), batch_size=4, step_timing=False)
@@ -515,7 +515,7 @@ def test_the_readme_layout_table_matches_the_tree():
 
 # -- exit codes and commands ------------------------------------------------------------------------
 def test_one_exit_code_mapping(tmp_path, capsys, monkeypatch):
-    from diffeval import cli
+    from diffeval.cli import main as cli
 
     np.savez(tmp_path / "stats.npz", mu=np.zeros(4), sigma=np.eye(4), n=10)
     assert (
@@ -564,8 +564,8 @@ def test_diagnose_is_a_checks_only_run_through_the_same_report(tmp_path, capsys)
 def test_bpd_evaluates_any_configs_model(tmp_path, capsys):
     from run_helpers import analytic_sampler
 
+    from diffeval.data.sources import open_source
     from diffeval.metrics.bpd import BitsPerDim
-    from diffeval.sources import open_source
 
     cfg = _write(tmp_path, "a.toml", '[run]\nn = 8\n[sampler]\nfactory = "run_helpers:analytic_sampler"\n')
     assert main(["bpd", str(cfg), "--data", "digits:test", "--n", "16", "--strata", "7", "--json"]) == 0

@@ -6,11 +6,11 @@ import pickle
 import pytest
 import torch
 
+from diffeval.core.errors import ConfigError, InputError, WeightsError
 from diffeval.demo import bundle
 from diffeval.demo.data import N_HELD_OUT, load_digits
 from diffeval.demo.run import DemoConfig, run_demo
 from diffeval.demo.train import train_classifier, train_denoiser
-from diffeval.errors import ConfigError, InputError, WeightsError
 
 
 def test_digits_data():
@@ -62,7 +62,7 @@ def test_pickle_bearing_file_is_refused(tmp_path):
 
 def test_random_weight_network_through_the_real_loader(tmp_path):
     from diffeval.demo.networks import DigitsClassifier
-    from diffeval.weights import sha256_file
+    from diffeval.features.weights import sha256_file
 
     torch.manual_seed(5)
     net = DigitsClassifier()

@@ -6,8 +6,8 @@ import pytest
 import torch.multiprocessing as mp
 from dist_helpers import metrics_for_demo, worker
 
-from diffeval.distributed import shard
-from diffeval.evaluate import evaluate
+from diffeval.engine.distributed import shard
+from diffeval.engine.loop import evaluate
 
 
 def test_shard_blocks():

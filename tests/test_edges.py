@@ -19,8 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
-from diffeval.cli import COMMANDS, main
-from diffeval.report import Report
+from diffeval.cli.main import COMMANDS, main
+from diffeval.report.report import Report
 
 TESTS = Path(__file__).resolve().parent
 
@@ -228,7 +228,7 @@ def test_every_subcommand_maps_every_failure_class_to_its_exit_code(command, tmp
 
 
 def test_outputs_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
-    import diffeval.references
+    import diffeval.engine.references
 
     blocker = tmp_path / "file"
     blocker.write_text("a file where a folder should be")
@@ -239,7 +239,7 @@ def test_outputs_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the outputs were checked")
 
-    monkeypatch.setattr(diffeval.references, "measure", no_work)
+    monkeypatch.setattr(diffeval.engine.references, "measure", no_work)
     digits = _png_folder(tmp_path / "digits", _digits()[:8])
     unwritable = str(blocker / "x")
     cases = [
@@ -280,7 +280,7 @@ def test_outputs_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
 
 
 def test_a_corrupt_image_is_exit_2_before_any_feature(tmp_path, capsys, monkeypatch):
-    evaluate_module = importlib.import_module("diffeval.evaluate")  # (diffeval.evaluate is also the function)
+    evaluate_module = importlib.import_module("diffeval.engine.loop")  # (diffeval.engine.loop is also the function)
     folder = _png_folder(tmp_path / "g", _digits()[:20])
     (folder / "0007.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     monkeypatch.setattr(evaluate_module, "feed", lambda *a, **k: pytest.fail("features were extracted"))
@@ -291,7 +291,7 @@ def test_a_corrupt_image_is_exit_2_before_any_feature(tmp_path, capsys, monkeypa
 
 # -- 4. colour --------------------------------------------------------------------------------------------
 def test_a_folder_mixing_grayscale_and_colour_keeps_the_colour_and_says_so(tmp_path, capsys):
-    from diffeval.sources import FolderSource
+    from diffeval.data.sources import FolderSource
 
     folder = tmp_path / "mixed"
     folder.mkdir()
@@ -312,8 +312,8 @@ def test_a_folder_mixing_grayscale_and_colour_keeps_the_colour_and_says_so(tmp_p
 def test_statistics_record_their_weights_and_a_mismatch_names_both(tmp_path, capsys):
     from inception_fixture import save_random_inception
 
-    from diffeval.stats import FeatureMoments
-    from diffeval.weights import sha256_file
+    from diffeval.features.weights import sha256_file
+    from diffeval.stats.moments import FeatureMoments
 
     a, b = save_random_inception(tmp_path / "a.pt", seed=1), save_random_inception(tmp_path / "b.pt", seed=2)
     g = np.random.RandomState(0)
@@ -339,9 +339,9 @@ def test_statistics_record_their_weights_and_a_mismatch_names_both(tmp_path, cap
 
 # -- 6. no lost work ---------------------------------------------------------------------------------------
 def test_counts_are_checked_before_sampling(tmp_path):
-    from diffeval.evaluate import evaluate
+    from diffeval.engine.loop import evaluate
     from diffeval.metrics import FID
-    from diffeval.stats import FeatureMoments
+    from diffeval.stats.moments import FeatureMoments
 
     ref = FeatureMoments()
     ref.update(torch.randn(10, 4, dtype=torch.float64))
@@ -359,7 +359,7 @@ def test_counts_are_checked_before_sampling(tmp_path):
 
 
 def test_fid_checks_the_reference_count_before_extracting(tmp_path, capsys, monkeypatch):
-    evaluate_module = importlib.import_module("diffeval.evaluate")
+    evaluate_module = importlib.import_module("diffeval.engine.loop")
     gen = _png_folder(tmp_path / "gen", _digits("train")[:50])
     small = tmp_path / "small.npz"
     np.savez(small, arr_0=_digits()[:20].transpose(0, 2, 3, 1))
@@ -457,7 +457,7 @@ def test_sigterm_keeps_a_partial_report_and_resume_equals_an_uninterrupted_run(t
 
 
 def _ckpt(folder):
-    from diffeval import checkpoint
+    from diffeval.engine import checkpoint
 
     try:
         return checkpoint.load(folder)
@@ -469,7 +469,7 @@ def test_resume_refuses_another_config(tmp_path, capsys):
     os.environ["DIFFEVAL_CHECKPOINT_S"] = "0"
     try:
         cfg = _write(tmp_path / "a.toml", RANGE.format(factory="noise_sampler").replace("n = 48", "n = 32"))
-        from diffeval import checkpoint
+        from diffeval.engine import checkpoint
 
         (tmp_path / "o").mkdir()
         checkpoint.save(
@@ -500,7 +500,7 @@ def test_resume_refuses_another_config(tmp_path, capsys):
 
 # -- 7. standard reference statistics; diffeval kid ---------------------------------------------------------------
 def test_reference_statistics_without_a_count_take_ref_n(tmp_path, capsys):
-    from diffeval.stats import FeatureMoments
+    from diffeval.stats.moments import FeatureMoments
 
     assert (
         main(["ref", "digits:test", "--out", str(tmp_path / "full.npz"), "--features", "demo-digits", "--no-progress"])
@@ -591,8 +591,8 @@ def _readme_blocks():
 
 def test_every_readme_snippet_runs():
     """Every Python snippet of the README runs as written (the k-diffusion one in its own environment); TOML parses."""
-    from diffeval.gate import parse_rules
-    from diffeval.sweeps import parse_sweep
+    from diffeval.gate.gate import parse_rules
+    from diffeval.run.sweeps import parse_sweep
 
     blocks = _readme_blocks()
     python = [code for lang, code in blocks if lang == "python" and "k_diffusion" not in code]
@@ -652,7 +652,7 @@ def test_batch_size_independence_uses_a_derived_float32_bound():
 def test_help_documents_every_option_with_its_default():
     import argparse
 
-    from diffeval.cli import build_parser
+    from diffeval.cli.main import build_parser
 
     parser = build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -695,10 +695,10 @@ def test_the_html_page_reads_well(tmp_path):
 
 # -- review: inputs that used to pass silently ------------------------------------------------------------------
 def test_inputs_that_used_to_pass_silently_are_clear_errors(tmp_path, capsys, monkeypatch):
-    from diffeval.config import load_config
-    from diffeval.errors import ConfigError, InputError
+    from diffeval.core.errors import ConfigError, InputError
     from diffeval.metrics.cmmd import CMMD, cmmd
     from diffeval.metrics.kid import KID
+    from diffeval.run.config import load_config
 
     x = torch.randn(6, 4, dtype=torch.float64)
     for sigma in (0.0, -1.0, math.nan):

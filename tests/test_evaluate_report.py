@@ -5,14 +5,14 @@ import math
 import pytest
 import torch
 
-from diffeval.errors import ConfigError, InputError
-from diffeval.evaluate import evaluate
-from diffeval.features import to_uint8
+from diffeval.core.errors import ConfigError, InputError
+from diffeval.diffusion.schedules import linear
+from diffeval.engine.loop import evaluate
+from diffeval.features.extractors import to_uint8
 from diffeval.metrics.fid import FID
-from diffeval.report import Report, make_row
+from diffeval.report.report import Report, make_row
 from diffeval.samplers import CallableSampler, GeneralizedSampler, seeded_noise
-from diffeval.schedules import linear
-from diffeval.stats import FeatureMoments
+from diffeval.stats.moments import FeatureMoments
 
 
 class PixelFeatures:

@@ -7,9 +7,11 @@ import pytest
 import torch
 from inception_fixture import save_random_inception
 
-from diffeval.errors import InputError
-from diffeval.evaluate import measure
-from diffeval.features import InceptionV3Extractor
+from diffeval.core.errors import InputError
+from diffeval.data.sources import TensorSource
+from diffeval.engine.loop import measure
+from diffeval.engine.references import build_reference
+from diffeval.features.extractors import InceptionV3Extractor
 from diffeval.metrics import (
     FID,
     KID,
@@ -21,8 +23,6 @@ from diffeval.metrics import (
     inception_score,
     mmd2_unbiased,
 )
-from diffeval.references import build_reference
-from diffeval.sources import TensorSource
 
 N_PARITY = 48
 
@@ -228,7 +228,7 @@ def test_fast_inception_mode_is_named_and_close(inception_file, image_sets):
 
 
 def test_cuda_oom_in_feature_extraction_retries_with_smaller_batches(capsys):
-    from diffeval.evaluate import extract_with_retry
+    from diffeval.engine.loop import extract_with_retry
 
     class Flaky:
         name = "flaky"
@@ -246,7 +246,7 @@ def test_cuda_oom_in_feature_extraction_retries_with_smaller_batches(capsys):
 
 
 def test_reference_building_goes_through_the_oom_retry(capsys):
-    from diffeval.sources import TensorSource
+    from diffeval.data.sources import TensorSource
 
     class Flaky:
         name = key = "flaky"

@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from diffeval.cli import main
-from diffeval.config import load_config
-from diffeval.errors import ConfigError, InputError
-from diffeval.gate import evaluate_gate, parse_rules
+from diffeval.cli.main import main
+from diffeval.core.errors import ConfigError, InputError
+from diffeval.gate.gate import evaluate_gate, parse_rules
 from diffeval.metrics import FID, KID, InceptionScore
 from diffeval.metrics.base import Batch
 from diffeval.metrics.fid import frechet_distance
 from diffeval.metrics.kid import kid_with_jackknife
-from diffeval.report import Report, make_row
-from diffeval.runner import run_config
-from diffeval.stats import FeatureMoments
-from diffeval.uncertainty import (
+from diffeval.report.report import Report, make_row
+from diffeval.run.config import load_config
+from diffeval.run.runner import run_config
+from diffeval.stats.moments import FeatureMoments
+from diffeval.stats.uncertainty import (
     SeedBlocks,
     block_se,
     extrapolate,
@@ -280,7 +280,7 @@ def test_bpd_pairing_values_are_leave_one_block_out_means():
 # -- the gate ---------------------------------------------------------------------------------
 def _fid_report(features, seeds, ref, *, blocks=10, extrapolate=True):
     metric = _feed(FID(ref, "x", "f", blocks=blocks, extrapolate=extrapolate, allow_unmatched=True), features, seeds)
-    from diffeval.report import metric_row
+    from diffeval.report.report import metric_row
 
     return Report([metric_row(metric, metric.compute())], {"world_size": 1})
 

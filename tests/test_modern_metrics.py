@@ -8,16 +8,23 @@ import numpy as np
 import pytest
 import torch
 
-from diffeval.cli import main
-from diffeval.config import load_config
-from diffeval.dinov2 import DINOV2_WEIGHTS, MEAN, STD, Dinov2Extractor, interpolate_pos_embed, to_timm_state_dict
-from diffeval.errors import ConfigError, InputError, WeightsError
-from diffeval.features import EXTRACTORS
+from diffeval.cli.main import main
+from diffeval.core.errors import ConfigError, InputError, WeightsError
+from diffeval.features.dinov2 import (
+    DINOV2_WEIGHTS,
+    MEAN,
+    STD,
+    Dinov2Extractor,
+    interpolate_pos_embed,
+    to_timm_state_dict,
+)
+from diffeval.features.extractors import EXTRACTORS
 from diffeval.metrics.base import Batch
 from diffeval.metrics.cmmd import CMMD, cmmd
 from diffeval.metrics.prdc import PRDC, PrdcReference, knn_radii, prdc
-from diffeval.runner import run_config
-from diffeval.uncertainty import jackknife_se
+from diffeval.run.config import load_config
+from diffeval.run.runner import run_config
+from diffeval.stats.uncertainty import jackknife_se
 
 TINY = {"embed_dim": 64, "depth": 2, "num_heads": 4}
 
@@ -145,7 +152,7 @@ def test_dinov2_weights_resolution_fails_closed(tmp_path, monkeypatch, dino_weig
     cached.write_bytes(b"0" * 100)
     with pytest.raises(WeightsError, match="wrong size"):
         Dinov2Extractor()
-    from diffeval.weights import resolve
+    from diffeval.features.weights import resolve
 
     right_size = tmp_path / "dir" / DINOV2_WEIGHTS.filename  # size-checked only: found, but not "verified"
     right_size.parent.mkdir()

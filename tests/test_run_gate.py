@@ -7,12 +7,12 @@ import textwrap
 import pandas as pd
 import pytest
 
-from diffeval.cli import main
-from diffeval.config import load_config, parse_config
-from diffeval.errors import ConfigError
-from diffeval.report import Report, load_frames, make_row, read_csv
-from diffeval.runner import RunFailed, run_config
-from diffeval.sweeps import sweep_table
+from diffeval.cli.main import main
+from diffeval.core.errors import ConfigError
+from diffeval.report.report import Report, load_frames, make_row, read_csv
+from diffeval.run.config import load_config, parse_config
+from diffeval.run.runner import RunFailed, run_config
+from diffeval.run.sweeps import sweep_table
 
 
 def _write(tmp_path, name, text):

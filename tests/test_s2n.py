@@ -10,13 +10,13 @@ import torch
 from test_samplers import S2, OneHotNoise, OptimalEps, TinyNet  # noqa: E402, I001
 
 from diffeval import schedules
-from diffeval.cli import main
-from diffeval.config import load_config
-from diffeval.errors import ConfigError, SamplerError
-from diffeval.runner import RunFailed, run_config
+from diffeval.cli.main import main
+from diffeval.core.errors import ConfigError, SamplerError
+from diffeval.run.config import load_config
+from diffeval.run.runner import RunFailed, run_config
+from diffeval.run.sweeps import parse_sweep, point_text, sweep_table
 from diffeval.samplers import GeneralizedSampler, SeedRNG, seeded_noise
 from diffeval.samplers.generic import _alpha_sigma
-from diffeval.sweeps import parse_sweep, point_text, sweep_table
 
 
 def _net():
@@ -321,7 +321,7 @@ def test_an_interrupted_grid_resumes_keeping_the_points_done(tmp_path, monkeypat
             raise KeyboardInterrupt
         return real(spec, kwargs, **kw)
 
-    monkeypatch.setattr("diffeval.subjects.build_sampler", counting)
+    monkeypatch.setattr("diffeval.run.subjects.build_sampler", counting)
     monkeypatch.setenv("DIFFEVAL_CHECKPOINT_S", "0")
     with pytest.raises(RunFailed):
         run_config(cfg, tmp_path / "cut")
@@ -346,7 +346,7 @@ def test_the_shipped_s2n_config_parses_into_the_papers_grid():
 
 def test_reports_from_before_multi_knob_sweeps_still_load(tmp_path):
     """A report.json / report.csv with the old knob / knob_value columns reads back with the point column."""
-    from diffeval.report import Report, make_row, read_csv
+    from diffeval.report.report import Report, make_row, read_csv
 
     row = make_row("fid", "metric", 12.0, n_gen=10, n_ref=10, extractor="x:f", direction="lower", point={"steps": 8})
     old = {k: v for k, v in row.items() if k != "point"} | {"knob": "steps", "knob_value": 8.0}
@@ -358,7 +358,7 @@ def test_reports_from_before_multi_knob_sweeps_still_load(tmp_path):
     csv = frame.drop(columns=["point"]).assign(knob=["steps", ""], knob_value=["8.0", ""])
     csv.to_csv(tmp_path / "report.csv", index=False)
     assert read_csv(tmp_path / "report.csv")["point"].tolist() == ['{"steps": 8.0}', ""]
-    from diffeval.sweeps import point_key
+    from diffeval.run.sweeps import point_key
 
     assert point_key('{"steps": 8.0}') == point_key({"steps": 8}) == point_key('{"steps": 8}')
     assert point_key({"gamma": 1, "delta": 0.5}) == point_key({"delta": 0.5, "gamma": 1.0})

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from diffeval import schedules
-from diffeval.denoiser import to_x0_eps
-from diffeval.errors import ConfigError, SamplerError
+from diffeval.core.errors import ConfigError, SamplerError
+from diffeval.diffusion.denoiser import to_x0_eps
 from diffeval.samplers import CallableSampler, GeneralizedSampler, SeedRNG, StepTimer, seeded_noise
 
 S2 = 0.25  # data variance of the 1-D Gaussian toy
@@ -176,7 +176,7 @@ def test_bad_knobs(kwargs, match):
 
 
 def test_unknown_prediction_is_one_error_type_everywhere():
-    """The prediction type is validated in one place (diffeval.denoiser) with one exception type."""
+    """The prediction type is validated in one place (diffeval.diffusion.denoiser) with one exception type."""
     from diffeval.checks import check_snr_endpoints, check_terminal_eps_variance
     from diffeval.metrics.bpd import BitsPerDim, vlb_nll
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffeval import schedules
-from diffeval.errors import ConfigError, ScheduleError
+from diffeval.core.errors import ConfigError, ScheduleError
 
 # (alpha_bar_T, logSNR_1, logSNR_T) from THEORY.md §1
 REFERENCE = {

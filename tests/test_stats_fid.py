@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from diffeval.errors import InputError
+from diffeval.core.errors import InputError
 from diffeval.metrics import FID, Batch, frechet_distance
-from diffeval.stats import FeatureMoments
+from diffeval.stats.moments import FeatureMoments
 
 
 @pytest.mark.parametrize(

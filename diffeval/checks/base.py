@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from diffeval.errors import ConfigError, InputError, explain
-from diffeval.options import Option, validate_options
-from diffeval.registry import Registry
+from diffeval.core.errors import ConfigError, InputError, explain
+from diffeval.core.options import Option, validate_options
+from diffeval.core.registry import Registry
 
 __all__ = [
     "CheckResult",

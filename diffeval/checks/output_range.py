@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from diffeval.checks.base import CheckResult
-from diffeval.quantize import RANGE_TOLERANCE
+from diffeval.core.quantize import RANGE_TOLERANCE
 
 __all__ = ["RangeStats", "check_output_range", "FAIL_FRACTION", "MIN_VALUES", "NAME"]
 

@@ -14,7 +14,7 @@
 - ``sampler_spacing``: the first sampling step should be the training schedule's last
   step ("leading" spacing never visits T and leaves residual signal).
 
-Input: a :class:`~diffeval.schedules.Schedule`, a raw ``alphas_cumprod`` array, or a
+Input: a :class:`~diffeval.diffusion.schedules.Schedule`, a raw ``alphas_cumprod`` array, or a
 diffusers scheduler config dict. Example::
 
     >>> from diffeval import schedules
@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffeval import schedules as _schedules
 from diffeval.checks.base import Check, CheckContext, CheckOutcome, CheckResult, Figure, register_check
-from diffeval.denoiser import check_prediction
-from diffeval.errors import ConfigError, InputError, ScheduleError, explain
+from diffeval.core.errors import ConfigError, InputError, ScheduleError, explain
+from diffeval.diffusion import schedules as _schedules
+from diffeval.diffusion.denoiser import check_prediction
 
 __all__ = [
     "check_snr_endpoints",
@@ -284,7 +284,7 @@ def check_snr_endpoints(
 
 
 def _bands() -> Any:
-    from diffeval.plots import LogSnrBands
+    from diffeval.report.plots import LogSnrBands
 
     # log-SNR_T at which the worst-case prior KL 0.5 log2(1 + SNR_T) reaches the pass / warn bits (THEORY.md §2)
     return LogSnrBands(
@@ -317,7 +317,7 @@ class SnrEndpoints(Check):
         first = int(_schedules.sampling_indices(info.schedule.T, info.steps, info.spacing)[0]) + 1 if spaced else None
 
         def draw(path: Any) -> Any:
-            from diffeval.plots import plot_log_snr
+            from diffeval.report.plots import plot_log_snr
 
             return plot_log_snr(info.schedule, path, BANDS, first)
 

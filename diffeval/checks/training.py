@@ -23,12 +23,12 @@ import torch
 
 from diffeval.checks.base import Check, CheckContext, CheckOutcome, CheckResult, register_check
 from diffeval.checks.xt_normality import data_options, load_model_inputs
-from diffeval.denoiser import Denoiser, check_prediction
-from diffeval.errors import InputError, explain
-from diffeval.options import Option
+from diffeval.core.errors import InputError, explain
+from diffeval.core.options import Option
+from diffeval.core.seeds import SeedRNG
+from diffeval.diffusion.denoiser import Denoiser, check_prediction
+from diffeval.diffusion.schedules import Schedule
 from diffeval.samplers.base import StepTimer
-from diffeval.schedules import Schedule
-from diffeval.seeds import SeedRNG
 
 __all__ = [
     "loss_profile",

@@ -39,10 +39,10 @@ import numpy as np
 import torch
 
 from diffeval.checks.base import Check, CheckContext, CheckOutcome, CheckResult, Figure, register_check
-from diffeval.errors import InputError, explain
-from diffeval.options import Option
-from diffeval.quantize import dequantize
-from diffeval.schedules import Schedule
+from diffeval.core.errors import InputError, explain
+from diffeval.core.options import Option
+from diffeval.core.quantize import dequantize
+from diffeval.diffusion.schedules import Schedule
 
 __all__ = [
     "check_xt_normality",
@@ -365,7 +365,7 @@ def data_options() -> tuple[Option, Option]:
 def load_model_inputs(ctx: CheckContext, spec: str, preprocess: str, limit: int) -> torch.Tensor:
     """Up to ``limit`` images of ``spec`` (all, or a subset drawn with the run's seed: a folder sorted by class
     must not give the first classes only), mapped to model space by the named preprocessing."""
-    from diffeval.sources import seeded_subset
+    from diffeval.data.sources import seeded_subset
 
     source = ctx.open_data(spec)
     n = len(source)
@@ -395,12 +395,12 @@ class XtNormality(Check):
         title = f"x_T of {o['data']} ({o['preprocess']}) under {schedule.name}"
 
         def hist(path: Any) -> Any:
-            from diffeval.plots import plot_xt_histogram
+            from diffeval.report.plots import plot_xt_histogram
 
             return plot_xt_histogram(x_T, path, title=title)
 
         def qq(path: Any) -> Any:
-            from diffeval.plots import plot_qq
+            from diffeval.report.plots import plot_qq
 
             return plot_qq(x_T, path)
 

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import torch
 
-from diffeval import schedules
+from diffeval.core.errors import ConfigError, InputError, explain
+from diffeval.core.quantize import dequantize, to_uint8
 from diffeval.demo.networks import DigitsClassifier, DigitsDenoiser
-from diffeval.errors import ConfigError, InputError, explain
-from diffeval.features import weights_tag
-from diffeval.quantize import dequantize, to_uint8
+from diffeval.diffusion import schedules
+from diffeval.features.extractors import weights_tag
+from diffeval.features.weights import load_state_dict
 from diffeval.samplers.base import SamplerInfo
 from diffeval.samplers.generic import GeneralizedSampler
-from diffeval.weights import load_state_dict
 
 __all__ = [
     "WEIGHTS_SHA256",

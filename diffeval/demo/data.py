@@ -14,10 +14,10 @@ from importlib import resources
 import numpy as np
 import torch
 
-from diffeval.errors import ConfigError, explain
-from diffeval.quantize import dequantize
-from diffeval.sources import TensorSource
-from diffeval.weights import verify_sha256
+from diffeval.core.errors import ConfigError, explain
+from diffeval.core.quantize import dequantize
+from diffeval.data.sources import TensorSource
+from diffeval.features.weights import verify_sha256
 
 __all__ = ["Digits", "load_digits", "digits_source", "DIGITS_SHA256", "N_HELD_OUT", "SPLITS"]
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from diffeval import schedules
 from diffeval.demo.bundle import IMAGE_SHAPE
 from diffeval.demo.data import load_digits
+from diffeval.diffusion import schedules
 from diffeval.samplers.generic import GeneralizedSampler
 
 __all__ = ["GaussianDigits", "gaussian_sampler"]

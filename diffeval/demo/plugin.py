@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffeval.cli import COMMANDS, Command
-from diffeval.config import CONFIGS
-from diffeval.features import EXTRACTORS
+from diffeval.cli.main import COMMANDS, Command
+from diffeval.data.sources import DATASETS
+from diffeval.features.extractors import EXTRACTORS
+from diffeval.run.config import CONFIGS
 from diffeval.samplers.factories import SAMPLER_FACTORIES
-from diffeval.sources import DATASETS
 
 __all__: list[str] = []
 

@@ -18,19 +18,19 @@ from typing import Any
 
 import torch
 
-from diffeval.config import CheckSpec, RunConfig, load_config
+from diffeval.core.errors import ConfigError, ExitCode, explain
+from diffeval.data.sources import TensorSource
 from diffeval.demo.bundle import IMAGE_SHAPE, DigitsFeatureExtractor, demo_sampler
 from diffeval.demo.data import digits_source, load_digits
 from diffeval.demo.networks import DigitsDenoiser
-from diffeval.errors import ConfigError, ExitCode, explain
-from diffeval.evaluate import EvaluationResult, evaluate, measure, resolve_device
+from diffeval.engine.loop import EvaluationResult, evaluate, measure, resolve_device
+from diffeval.engine.references import build_reference
 from diffeval.metrics.fid import FID
-from diffeval.references import build_reference
-from diffeval.report import Report, make_row
-from diffeval.runner import RunFailed, run_config
+from diffeval.report.report import Report, make_row
+from diffeval.run.config import CheckSpec, RunConfig, load_config
+from diffeval.run.runner import RunFailed, run_config
 from diffeval.samplers.callable import CallableSampler
-from diffeval.sources import TensorSource
-from diffeval.stats import FeatureMoments
+from diffeval.stats.moments import FeatureMoments
 
 __all__ = [
     "DemoConfig",

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from diffeval import schedules
 from diffeval.demo.data import load_digits
 from diffeval.demo.networks import NUM_CLASSES, DigitsClassifier, DigitsDenoiser
-from diffeval.weights import sha256_file
+from diffeval.diffusion import schedules
+from diffeval.features.weights import sha256_file
 
 __all__ = ["train_denoiser", "train_classifier", "main"]
 

@@ -3,12 +3,12 @@
 A metric class declares, as data:
 
 - ``name`` (``fid``) and ``direction`` (``lower`` or ``higher`` is better);
-- ``options``: the :class:`~diffeval.options.Option` list it accepts in a config
+- ``options``: the :class:`~diffeval.core.options.Option` list it accepts in a config
   (validation, ``--help`` and the conformance round-trip are generated from it);
 - ``inputs``: ``samples`` (generated images, fed by the evaluation loop) or ``data``
   (real data under a model, e.g. bits/dim, fed from ``self.source``);
 - ``state_keys``: the attributes holding its streaming state — float64 tensors,
-  :class:`~diffeval.stats.FeatureMoments` or lists of float64 tensors — which
+  :class:`~diffeval.stats.moments.FeatureMoments` or lists of float64 tensors — which
   :meth:`Metric.state` ships between shards and ranks and :meth:`Metric.merge` adds;
 - ``extractor`` / ``layer``: the feature extractor (by key) and layer it reads.
 
@@ -36,9 +36,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from diffeval.errors import ConfigError, InputError, explain
-from diffeval.options import Option
-from diffeval.registry import Registry
+from diffeval.core.errors import ConfigError, InputError, explain
+from diffeval.core.options import Option
+from diffeval.core.registry import Registry
 
 __all__ = [
     "Batch",
@@ -292,7 +292,7 @@ def register_metric(cls: type[Metric]) -> type[Metric]:
     if getattr(cls, "inputs", None) not in ("samples", "data"):
         problems.append("inputs ('samples' or 'data')")
     if not all(isinstance(o, Option) for o in getattr(cls, "options", ())):
-        problems.append("options (a tuple of diffeval.options.Option)")
+        problems.append("options (a tuple of diffeval.core.options.Option)")
     if problems:
         raise ConfigError(
             explain(

@@ -34,8 +34,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffeval.denoiser import Denoiser, check_prediction
-from diffeval.errors import ConfigError, InputError, explain
+from diffeval.core.errors import ConfigError, InputError, explain
+from diffeval.core.options import Option
+from diffeval.core.quantize import dequantize, grid_offset, levels
+from diffeval.core.seeds import SeedRNG
+from diffeval.diffusion.denoiser import Denoiser, check_prediction
+from diffeval.diffusion.schedules import Schedule
 from diffeval.metrics.base import (
     LABEL_OPTION,
     Batch,
@@ -46,11 +50,7 @@ from diffeval.metrics.base import (
     mean_and_stderr,
     register_metric,
 )
-from diffeval.options import Option
-from diffeval.quantize import dequantize, grid_offset, levels
-from diffeval.schedules import Schedule
-from diffeval.seeds import SeedRNG
-from diffeval.uncertainty import SeedBlocks, loo_means
+from diffeval.stats.uncertainty import SeedBlocks, loo_means
 
 __all__ = [
     "normal_cdf",
@@ -586,7 +586,7 @@ class BitsPerDim(Metric):
                     "bits/dim needs the data images",
                     expected="batch.images (uint8, or float on the 8-bit grid)",
                     got="None",
-                    fix="feed data through diffeval.evaluate.measure",
+                    fix="feed data through diffeval.engine.loop.measure",
                 )
             )
         seeds = batch.seeds if batch.seeds else list(range(self.n, self.n + batch.images.shape[0]))
@@ -689,7 +689,7 @@ class BitsPerDim(Metric):
                 )
             )
         source = ctx.open_source(options["data"])
-        from diffeval.stats import FeatureMoments
+        from diffeval.stats.moments import FeatureMoments
 
         if isinstance(source, FeatureMoments):
             raise InputError(
@@ -728,7 +728,7 @@ class BitsPerDim(Metric):
 
     @classmethod
     def example(cls) -> MetricExample:
-        from diffeval import schedules
+        from diffeval.diffusion import schedules
 
         sch = schedules.linear(T=20)
 

@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from diffeval.errors import InputError, explain
+from diffeval.core.errors import InputError, explain
+from diffeval.core.options import Option
 from diffeval.metrics.base import (
     LABEL_OPTION,
     Batch,
@@ -33,8 +34,7 @@ from diffeval.metrics.base import (
     register_metric,
     require_finite,
 )
-from diffeval.options import Option
-from diffeval.uncertainty import SeedBlocks, loo_means
+from diffeval.stats.uncertainty import SeedBlocks, loo_means
 
 __all__ = ["clip_score_torchmetrics", "clip_score_hessel", "CLIPScore", "CONVENTIONS"]
 

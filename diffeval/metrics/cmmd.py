@@ -32,7 +32,8 @@ from typing import Any
 
 import torch
 
-from diffeval.errors import ConfigError, InputError, explain
+from diffeval.core.errors import ConfigError, InputError, explain
+from diffeval.core.options import Option
 from diffeval.metrics.base import (
     LABEL_OPTION,
     Batch,
@@ -43,8 +44,7 @@ from diffeval.metrics.base import (
     require_finite,
 )
 from diffeval.metrics.rows import RowMetric
-from diffeval.options import Option
-from diffeval.uncertainty import digest, jackknife_se
+from diffeval.stats.uncertainty import digest, jackknife_se
 
 __all__ = ["cmmd", "CmmdEstimate", "CMMD", "ESTIMATORS", "SIGMA", "SCALE", "CLIP_INPUT"]
 
@@ -289,8 +289,8 @@ class CMMD(RowMetric):
 
     @classmethod
     def from_config(cls, options: dict[str, Any], ctx: BuildContext) -> CMMD:
-        from diffeval.references import build_reference
-        from diffeval.stats import FeatureMoments
+        from diffeval.engine.references import build_reference
+        from diffeval.stats.moments import FeatureMoments
 
         pretrained = options["weights"] if options["weights"] is not None else options["pretrained"]
         ex = ctx.extractor("clip", model=options["model"], pretrained=pretrained)

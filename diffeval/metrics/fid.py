@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffeval.errors import InputError, explain
+from diffeval.core.errors import InputError, explain
+from diffeval.core.options import Option
 from diffeval.metrics.base import (
     Batch,
     BuildContext,
@@ -39,9 +40,8 @@ from diffeval.metrics.base import (
     feature_options,
     register_metric,
 )
-from diffeval.options import Option
-from diffeval.stats import FeatureMoments, check_gaussian, check_space
-from diffeval.uncertainty import SeedBlocks, digest, extrapolate, jackknife_se
+from diffeval.stats.moments import FeatureMoments, check_gaussian, check_space
+from diffeval.stats.uncertainty import SeedBlocks, digest, extrapolate, jackknife_se
 
 __all__ = [
     "ZERO_TOLERANCE",
@@ -117,7 +117,7 @@ def _result(mean_term: float, traces: float, trace: tuple[float, float, float, s
 def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> FrechetResult:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64.
 
-    Both Gaussians are validated first (:func:`diffeval.stats.check_gaussian`: finite,
+    Both Gaussians are validated first (:func:`diffeval.stats.moments.check_gaussian`: finite,
     symmetric, positive semi-definite), so bad statistics are an error, never a number.
     """
     mu1, sigma1 = check_gaussian(mu1, sigma1, "first statistics")
@@ -193,8 +193,8 @@ def reference_statistics(
     difference — weights, layer, resize — is an error naming both sides) and the count
     (``reference_n`` for files that carry none); images are cut to the run's count.
     """
-    from diffeval.features import feature_space
-    from diffeval.references import build_reference
+    from diffeval.engine.references import build_reference
+    from diffeval.features.extractors import feature_space
 
     source = ctx.open_source(spec, stats_n=reference_n)
     dim = extractor.layers[layer]
@@ -310,11 +310,11 @@ class FID(Metric):
             raise InputError(
                 explain(
                     "FID needs reference statistics",
-                    expected="a diffeval.stats.FeatureMoments",
+                    expected="a diffeval.stats.moments.FeatureMoments",
                     got=type(reference).__name__,
                     fix=(
                         "load them with FeatureMoments.load(path) or build them with"
-                        " diffeval.references.build_reference"
+                        " diffeval.engine.references.build_reference"
                     ),
                 )
             )
@@ -501,7 +501,7 @@ class FID(Metric):
 
     @classmethod
     def from_config(cls, options: dict[str, Any], ctx: BuildContext) -> FID:
-        from diffeval.features import feature_space
+        from diffeval.features.extractors import feature_space
 
         ex = ctx.extractor(options["extractor"], weights=options["weights"])
         layer = choose_layer(ex, options["layer"], "fid")

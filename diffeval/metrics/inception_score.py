@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffeval.errors import InputError, explain
+from diffeval.core.errors import InputError, explain
+from diffeval.core.options import Option
 from diffeval.metrics.base import (
     Batch,
     BuildContext,
@@ -36,8 +37,7 @@ from diffeval.metrics.base import (
     register_metric,
 )
 from diffeval.metrics.rows import RowMetric
-from diffeval.options import Option
-from diffeval.uncertainty import pairing
+from diffeval.stats.uncertainty import pairing
 
 __all__ = ["inception_score", "split_scores", "InceptionScore"]
 

@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffeval.errors import InputError, explain
+from diffeval.core.errors import InputError, explain
+from diffeval.core.options import Option
 from diffeval.metrics.base import (
     Batch,
     BuildContext,
@@ -46,8 +47,7 @@ from diffeval.metrics.base import (
     register_metric,
 )
 from diffeval.metrics.rows import RowMetric
-from diffeval.options import Option
-from diffeval.uncertainty import digest, jackknife_se
+from diffeval.stats.uncertainty import digest, jackknife_se
 
 __all__ = ["mmd2_unbiased", "kernel_inception_distance", "kid_with_jackknife", "KidEstimate", "KID"]
 
@@ -296,8 +296,8 @@ class KID(RowMetric):
 
     @classmethod
     def from_config(cls, options: dict[str, Any], ctx: BuildContext) -> KID:
-        from diffeval.references import build_reference
-        from diffeval.stats import FeatureMoments
+        from diffeval.engine.references import build_reference
+        from diffeval.stats.moments import FeatureMoments
 
         ex = ctx.extractor(options["extractor"], weights=options["weights"])
         layer = choose_layer(ex, options["layer"], "kid")

@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffeval.errors import InputError, explain
+from diffeval.core.errors import InputError, explain
+from diffeval.core.options import Option
 from diffeval.metrics.base import (
     Batch,
     BuildContext,
@@ -51,8 +52,7 @@ from diffeval.metrics.base import (
     require_finite,
 )
 from diffeval.metrics.rows import RowMetric
-from diffeval.options import Option
-from diffeval.uncertainty import digest, jackknife_se
+from diffeval.stats.uncertainty import digest, jackknife_se
 
 __all__ = ["knn_radii", "prdc", "PrdcReference", "PRDC", "PARTS"]
 
@@ -426,9 +426,9 @@ class PRDC(RowMetric):
 
 def reference_features(spec: str, extractor: Any, layer: str, ctx: BuildContext) -> PrdcReference:
     """A PRDC reference: a saved ``.npz`` of features and radii (its feature space checked), or images."""
-    from diffeval.features import feature_space
-    from diffeval.references import build_reference
-    from diffeval.stats import FeatureMoments, check_space
+    from diffeval.engine.references import build_reference
+    from diffeval.features.extractors import feature_space
+    from diffeval.stats.moments import FeatureMoments, check_space
 
     path = ctx.base_dir / spec if not Path(spec).is_absolute() else Path(spec)
     if path.suffix == ".npz" and path.is_file():

@@ -2,7 +2,7 @@
 
 Such a metric cannot be reduced to moments: it keeps each feature row in float64 (``chunks``),
 the seed of each row (``seed_chunks``; batches fed without seeds keep arrival order) and the
-:class:`~diffeval.uncertainty.SeedBlocks` fingerprint of those seeds. :class:`RowMetric` does
+:class:`~diffeval.stats.uncertainty.SeedBlocks` fingerprint of those seeds. :class:`RowMetric` does
 ``reset``/``update``/``merge`` for all of them, so batching, shards and resumes are handled once;
 a subclass says how many seed blocks it keeps and, when it has a reference, the width its rows
 must have, and computes from :meth:`RowMetric.rows` and :meth:`RowMetric.row_seeds`.
@@ -14,9 +14,9 @@ from typing import ClassVar
 
 import torch
 
-from diffeval.errors import InputError, explain
+from diffeval.core.errors import InputError, explain
 from diffeval.metrics.base import Batch, Metric, require_finite
-from diffeval.uncertainty import SeedBlocks
+from diffeval.stats.uncertainty import SeedBlocks
 
 
 class RowMetric(Metric):

@@ -6,13 +6,13 @@ Plain callables (:class:`CallableSampler`), the generalized DDPM/DDIM family
 (:mod:`diffeval.samplers.kdiffusion`) — the last two import their ecosystem only when used.
 """
 
+from diffeval.core.seeds import SeedRNG, seeded_noise
 from diffeval.samplers.base import RunStats, Sampler, SamplerInfo, StepTimer, check_sampler_output, describe
 from diffeval.samplers.callable import CallableSampler, as_sampler
 from diffeval.samplers.diffusers import DiffusersPipelineSampler, DiffusersSchedulerSampler
 from diffeval.samplers.factories import SAMPLER_FACTORIES, build_sampler, import_factory
 from diffeval.samplers.generic import GeneralizedSampler
 from diffeval.samplers.kdiffusion import KDiffusionSampler
-from diffeval.seeds import SeedRNG, seeded_noise
 
 __all__ = [
     "CallableSampler",

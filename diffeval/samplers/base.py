@@ -6,7 +6,7 @@ Contract::
     sampler.describe() -> SamplerInfo
 
 - ``noise``: unit N(0, I) noise (N, C, H, W); ``images``: float (N, C, H, W) in [-1, 1].
-- ``rng``: a :class:`~diffeval.seeds.SeedRNG` over the batch's seeds, for every noise
+- ``rng``: a :class:`~diffeval.core.seeds.SeedRNG` over the batch's seeds, for every noise
   injection (so a sample depends on its seed only).
 - ``timer``: a :class:`StepTimer` the *caller* owns; the sampler reports its steps and
   network evaluations into it. The harness reads timings from its own timer and never
@@ -32,8 +32,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from diffeval.errors import SamplerError, explain
-from diffeval.seeds import SeedRNG, seeded_noise
+from diffeval.core.errors import SamplerError, explain
+from diffeval.core.seeds import SeedRNG, seeded_noise
 
 __all__ = [
     "Sampler",
@@ -57,7 +57,7 @@ class SamplerInfo:
     Attributes:
         name: a short name for reports (``generalized``, ``diffusers:DDIMPipeline``, ...).
         knobs: the sampler's settings as plain values (reported in every row, swept by configs).
-        schedule: the training schedule (:class:`~diffeval.schedules.Schedule`) or None.
+        schedule: the training schedule (:class:`~diffeval.diffusion.schedules.Schedule`) or None.
         prediction: ``eps``, ``x0``, ``v`` or None.
         model: ``model(x_t, t, *cond) -> prediction`` in the schedule's model time, or None.
         steps: sampling steps per call, or None.
@@ -87,8 +87,8 @@ class SamplerInfo:
         """What is wrong with this declaration (empty when it is sound): used by
         :func:`diffeval.testing.check_sampler`.
         """
-        from diffeval.denoiser import PREDICTIONS
-        from diffeval.schedules import SPACINGS, Schedule
+        from diffeval.diffusion.denoiser import PREDICTIONS
+        from diffeval.diffusion.schedules import SPACINGS, Schedule
 
         out = []
         if not isinstance(self.name, str) or not self.name:

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from diffeval.denoiser import check_prediction
-from diffeval.errors import SamplerError, explain
+from diffeval.core.errors import SamplerError, explain
+from diffeval.diffusion.denoiser import check_prediction
 from diffeval.samplers.base import RunStats, Sampler, SamplerInfo, SeedRNG, StepTimer, check_sampler_output
 
 __all__ = ["CallableSampler", "as_sampler"]

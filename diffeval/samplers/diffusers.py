@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffeval import schedules
-from diffeval.errors import ConfigError, SamplerError, explain
-from diffeval.quantize import dequantize
+from diffeval.core.errors import ConfigError, SamplerError, explain
+from diffeval.core.quantize import dequantize
+from diffeval.core.seeds import STEP_NOISE_OFFSET
+from diffeval.diffusion import schedules
 from diffeval.samplers.base import RunStats, SamplerInfo, SeedRNG, StepTimer, check_sampler_output
-from diffeval.seeds import STEP_NOISE_OFFSET
 
 __all__ = [
     "DiffusersPipelineSampler",
@@ -287,7 +287,7 @@ class DiffusersPipelineSampler:
                     f"{type(self.pipeline).__name__} draws its own noise",
                     expected="rng (per-sample generators) so the noise follows the seeds",
                     got="rng=None",
-                    fix="call through diffeval.evaluate, or pass rng=SeedRNG(seeds)",
+                    fix="call through diffeval.engine.loop, or pass rng=SeedRNG(seeds)",
                 )
             )
         if generators is not None:

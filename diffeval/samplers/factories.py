@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from diffeval.errors import ConfigError, explain
-from diffeval.registry import Registry
+from diffeval.core.errors import ConfigError, explain
+from diffeval.core.registry import Registry
 from diffeval.samplers.base import Sampler, describe
 from diffeval.samplers.callable import as_sampler
 
@@ -115,7 +115,7 @@ def build_sampler(
     except ConfigError:
         raise
     except Exception as error:
-        from diffeval.errors import DiffevalError
+        from diffeval.core.errors import DiffevalError
 
         if isinstance(error, DiffevalError):
             raise

@@ -50,10 +50,10 @@ from typing import Any
 
 import torch
 
-from diffeval.denoiser import Denoiser, check_prediction, to_x0_eps
-from diffeval.errors import SamplerError, explain
+from diffeval.core.errors import SamplerError, explain
+from diffeval.diffusion.denoiser import Denoiser, check_prediction, to_x0_eps
+from diffeval.diffusion.schedules import SPACINGS, Schedule, sampling_indices
 from diffeval.samplers.base import RunStats, SamplerInfo, SeedRNG, StepTimer, check_sampler_output
-from diffeval.schedules import SPACINGS, Schedule, sampling_indices
 
 __all__ = ["GeneralizedSampler", "SATURATION_MARGIN"]
 

@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from diffeval import schedules
-from diffeval.denoiser import check_prediction
-from diffeval.errors import ConfigError, SamplerError, explain
+from diffeval.core.errors import ConfigError, SamplerError, explain
+from diffeval.diffusion import schedules
+from diffeval.diffusion.denoiser import check_prediction
 from diffeval.samplers.base import RunStats, SamplerInfo, SeedRNG, StepTimer, check_sampler_output
 
 __all__ = ["KDiffusionSampler", "require_kdiffusion"]

@@ -1,0 +1,210 @@
+"""Declared options: what a metric or a check accepts, validated in one place.
+
+A metric or check lists its options as :class:`Option` objects; config validation
+and the conformance round-trip (``to_toml``) are driven by that list, so an option
+cannot be accepted in one place and refused in another. Unknown keys are errors
+with a "did you mean".
+
+Example::
+
+    >>> spec = (Option("splits", int, 10, "number of splits", minimum=1),)
+    >>> validate_options({"splits": 4}, spec, "inception_score")
+    {'splits': 4}
+    >>> validate_options({}, spec, "inception_score")
+    {'splits': 10}
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from diffeval.core.errors import ConfigError, explain
+
+__all__ = ["Option", "REQUIRED", "validate_options", "to_toml"]
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+_TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list"}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One accepted option: name, type (``bool``, ``int``, ``float``, ``str`` or ``list``), default, documentation and
+    bounds.
+
+    ``nullable`` accepts None (absent in TOML); ``choices`` restricts values; ``minimum`` /
+    ``maximum`` bound numbers (inclusive); ``item`` is the element type of a list.
+    """
+
+    name: str
+    type: type
+    default: Any = REQUIRED
+    doc: str = ""
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    nullable: bool = False
+    item: type | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    def check(self, value: Any, where: str) -> Any:
+        """``value`` converted (int → float for float options) and validated; raises :class:`ConfigError`."""
+        if value is None and (self.nullable or self.default is None):
+            return None
+        value = _coerce(value, self.type, f"{where} option {self.name!r}", self._hint())
+        if self.type is list and self.item is not None:
+            value = [_coerce(v, self.item, f"{where} option {self.name!r} item", self._hint()) for v in value]
+        if self.choices is not None and value not in self.choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in self.choices], n=1)
+            raise ConfigError(
+                explain(
+                    f"invalid value for {where} option {self.name!r}",
+                    expected=f"one of {', '.join(map(repr, self.choices))}",
+                    got=repr(value),
+                    fix=f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(map(repr, self.choices))}",
+                )
+            )
+        if self.type in (int, float):
+            if not math.isfinite(value):
+                raise ConfigError(
+                    explain(
+                        f"{where} option {self.name!r} must be finite",
+                        expected="a finite number",
+                        got=repr(value),
+                        fix=self._hint(),
+                    )
+                )
+            if self.minimum is not None and value < self.minimum:
+                raise ConfigError(
+                    explain(
+                        f"{where} option {self.name!r} is too small",
+                        expected=f">= {self.minimum:g}",
+                        got=repr(value),
+                        fix=self._hint(),
+                    )
+                )
+            if self.maximum is not None and value > self.maximum:
+                raise ConfigError(
+                    explain(
+                        f"{where} option {self.name!r} is too large",
+                        expected=f"<= {self.maximum:g}",
+                        got=repr(value),
+                        fix=self._hint(),
+                    )
+                )
+        return value
+
+    def _hint(self) -> str:
+        return (
+            f"set {self.name} = {self.default!r}"
+            if not self.required and self.default is not None
+            else f"set {self.name} to {_TYPE_NAMES.get(self.type, self.type.__name__)}"
+        )
+
+    def help(self) -> str:
+        """One line for ``--help`` and docs: name, type, default, doc."""
+        default = "required" if self.required else f"default {self.default!r}"
+        extra = f"; one of {', '.join(map(repr, self.choices))}" if self.choices else ""
+        return f"{self.name} ({_TYPE_NAMES.get(self.type, self.type.__name__)}, {default}{extra}): {self.doc}"
+
+
+def _coerce(value: Any, kind: type, where: str, hint: str) -> Any:
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+        list: isinstance(value, (list, tuple)),
+    }.get(kind, isinstance(value, kind))
+    if not ok:
+        raise ConfigError(
+            explain(
+                f"{where} has the wrong type",
+                expected=_TYPE_NAMES.get(kind, kind.__name__),
+                got=f"{value!r} ({type(value).__name__})",
+                fix=hint,
+            )
+        )
+    if kind is float:
+        return float(value)
+    if kind is list:
+        return list(value)
+    return value
+
+
+def validate_options(given: Mapping[str, Any], spec: Sequence[Option], where: str) -> dict[str, Any]:
+    """Validate ``given`` against ``spec``: unknown keys are errors (with a "did you mean"), defaults are filled in."""
+    known = {o.name: o for o in spec}
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        close = {u: difflib.get_close_matches(u, list(known), n=1) for u in unknown}
+        hints = "; ".join(f"{u!r}: did you mean {c[0]!r}?" for u, c in close.items() if c)
+        raise ConfigError(
+            explain(
+                f"unknown option(s) {', '.join(map(repr, unknown))} for {where}",
+                expected=f"options among: {', '.join(sorted(known)) or '(none)'}",
+                got=", ".join(unknown),
+                fix=hints or "remove or correct them",
+            )
+        )
+    out: dict[str, Any] = {}
+    for option in spec:
+        if option.name in given:
+            out[option.name] = option.check(given[option.name], where)
+        elif option.required:
+            raise ConfigError(
+                explain(
+                    f"{where} needs option {option.name!r}",
+                    expected=option.help(),
+                    got="nothing",
+                    fix=f"add {option.name} = ...",
+                )
+            )
+        else:
+            out[option.name] = option.default
+    return out
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+        return f'"{escaped}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ConfigError(
+        explain(
+            "value cannot be written as TOML",
+            expected="bool, int, float, str or a list of them",
+            got=type(value).__name__,
+            fix="use plain values in options",
+        )
+    )
+
+
+def to_toml(table: Mapping[str, Any], header: str | None = None) -> str:
+    """A flat TOML table of plain values under ``header`` (a line such as ``[[metrics]]``); None values are left out
+    (absent = default).
+    """
+    lines = [header] if header else []
+    lines += [f"{key} = {_toml_value(value)}" for key, value in table.items() if value is not None]
+    return "\n".join(lines) + "\n"

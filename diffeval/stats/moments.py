@@ -1,0 +1,365 @@
+"""Streaming float64 feature moments: n, shifted sums of f and f f^T — with merge and .npz files.
+
+Only these statistics are kept (O(d^2) memory), never the N x d features. The sums
+live on the features' device in float64; ``merge`` adds shards (ranks, processes) so
+merged shards equal one pass over all the data.
+
+Example::
+
+    >>> import torch
+    >>> m = FeatureMoments()
+    >>> m.update(torch.tensor([[0.0, 1.0], [2.0, 3.0]]))
+    >>> m.mean.tolist()
+    [1.0, 2.0]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffeval.core.errors import InputError, explain
+
+__all__ = ["FeatureMoments", "check_gaussian", "check_space", "SPACE_KEYS", "SYMMETRY_TOL", "PSD_TOL"]
+
+SYMMETRY_TOL = 1e-6  # max |S - S^T| relative to max |S|
+PSD_TOL = 1e-6  # smallest eigenvalue allowed: -PSD_TOL * max diagonal (round-off of a float32-stored covariance)
+
+
+def _first_bad(mask: torch.Tensor) -> tuple[int, ...]:
+    return tuple(int(i) for i in torch.nonzero(mask)[0])
+
+
+def check_gaussian(mu: Any, sigma: Any, who: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate a mean and a covariance (finite, matching shapes, symmetric, positive semi-definite); returns them in
+    float64.
+
+    Each defect is an :class:`InputError` naming the statistics (``who``), where the
+    defect is, and the fix — a NaN, a non-symmetric or an indefinite covariance would
+    otherwise give a meaningless Fréchet distance (a NaN pair gave 16.0; an indefinite
+    diag(1, -1, 1) gave 0.0 against the identity).
+    """
+    mu_t = torch.as_tensor(np.asarray(mu, dtype=np.float64) if not torch.is_tensor(mu) else mu).to(torch.float64)
+    sigma_t = (
+        torch.as_tensor(np.asarray(sigma, dtype=np.float64) if not torch.is_tensor(sigma) else sigma)
+        .to(torch.float64)
+        .to(mu_t.device)
+    )
+    d = mu_t.numel()
+    if mu_t.ndim != 1 or sigma_t.shape != (d, d):
+        raise InputError(
+            explain(
+                f"{who}: mu/sigma shapes do not match",
+                expected="mu (d,), sigma (d, d)",
+                got=f"{tuple(mu_t.shape)}, {tuple(sigma_t.shape)}",
+                fix="pass the mean vector and covariance matrix of one feature layer",
+            )
+        )
+    for name, t in (("mu", mu_t), ("sigma", sigma_t)):
+        bad = ~torch.isfinite(t)
+        if bool(bad.any()):
+            raise InputError(
+                explain(
+                    f"{who}: {name} contains NaN or inf",
+                    expected="finite statistics",
+                    got=f"{int(bad.sum())} non-finite value(s), the first at index {_first_bad(bad)}",
+                    fix=(
+                        "recompute the statistics from finite features (a NaN feature row poisons the whole covariance)"
+                    ),
+                )
+            )
+    scale = float(sigma_t.abs().max()) if d else 0.0
+    asym = float((sigma_t - sigma_t.T).abs().max()) if d else 0.0
+    if asym > SYMMETRY_TOL * max(scale, 1e-300):
+        i, j = _first_bad((sigma_t - sigma_t.T).abs() == asym)
+        raise InputError(
+            explain(
+                f"{who}: sigma is not symmetric",
+                expected=f"a covariance matrix (|S - S^T| <= {SYMMETRY_TOL:g} max|S|)",
+                got=f"S[{i},{j}] = {float(sigma_t[i, j]):.6g} but S[{j},{i}] = {float(sigma_t[j, i]):.6g}",
+                fix="pass a covariance (e.g. numpy.cov of the features), not a transposed or edited matrix",
+            )
+        )
+    sigma_t = 0.5 * (sigma_t + sigma_t.T)
+    diag = sigma_t.diagonal()
+    if d and (bool((diag < 0).any()) or not _psd(sigma_t, PSD_TOL * max(float(diag.max()), 0.0))):
+        low = float(torch.linalg.eigvalsh(sigma_t).min())
+        raise InputError(
+            explain(
+                f"{who}: sigma is not positive semi-definite",
+                expected=f"eigenvalues >= -{PSD_TOL:g} x max variance",
+                got=f"smallest eigenvalue {low:.6g} (max variance {float(diag.max()):.6g})",
+                fix="a covariance cannot have negative variance along any direction: recompute it from the features",
+            )
+        )
+    return mu_t, sigma_t
+
+
+def _psd(sigma: torch.Tensor, slack: float) -> bool:
+    if float(sigma.abs().max()) == 0.0:
+        return True
+    shifted = sigma + max(slack, 1e-300) * torch.eye(sigma.shape[0], dtype=sigma.dtype, device=sigma.device)
+    return int(torch.linalg.cholesky_ex(shifted).info) == 0
+
+
+class FeatureMoments:
+    """Running ``n``, ``sum (f - a)`` and ``sum (f - a)(f - a)^T`` of (N, d) features, in float64.
+
+    The shift ``a`` (the first batch's mean) keeps the sums centred, so the covariance
+    does not lose digits to ``n mu mu^T`` cancellation; statistics loaded from a file
+    are held about their own mean and round-trip exactly.
+    """
+
+    def __init__(self, meta: dict[str, Any] | None = None) -> None:
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.reset()
+
+    def reset(self) -> None:
+        self.n = 0
+        self.nonfinite_rows: torch.Tensor | int = 0  # deferred check for CUDA features (no per-batch sync)
+        self.shift: torch.Tensor | None = None
+        self.sum: torch.Tensor | None = None
+        self.sum_outer: torch.Tensor | None = None
+
+    @property
+    def dim(self) -> int | None:
+        return None if self.sum is None else int(self.sum.numel())
+
+    def update(self, features: torch.Tensor) -> None:
+        """Add a batch of features (N, d); non-finite features are an :class:`InputError`."""
+        if not torch.is_tensor(features) or features.ndim != 2:
+            got = tuple(features.shape) if torch.is_tensor(features) else type(features).__name__
+            raise InputError(
+                explain(
+                    "features must be a 2-D tensor",
+                    expected="(N, d)",
+                    got=f"{got}",
+                    fix="flatten each sample's features to one row",
+                )
+            )
+        if self.sum is not None and features.shape[1] != self.sum.numel():
+            raise InputError(
+                explain(
+                    "feature dimension changed between batches",
+                    expected=f"d = {self.sum.numel()}",
+                    got=f"d = {features.shape[1]}",
+                    fix="use one extractor layer per statistic",
+                )
+            )
+        f = features.detach().to(torch.float64)
+        if f.is_cuda:  # checked when the statistics are read, so the GPU never waits here
+            self.nonfinite_rows = self.nonfinite_rows + (~torch.isfinite(f)).any(1).sum()
+        elif not bool(torch.isfinite(f).all()):
+            raise InputError(
+                explain(
+                    "features contain NaN or inf",
+                    expected="finite features",
+                    got="non-finite values",
+                    fix="check the images fed to the extractor",
+                )
+            )
+        if f.shape[0] == 0:
+            return
+        if self.sum is None:
+            d = f.shape[1]
+            self.shift = f.mean(0)
+            self.sum = torch.zeros(d, dtype=torch.float64, device=f.device)
+            self.sum_outer = torch.zeros(d, d, dtype=torch.float64, device=f.device)
+        if self.sum.device != f.device:  # e.g. resumed from a CPU checkpoint, then fed CUDA features
+            self.shift, self.sum, self.sum_outer = (t.to(f.device) for t in (self.shift, self.sum, self.sum_outer))
+        y = f - self.shift
+        self.n += f.shape[0]
+        self.sum += y.sum(0)
+        self.sum_outer += y.T @ y
+
+    def _shifted_sums(self, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This shard's sums about another shift: ``z = y + delta``, ``delta = a - b``."""
+        delta = self.shift.to(shift.device) - shift
+        s = self.sum.to(shift.device)
+        s_outer = self.sum_outer.to(shift.device)
+        return s + self.n * delta, s_outer + torch.outer(s, delta) + torch.outer(delta, s) + self.n * torch.outer(
+            delta, delta
+        )
+
+    def merge(self, other: FeatureMoments) -> FeatureMoments:
+        """Add another shard's sums into this one (in place); returns ``self``."""
+        if other.sum is None:
+            return self
+        if self.sum is None:
+            self.n, self.shift, self.sum, self.sum_outer = (
+                other.n,
+                other.shift.clone(),
+                other.sum.clone(),
+                other.sum_outer.clone(),
+            )
+            bad = other.nonfinite_rows
+            self.nonfinite_rows = bad.clone() if torch.is_tensor(bad) else bad  # the deferred NaN count goes along
+            return self
+        if other.sum.numel() != self.sum.numel():
+            raise InputError(
+                explain(
+                    "cannot merge statistics of different dimension",
+                    expected=f"d = {self.dim}",
+                    got=f"d = {other.dim}",
+                    fix="merge shards of the same extractor layer",
+                )
+            )
+        s, s_outer = other._shifted_sums(self.shift)
+        self.nonfinite_rows = self.nonfinite_rows + (
+            other.nonfinite_rows.to(self.sum.device) if torch.is_tensor(other.nonfinite_rows) else other.nonfinite_rows
+        )
+        self.n += other.n
+        self.sum += s
+        self.sum_outer += s_outer
+        return self
+
+    def _require(self, n_min: int) -> None:
+        bad = int(self.nonfinite_rows)
+        if bad:
+            raise InputError(
+                explain(
+                    "features contain NaN or inf",
+                    expected="finite features",
+                    got=f"{bad} non-finite feature rows",
+                    fix="check the images fed to the extractor",
+                )
+            )
+        if self.n < n_min:
+            raise InputError(
+                explain(
+                    "too few samples for these statistics",
+                    expected=f"at least {n_min} samples",
+                    got=f"{self.n}",
+                    fix="evaluate more samples",
+                )
+            )
+
+    @property
+    def mean(self) -> torch.Tensor:
+        self._require(1)
+        return self.shift + self.sum / self.n
+
+    @property
+    def cov(self) -> torch.Tensor:
+        """Unbiased covariance (ddof = 1): ``(sum y y^T - (sum y)(sum y)^T / n) / (n - 1)``."""
+        self._require(2)
+        cov = (self.sum_outer - torch.outer(self.sum, self.sum) / self.n) / (self.n - 1)
+        return 0.5 * (cov + cov.T)
+
+    # -- files --------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write ``mu``, ``sigma`` (the pytorch-fid / clean-fid / EDM keys), ``n`` and metadata to .npz."""
+        meta = {f"meta_{k}": np.asarray(str(v)) for k, v in self.meta.items()}
+        np.savez(
+            Path(path),
+            mu=self.mean.cpu().numpy(),
+            sigma=self.cov.cpu().numpy(),
+            n=np.asarray(self.n),
+            **meta,
+        )
+
+    @classmethod
+    def from_mean_cov(
+        cls, mu: Any, sigma: Any, n: int, meta: dict[str, Any] | None = None, who: str = "statistics"
+    ) -> FeatureMoments:
+        """Rebuild the sums from a mean, an unbiased covariance and a count (validated by :func:`check_gaussian`)."""
+        mu_t, sigma_t = check_gaussian(mu, sigma, who)
+        if n < 2:
+            raise InputError(
+                explain(
+                    "statistics need a sample count",
+                    expected="n >= 2",
+                    got=f"{n}",
+                    fix="pass the number of images behind mu and sigma",
+                )
+            )
+        moments = cls(meta)
+        moments.n = int(n)
+        moments.shift = mu_t.clone()
+        moments.sum = torch.zeros_like(mu_t)
+        moments.sum_outer = sigma_t * (n - 1)
+        return moments
+
+    @classmethod
+    def load(cls, path: str | Path, n: int | None = None) -> FeatureMoments:
+        """Read an .npz with ``mu`` and ``sigma`` and the sample count ``n`` (a key of the file, or the argument).
+
+        pytorch-fid, clean-fid and EDM reference files carry no count: pass ``n`` (``--ref-n`` /
+        ``reference_n``) — the number of images behind them — so matched counts can be enforced.
+        """
+        with np.load(Path(path), allow_pickle=False) as data:
+            missing = {"mu", "sigma"} - set(data.files)
+            if missing:
+                raise InputError(
+                    explain(
+                        f"statistics file {path} lacks keys {sorted(missing)}",
+                        expected="keys mu and sigma",
+                        got=f"keys {sorted(data.files)}",
+                        fix="save statistics with FeatureMoments.save or pytorch-fid's format",
+                    )
+                )
+            recorded = int(data["n"]) if "n" in data.files else None
+            if recorded is None and n is None:
+                raise InputError(
+                    explain(
+                        f"statistics file {path} has no sample count 'n'",
+                        expected="key n (the number of images behind mu/sigma), or the count given",
+                        got=f"keys {sorted(data.files)}",
+                        fix=(
+                            "pass --ref-n N (reference_n = N in a config): the number of images behind the file"
+                            " (50000 for the standard pytorch-fid / clean-fid / EDM CIFAR-10 and ImageNet files)"
+                        ),
+                    )
+                )
+            if recorded is not None and n is not None and recorded != n:
+                raise InputError(
+                    explain(
+                        f"statistics file {path} records n = {recorded}",
+                        expected=f"the count given (n = {n}) to agree with the file",
+                        got=f"n = {recorded} in the file",
+                        fix="drop --ref-n (the file knows its count)",
+                    )
+                )
+            meta = {k[5:]: str(data[k]) for k in data.files if k.startswith("meta_")}
+            count = recorded if recorded is not None else int(n)  # type: ignore[arg-type]
+            return cls.from_mean_cov(data["mu"], data["sigma"], count, meta, who=f"statistics file {path}")
+
+
+SPACE_KEYS = ("extractor", "layer", "weights_sha256", "resize", "quantization")
+
+
+def check_space(meta: dict[str, Any], space: dict[str, str], who: str) -> str:
+    """Compare the feature space recorded with statistics to ``space``; ``verified`` or ``unverified``.
+
+    Any recorded field that differs is an :class:`InputError` naming both sides (statistics
+    made through one weight file compared with features from another give a meaningless
+    FID). Statistics that record no full identity — pytorch-fid, clean-fid and EDM files, or
+    older diffeval files — are ``unverified``, and a caveat is printed.
+    """
+    recorded = {k: str(meta[k]) for k in SPACE_KEYS if k in meta}
+    differ = [k for k, v in recorded.items() if v != str(space.get(k))]
+    if differ:
+        raise InputError(
+            explain(
+                f"{who} were computed in another feature space",
+                expected=", ".join(f"{k} = {space.get(k)}" for k in differ) + " (this run)",
+                got=", ".join(f"{k} = {recorded[k]}" for k in differ) + " (the statistics)",
+                fix=(
+                    "recompute the statistics with the same extractor, weights and layer (diffeval ref), or evaluate"
+                    " with the extractor they were made with"
+                ),
+            )
+        )
+    if set(recorded) == set(SPACE_KEYS):
+        return "verified"
+    missing = ", ".join(k for k in SPACE_KEYS if k not in recorded)
+    print(
+        f"diffeval: caveat: {who} record no {missing}: files from pytorch-fid, clean-fid or EDM come from other"
+        " Inception ports and resizes, so a FID against them is comparable only with features computed the same way",
+        file=sys.stderr,
+    )
+    return "unverified"
