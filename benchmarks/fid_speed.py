@@ -78,7 +78,7 @@ def bench_extraction(n: int, batch_size: int, device: str) -> list[tuple[str, st
     from inception_fixture import save_random_inception
     from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-    from diffeval.features.extractors import InceptionV3Extractor
+    from diffeval.features import InceptionV3Extractor
 
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
 

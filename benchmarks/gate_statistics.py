@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffeval.gate.gate import GateRules, evaluate_gate
+from diffeval.gate import GateRules, evaluate_gate
 from diffeval.metrics import FID
 from diffeval.metrics.base import Batch
 from diffeval.metrics.fid import frechet_distance

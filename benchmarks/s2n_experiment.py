@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from diffeval.core.points import sweep_table
 from diffeval.report.report import Report
-from diffeval.run.sweeps import sweep_table
 from diffeval.stats.uncertainty import paired_se
 
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from unet import cifar_sampler  # noqa: E402
 
 from diffeval.engine.loop import evaluate  # noqa: E402
-from diffeval.features.extractors import InceptionV3Extractor  # noqa: E402
+from diffeval.features import InceptionV3Extractor  # noqa: E402
 from diffeval.metrics import FID  # noqa: E402
 from diffeval.metrics.fid import frechet_distance  # noqa: E402
 from diffeval.run.bench import _precision  # noqa: E402

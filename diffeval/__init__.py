@@ -18,7 +18,7 @@ from diffeval.core.seeds import SeedRNG
 from diffeval.diffusion import schedules
 from diffeval.diffusion.schedules import Schedule
 from diffeval.engine.loop import EvaluationResult, evaluate, measure
-from diffeval.features.extractors import EXTRACTORS, get_extractor
+from diffeval.features import EXTRACTORS, get_extractor
 from diffeval.metrics import FID, METRICS, Metric, MetricResult, frechet_distance, register_metric
 from diffeval.report.report import Report
 from diffeval.samplers import CallableSampler, GeneralizedSampler, SamplerInfo, seeded_noise

@@ -19,7 +19,7 @@ from diffeval.core.errors import InputError, explain
 from diffeval.data.sources import ImageSource, open_images, open_source, read_prompts, seeded_subset
 from diffeval.engine.loop import measure, resolve_device
 from diffeval.engine.references import build_reference
-from diffeval.features.extractors import FeatureExtractor, extractor_key, feature_space, get_extractor
+from diffeval.features import FeatureExtractor, extractor_key, feature_space, get_extractor
 from diffeval.metrics.base import choose_layer
 from diffeval.metrics.clip_score import CLIPScore
 from diffeval.metrics.fid import FID, unmatched_message
@@ -248,7 +248,7 @@ def cmmd_between(
     progress: bool = False,
 ) -> dict[str, Any]:
     """CMMD between two image sets on CLIP ViT-L/14@336 embeddings, with its jackknife standard error."""
-    from diffeval.features.extractors import ClipExtractor
+    from diffeval.features import ClipExtractor
     from diffeval.metrics.cmmd import CMMD, check_clip_input
 
     gen_source = open_images(gen, who="CMMD (the generated set)")

@@ -289,7 +289,8 @@ def _state_dtypes(value: Any) -> list[torch.dtype]:
 
 def check_metric(make: Callable[[], Metric], batches: Sequence[Batch], *, rtol: float = 1e-9) -> list[CheckResult]:
     """Run the metric conformance checks on ``make()`` fed ``batches`` (at least two); problems are failed results."""
-    from diffeval.core.options import to_toml, validate_options
+    from diffeval.core.options import validate_options
+    from diffeval.core.toml import loads, to_toml
 
     batches = list(batches)
     results: list[CheckResult] = []
@@ -339,16 +340,10 @@ def check_metric(make: Callable[[], Metric], batches: Sequence[Batch], *, rtol: 
         return ok, diff, f"batches of 1, 2, 3, ... vs the original split: relative difference {diff:.3g}"
 
     def round_trip() -> tuple[bool, float, str]:
-        import sys
-
         metric = make()
         options = metric.config_options()
         text = to_toml({"name": metric.name, **options}, "[[metrics]]")
-        if sys.version_info >= (3, 11):
-            import tomllib
-        else:  # pragma: no cover
-            import tomli as tomllib
-        table = dict(tomllib.loads(text)["metrics"][0])
+        table = dict(loads(text)["metrics"][0])
         table.pop("name")
         back = validate_options(table, type(metric).options, f"metric {metric.name!r}")
         expected = validate_options(

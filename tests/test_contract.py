@@ -13,7 +13,7 @@ import torch
 from diffeval.checks.base import CHECKS, Check, CheckOutcome, CheckResult, register_check
 from diffeval.cli.main import main
 from diffeval.core.errors import ConfigError, InputError
-from diffeval.features.extractors import EXTRACTORS
+from diffeval.features import EXTRACTORS
 from diffeval.metrics.base import LABEL_OPTION, METRICS, Batch, Metric, MetricExample, MetricResult, register_metric
 from diffeval.report.report import Report
 from diffeval.run.config import load_config, parse_config
@@ -515,7 +515,7 @@ def test_the_readme_layout_table_matches_the_tree():
 
 # -- exit codes and commands ------------------------------------------------------------------------
 def test_one_exit_code_mapping(tmp_path, capsys, monkeypatch):
-    from diffeval.cli import main as cli
+    from diffeval import cli
 
     np.savez(tmp_path / "stats.npz", mu=np.zeros(4), sigma=np.eye(4), n=10)
     assert (

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from diffeval.core.errors import ConfigError, InputError
+from diffeval.core.quantize import to_uint8
 from diffeval.diffusion.schedules import linear
 from diffeval.engine.loop import evaluate
-from diffeval.features.extractors import to_uint8
 from diffeval.metrics.fid import FID
 from diffeval.report.report import Report, make_row
 from diffeval.samplers import CallableSampler, GeneralizedSampler, seeded_noise

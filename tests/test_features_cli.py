@@ -13,7 +13,7 @@ from diffeval.api import fid_between
 from diffeval.cli.main import main
 from diffeval.core.errors import ConfigError, InputError, WeightsError
 from diffeval.data.sources import FolderSource, NpzImageSource, open_input
-from diffeval.features.extractors import INCEPTION_WEIGHTS, InceptionV3Extractor, get_extractor
+from diffeval.features import INCEPTION_WEIGHTS, InceptionV3Extractor, get_extractor
 from diffeval.features.weights import resolve
 from diffeval.stats.moments import FeatureMoments
 
@@ -302,7 +302,7 @@ def test_clip_prompt_count_mismatch(tmp_path, tiny_clip, capsys):
 
 
 def test_clip_tag_offline_is_a_clear_error(monkeypatch, capsys, tmp_path):
-    from diffeval.features.extractors import ClipExtractor
+    from diffeval.features import ClipExtractor
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
     with pytest.raises(WeightsError, match="downloads are off \\(DIFFEVAL_OFFLINE=1\\)") as info:
@@ -319,7 +319,7 @@ def test_cached_clip_tag_is_used_without_any_network_request(tmp_path, monkeypat
     import open_clip
     from open_clip import pretrained as oc
 
-    from diffeval.features.extractors import ClipExtractor
+    from diffeval.features import ClipExtractor
 
     monkeypatch.setitem(oc._PRETRAINED, "diffeval-tiny-clip", {"test": oc._pcfg(hf_hub="diffeval/tiny-clip/")})
 
@@ -346,7 +346,7 @@ def test_weights_option_is_honoured_for_clip_in_fid(tmp_path, tiny_clip, capsys)
     b = _write_folder(tmp_path / "b", g.randint(0, 128, (6, 3, 16, 16)).astype(np.uint8))
     args = ["fid", str(a), str(b), "--features", "clip", "--weights", str(tiny_clip), "--allow-unmatched"]
     with pytest.raises(WeightsError, match="diffeval-tiny-clip|ViT-B-32"):
-        from diffeval.features.extractors import get_extractor
+        from diffeval.features import get_extractor
 
         get_extractor("clip", weights=str(tiny_clip))  # the tiny weights do not fit the default ViT-B-32
     assert main(args + ["--no-progress", "--json"]) == 2

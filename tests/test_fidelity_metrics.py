@@ -11,7 +11,7 @@ from diffeval.core.errors import InputError
 from diffeval.data.sources import TensorSource
 from diffeval.engine.loop import measure
 from diffeval.engine.references import build_reference
-from diffeval.features.extractors import InceptionV3Extractor
+from diffeval.features import InceptionV3Extractor
 from diffeval.metrics import (
     FID,
     KID,

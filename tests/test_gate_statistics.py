@@ -10,7 +10,7 @@ import torch
 
 from diffeval.cli.main import main
 from diffeval.core.errors import ConfigError, InputError
-from diffeval.gate.gate import evaluate_gate, parse_rules
+from diffeval.gate import evaluate_gate, parse_rules
 from diffeval.metrics import FID, KID, InceptionScore
 from diffeval.metrics.base import Batch
 from diffeval.metrics.fid import frechet_distance

@@ -10,6 +10,7 @@ import torch
 
 from diffeval.cli.main import main
 from diffeval.core.errors import ConfigError, InputError, WeightsError
+from diffeval.features import EXTRACTORS
 from diffeval.features.dinov2 import (
     DINOV2_WEIGHTS,
     MEAN,
@@ -18,7 +19,6 @@ from diffeval.features.dinov2 import (
     interpolate_pos_embed,
     to_timm_state_dict,
 )
-from diffeval.features.extractors import EXTRACTORS
 from diffeval.metrics.base import Batch
 from diffeval.metrics.cmmd import CMMD, cmmd
 from diffeval.metrics.prdc import PRDC, PrdcReference, knn_radii, prdc

@@ -9,10 +9,10 @@ import pytest
 
 from diffeval.cli.main import main
 from diffeval.core.errors import ConfigError
+from diffeval.core.points import sweep_table
 from diffeval.report.report import Report, load_frames, make_row, read_csv
 from diffeval.run.config import load_config, parse_config
 from diffeval.run.runner import RunFailed, run_config
-from diffeval.run.sweeps import sweep_table
 
 
 def _write(tmp_path, name, text):

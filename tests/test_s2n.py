@@ -12,9 +12,10 @@ from test_samplers import S2, OneHotNoise, OptimalEps, TinyNet  # noqa: E402, I0
 from diffeval import schedules
 from diffeval.cli.main import main
 from diffeval.core.errors import ConfigError, SamplerError
+from diffeval.core.points import point_text, sweep_table
 from diffeval.run.config import load_config
 from diffeval.run.runner import RunFailed, run_config
-from diffeval.run.sweeps import parse_sweep, point_text, sweep_table
+from diffeval.run.sweeps import parse_sweep
 from diffeval.samplers import GeneralizedSampler, SeedRNG, seeded_noise
 from diffeval.samplers.generic import _alpha_sigma
 
@@ -358,7 +359,7 @@ def test_reports_from_before_multi_knob_sweeps_still_load(tmp_path):
     csv = frame.drop(columns=["point"]).assign(knob=["steps", ""], knob_value=["8.0", ""])
     csv.to_csv(tmp_path / "report.csv", index=False)
     assert read_csv(tmp_path / "report.csv")["point"].tolist() == ['{"steps": 8.0}', ""]
-    from diffeval.run.sweeps import point_key
+    from diffeval.core.points import point_key
 
     assert point_key('{"steps": 8.0}') == point_key({"steps": 8}) == point_key('{"steps": 8}')
     assert point_key({"gamma": 1, "delta": 0.5}) == point_key({"delta": 0.5, "gamma": 1.0})

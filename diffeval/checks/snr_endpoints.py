@@ -284,7 +284,7 @@ def check_snr_endpoints(
 
 
 def _bands() -> Any:
-    from diffeval.report.plots import LogSnrBands
+    from diffeval.checks.figures import LogSnrBands
 
     # log-SNR_T at which the worst-case prior KL 0.5 log2(1 + SNR_T) reaches the pass / warn bits (THEORY.md §2)
     return LogSnrBands(
@@ -317,7 +317,7 @@ class SnrEndpoints(Check):
         first = int(_schedules.sampling_indices(info.schedule.T, info.steps, info.spacing)[0]) + 1 if spaced else None
 
         def draw(path: Any) -> Any:
-            from diffeval.report.plots import plot_log_snr
+            from diffeval.checks.figures import plot_log_snr
 
             return plot_log_snr(info.schedule, path, BANDS, first)
 

@@ -395,12 +395,12 @@ class XtNormality(Check):
         title = f"x_T of {o['data']} ({o['preprocess']}) under {schedule.name}"
 
         def hist(path: Any) -> Any:
-            from diffeval.report.plots import plot_xt_histogram
+            from diffeval.checks.figures import plot_xt_histogram
 
             return plot_xt_histogram(x_T, path, title=title)
 
         def qq(path: Any) -> Any:
-            from diffeval.report.plots import plot_qq
+            from diffeval.checks.figures import plot_qq
 
             return plot_qq(x_T, path)
 

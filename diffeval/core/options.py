@@ -1,7 +1,7 @@
 """Declared options: what a metric or a check accepts, validated in one place.
 
 A metric or check lists its options as :class:`Option` objects; config validation
-and the conformance round-trip (``to_toml``) are driven by that list, so an option
+and the conformance round-trip (:func:`diffeval.core.toml.to_toml`) are driven by that list, so an option
 cannot be accepted in one place and refused in another. Unknown keys are errors
 with a "did you mean".
 
@@ -24,7 +24,7 @@ from typing import Any
 
 from diffeval.core.errors import ConfigError, explain
 
-__all__ = ["Option", "REQUIRED", "validate_options", "to_toml"]
+__all__ = ["Option", "REQUIRED", "validate_options"]
 
 
 class _Required:
@@ -175,36 +175,3 @@ def validate_options(given: Mapping[str, Any], spec: Sequence[Option], where: st
         else:
             out[option.name] = option.default
     return out
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-        return repr(value)
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
-        return f'"{escaped}"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise ConfigError(
-        explain(
-            "value cannot be written as TOML",
-            expected="bool, int, float, str or a list of them",
-            got=type(value).__name__,
-            fix="use plain values in options",
-        )
-    )
-
-
-def to_toml(table: Mapping[str, Any], header: str | None = None) -> str:
-    """A flat TOML table of plain values under ``header`` (a line such as ``[[metrics]]``); None values are left out
-    (absent = default).
-    """
-    lines = [header] if header else []
-    lines += [f"{key} = {_toml_value(value)}" for key, value in table.items() if value is not None]
-    return "\n".join(lines) + "\n"

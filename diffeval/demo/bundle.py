@@ -18,7 +18,7 @@ from diffeval.core.errors import ConfigError, InputError, explain
 from diffeval.core.quantize import dequantize, to_uint8
 from diffeval.demo.networks import DigitsClassifier, DigitsDenoiser
 from diffeval.diffusion import schedules
-from diffeval.features.extractors import weights_tag
+from diffeval.features.registry import weights_tag
 from diffeval.features.weights import load_state_dict
 from diffeval.samplers.base import SamplerInfo
 from diffeval.samplers.generic import GeneralizedSampler

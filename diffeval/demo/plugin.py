@@ -19,7 +19,7 @@ from typing import Any
 
 from diffeval.cli.main import COMMANDS, Command
 from diffeval.data.sources import DATASETS
-from diffeval.features.extractors import EXTRACTORS
+from diffeval.features import EXTRACTORS
 from diffeval.run.config import CONFIGS
 from diffeval.samplers.factories import SAMPLER_FACTORIES
 

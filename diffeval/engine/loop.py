@@ -37,7 +37,7 @@ from diffeval.core.errors import ConfigError, InputError, explain
 from diffeval.core.quantize import quantize
 from diffeval.core.seeds import SeedRNG
 from diffeval.data.sources import ImageSource, iter_batches
-from diffeval.features.extractors import FeatureExtractor, extractor_key
+from diffeval.features import FeatureExtractor, extractor_key
 from diffeval.metrics.base import Batch, MetricResult
 from diffeval.samplers.base import SamplerInfo, StepTimer, describe
 from diffeval.samplers.callable import as_sampler

@@ -18,7 +18,7 @@ import torch
 from diffeval.core.errors import InputError, explain
 from diffeval.data.sources import ImageSource, seeded_subset
 from diffeval.engine.loop import measure
-from diffeval.features.extractors import FeatureExtractor, extractor_key, feature_space
+from diffeval.features import FeatureExtractor, extractor_key, feature_space
 from diffeval.metrics.base import Batch
 from diffeval.stats.moments import FeatureMoments
 

@@ -28,6 +28,7 @@ import torch
 from diffeval.core.errors import WeightsError, explain
 from diffeval.core.quantize import to_uint8
 from diffeval.data.images import match_channels
+from diffeval.features.registry import EXTRACTORS, FeatureExtractor
 from diffeval.features.weights import PublishedWeights, load_state_dict, resolve, sha256_file
 
 __all__ = ["DINOV2_WEIGHTS", "Dinov2Extractor", "interpolate_pos_embed", "to_timm_state_dict", "VIT_L14"]
@@ -169,3 +170,9 @@ class Dinov2Extractor:
             for chunk in u8.split(self.batch_size):
                 out.append(self.net(self.preprocess(chunk)).float())
         return {"cls": torch.cat(out)}
+
+
+@EXTRACTORS.register("dinov2-vit-l14")
+def _dinov2(device: str = "cpu", weights: str | None = None) -> FeatureExtractor:
+    """DINOv2 ViT-L/14 CLS features (1024-d) for FD-DINOv2, PRDC, KID."""
+    return Dinov2Extractor(weights=weights, device=device)

@@ -194,7 +194,7 @@ def reference_statistics(
     (``reference_n`` for files that carry none); images are cut to the run's count.
     """
     from diffeval.engine.references import build_reference
-    from diffeval.features.extractors import feature_space
+    from diffeval.features import feature_space
 
     source = ctx.open_source(spec, stats_n=reference_n)
     dim = extractor.layers[layer]
@@ -501,7 +501,7 @@ class FID(Metric):
 
     @classmethod
     def from_config(cls, options: dict[str, Any], ctx: BuildContext) -> FID:
-        from diffeval.features.extractors import feature_space
+        from diffeval.features import feature_space
 
         ex = ctx.extractor(options["extractor"], weights=options["weights"])
         layer = choose_layer(ex, options["layer"], "fid")

@@ -427,7 +427,7 @@ class PRDC(RowMetric):
 def reference_features(spec: str, extractor: Any, layer: str, ctx: BuildContext) -> PrdcReference:
     """A PRDC reference: a saved ``.npz`` of features and radii (its feature space checked), or images."""
     from diffeval.engine.references import build_reference
-    from diffeval.features.extractors import feature_space
+    from diffeval.features import feature_space
     from diffeval.stats.moments import FeatureMoments, check_space
 
     path = ctx.base_dir / spec if not Path(spec).is_absolute() else Path(spec)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from diffeval.run.sweeps import parse_point, point_text
+from diffeval.core.points import parse_point, point_text
 
 __all__ = ["to_markdown", "to_html", "incomplete"]
 

@@ -1,5 +1,5 @@
-"""Diagnostic plots as PNG (matplotlib, Agg backend): log-SNR curve, x_T histogram, QQ plot, sweeps (metric vs
-knob lines, heatmaps over two knobs).
+"""Sweep plots as PNG (matplotlib, Agg backend): metric vs knob lines and heatmaps over two knobs (the checks'
+own figures live in :mod:`diffeval.checks.figures`).
 
 Plots draw what they are given: thresholds come from the checks that own them.
 """
@@ -8,148 +8,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from diffeval.diffusion.schedules import Schedule
-from diffeval.run.sweeps import parse_point, point_text, sweep_table, varying_knobs
+from diffeval.checks.figures import pyplot
+from diffeval.core.points import parse_point, point_text, sweep_table, varying_knobs
 
 __all__ = [
-    "plot_log_snr",
-    "plot_xt_histogram",
-    "plot_qq",
     "plot_metric_vs_knob",
     "plot_sweep_lines",
     "plot_heatmap",
     "sweep_figures",
-    "LogSnrBands",
 ]
 
 Series = tuple[str, Sequence[float], Sequence[float], Sequence[float] | None]  # label, x, y, y errors
-
-
-@dataclass(frozen=True)
-class LogSnrBands:
-    """The log-SNR thresholds the SNR-endpoint checks hold a schedule to."""
-
-    terminal_pass: float  # log-SNR_T at or below which the terminal check passes
-    terminal_warn: float  # ... warns; above it fails
-    start_min: float  # first step's log-SNR for 8-bit likelihood
-    start_max: float  # float32 resolution limit
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_log_snr(
-    schedule: Schedule, path: str | Path, bands: LogSnrBands, first_sampling_step: int | None = None
-) -> Path:
-    """log-SNR against t with the terminal (B2) and start (B3) thresholds shaded."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    t = np.arange(1, schedule.T + 1)
-    lam = schedule.log_snr.numpy().copy()
-    finite = np.isfinite(lam)
-    ax.plot(t[finite], lam[finite], color="black", lw=1.6, label=f"{schedule.name} (T={schedule.T})")
-    if not finite[-1]:
-        ax.annotate(
-            "log-SNR = -inf at T", (t[-1], lam[finite][-1]), textcoords="offset points", xytext=(-110, -14), fontsize=8
-        )
-    ax.axhspan(bands.terminal_warn, bands.terminal_pass, color="orange", alpha=0.15, label="terminal: warn band")
-    ax.axhspan(
-        bands.terminal_warn,
-        max(np.nanmax(lam[finite]), bands.start_max) + 2,
-        xmin=0.9,
-        color="red",
-        alpha=0.12,
-        label="terminal: fail (end keeps signal)",
-    )
-    ax.axhline(
-        bands.terminal_pass,
-        color="green",
-        ls="--",
-        lw=1,
-        label=f"terminal pass: log-SNR_T <= {bands.terminal_pass:.2f}",
-    )
-    ax.axhline(
-        bands.start_min, color="blue", ls=":", lw=1, label=f"start for 8-bit likelihood: >= {bands.start_min:.2f}"
-    )
-    ax.axhline(bands.start_max, color="purple", ls=":", lw=1, label=f"float32 limit: <= {bands.start_max}")
-    if first_sampling_step is not None:
-        ax.axvline(
-            first_sampling_step, color="gray", ls="-.", lw=1, label=f"first sampling step t={first_sampling_step}"
-        )
-    ax.set_xlabel("training step t")
-    ax.set_ylabel("log-SNR  λ = log(α²/σ²)")
-    ax.set_title("Noise schedule and SNR-endpoint thresholds")
-    ax.legend(fontsize=7, loc="upper right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
-
-
-def plot_xt_histogram(x_T: torch.Tensor, path: str | Path, title: str = "x_T against N(0, 1)") -> Path:  # noqa: N803
-    """Histogram of x_T values with the N(0, 1) density."""
-    plt = _pyplot()
-    values = x_T.flatten().double().numpy()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    lo, hi = min(-4.5, np.percentile(values, 0.1)), max(4.5, np.percentile(values, 99.9))
-    ax.hist(
-        values,
-        bins=120,
-        range=(lo, hi),
-        density=True,
-        color="steelblue",
-        alpha=0.7,
-        label=f"x_T (mean {values.mean():.3f}, var {values.var():.3f})",
-    )
-    grid = np.linspace(lo, hi, 400)
-    ax.plot(grid, np.exp(-0.5 * grid**2) / math.sqrt(2 * math.pi), color="black", lw=1.5, label="N(0, 1)")
-    ax.set_title(title)
-    ax.set_xlabel("value")
-    ax.set_ylabel("density")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
-
-
-def plot_qq(x_T: torch.Tensor, path: str | Path) -> Path:  # noqa: N803
-    """Quantiles of x_T against those of N(0, 1); the identity line is the target."""
-    from scipy import stats
-
-    plt = _pyplot()
-    values = np.sort(x_T.flatten().double().numpy())
-    if values.size > 5000:
-        values = values[np.linspace(0, values.size - 1, 5000).astype(int)]
-    probs = (np.arange(values.size) + 0.5) / values.size
-    theory = stats.norm.ppf(probs)
-    fig, ax = plt.subplots(figsize=(4.8, 4.8), dpi=110)
-    ax.plot(theory, values, ".", ms=2, color="steelblue", label="x_T")
-    lim = max(abs(theory).max(), 4)
-    ax.plot([-lim, lim], [-lim, lim], color="black", lw=1, label="identity (N(0, 1))")
-    ax.set_xlabel("N(0, 1) quantile")
-    ax.set_ylabel("x_T quantile")
-    ax.set_title("QQ plot of x_T")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
 
 
 def plot_metric_vs_knob(
@@ -161,7 +35,7 @@ def plot_metric_vs_knob(
     errors: Sequence[float] | None = None,
 ) -> Path:
     """A metric against a swept knob (FID vs NFE, FID vs guidance)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=110)
     ax.errorbar(
         list(values), list(results), yerr=None if errors is None else list(errors), marker="o", color="black", capsize=3
@@ -178,7 +52,7 @@ def plot_metric_vs_knob(
 
 def plot_sweep_lines(knob: str, metric: str, panels: Sequence[tuple[str, Sequence[Series]]], path: str | Path) -> Path:
     """A metric against one knob: one line per value of another knob, one panel per setting of the rest."""
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(len(panels), 3)
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), dpi=110, squeeze=False, sharey=True)
@@ -219,7 +93,7 @@ def plot_heatmap(
     best: tuple[int, int] | None = None,
 ) -> Path:
     """``values[i, j]`` at ``(y_values[i], x_values[j])`` as a heatmap, cells labelled value ± SE (blank: not run)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.1 * len(x_values) + 2.4, 0.8 * len(y_values) + 1.6), dpi=110)
     finite = values[np.isfinite(values)]
     norm = None

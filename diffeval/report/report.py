@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from diffeval.core.errors import InputError, explain
-from diffeval.run.sweeps import parse_point, point_json, point_text
+from diffeval.core.points import parse_point, point_json, point_text
 
 __all__ = [
     "writable_folder",

@@ -21,7 +21,6 @@ against the config file's folder; a named config (``demo``) is looked up in
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +28,8 @@ from typing import Any
 
 from diffeval.core.errors import ConfigError, explain
 from diffeval.core.registry import Registry
+from diffeval.core.toml import read_toml
 from diffeval.run.sweeps import SweepSpec, parse_sweep
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10
-    import tomli as tomllib
 
 __all__ = [
     "RunConfig",
@@ -408,37 +403,6 @@ def parse_config(data: Mapping[str, Any], base_dir: Path = Path("."), source: st
         base_dir=base_dir,
         source=source,
     )
-
-
-def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
-    """A TOML file as a dict; unreadable or invalid files are a :class:`ConfigError` with the line."""
-    path = Path(path)
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ConfigError(
-            explain(
-                f"cannot read {what} {path}",
-                expected="a readable TOML file",
-                got=f"{type(error).__name__}: {error}",
-                fix="check the path",
-            )
-        ) from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(
-            explain(
-                f"{what} {path} is not valid TOML",
-                expected="TOML syntax",
-                got=str(error),
-                fix="fix the line named above",
-            )
-        ) from None
-    except UnicodeDecodeError as error:
-        raise ConfigError(
-            explain(
-                f"{what} {path} is not text", expected="a UTF-8 TOML file", got=str(error), fix="point to the TOML file"
-            )
-        ) from None
 
 
 def load_config(path_or_name: str | Path) -> RunConfig:

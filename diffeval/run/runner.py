@@ -28,16 +28,17 @@ import torch
 
 from diffeval.checks.base import CHECKS, CheckContext, CheckResult, Figure, run_check
 from diffeval.core.errors import ConfigError, DiffevalError, explain
+from diffeval.core.points import point_text
 from diffeval.data.sources import open_images, open_source
 from diffeval.engine import checkpoint
 from diffeval.engine.distributed import RankFailed, evaluate_sharded, world
 from diffeval.engine.loop import EvaluationResult, LoopState, check_labels, measure, resolve_device
-from diffeval.features.extractors import get_extractor
+from diffeval.features import get_extractor
 from diffeval.metrics.base import BuildContext, Metric, metric_class
 from diffeval.report.report import Report, check_row, make_row, metric_rows, provenance, writable_folder
 from diffeval.run.config import RunConfig
 from diffeval.run.subjects import Subject, build_subject, cond_fn
-from diffeval.run.sweeps import check_points, point_text
+from diffeval.run.sweeps import check_points
 
 __all__ = [
     "run_config",
@@ -84,7 +85,7 @@ class _Extractors:
         return self.by_spec[spec]
 
     def table(self) -> dict[str, Any]:
-        from diffeval.features.extractors import extractor_key
+        from diffeval.features import extractor_key
 
         return {extractor_key(e): e for e in self.by_spec.values()}
 

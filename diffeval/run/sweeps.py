@@ -19,7 +19,7 @@ work, the run checks every knob against the sampler's declared knobs and has the
 sampler validate every point (``replace``, which shares the model), so a knob the
 sampler does not have, or a value it refuses (``gamma < 0``), stops the run at once. A point is a
 dict ``knob -> value`` in the sweep's knob order; report rows carry it as JSON in the
-``point`` column and :func:`sweep_table` spreads it into one column per knob.
+``point`` column and :func:`diffeval.core.points.sweep_table` spreads it into one column per knob.
 
 Example::
 
@@ -31,26 +31,18 @@ Example::
 from __future__ import annotations
 
 import itertools
-import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
-
 from diffeval.core.errors import ConfigError, DiffevalError, explain
+from diffeval.core.points import point_key, point_text
 
 __all__ = [
     "SweepSpec",
     "parse_sweep",
-    "point_text",
-    "point_json",
-    "point_key",
-    "parse_point",
-    "sweep_table",
     "check_points",
-    "varying_knobs",
 ]
 
 Point = dict[str, float]
@@ -181,27 +173,6 @@ def parse_sweep(data: Mapping[str, Any]) -> SweepSpec:
     return SweepSpec(tuple(unique.values()), knobs)
 
 
-def point_text(point: Mapping[str, float]) -> str:
-    """``gamma=1, delta=0.5`` (the knob order of the point)."""
-    return ", ".join(f"{k}={v:g}" for k, v in point.items())
-
-
-def point_json(point: Mapping[str, float] | None) -> str:
-    """The ``point`` column of a report row: JSON in the point's knob order ("" for no sweep)."""
-    return json.dumps(dict(point)) if point else ""
-
-
-def point_key(point: Mapping[str, float] | str) -> str:
-    """An order-free key of a point (or of its ``point`` column text): what matches two runs' rows."""
-    values = parse_point(point) if isinstance(point, str) else dict(point)
-    return json.dumps({k: float(v) for k, v in values.items()}, sort_keys=True)  # 8 and 8.0 are one point
-
-
-def parse_point(text: str) -> dict[str, float]:
-    """The inverse of :func:`point_json` ({} for "")."""
-    return json.loads(text) if text else {}
-
-
 def check_points(
     spec: SweepSpec, declared: Mapping[str, Any], validate: Callable[[Mapping[str, float]], Any] | None = None
 ) -> None:
@@ -235,23 +206,3 @@ def check_points(
                 validate(point)
             except DiffevalError as error:
                 raise ConfigError(f"[sweep] point {point_text(point)}: {error}") from None
-
-
-def sweep_table(frame: pd.DataFrame, kind: str = "metric") -> pd.DataFrame:
-    """The swept rows of a report frame with one column per knob (for pivots: FID over gamma x delta)."""
-    swept = frame[(frame["point"] != "") & (frame["kind"] == kind)].copy()
-    points = [parse_point(p) for p in swept["point"]]
-    knobs = list(dict.fromkeys(k for p in points for k in p))
-    for knob in knobs:
-        swept[knob] = [p.get(knob, math.nan) for p in points]
-    return swept
-
-
-def varying_knobs(points: Sequence[Mapping[str, float]]) -> list[str]:
-    """Knobs taking more than one value over ``points``, most values first (ties: first-seen order)."""
-    seen: dict[str, set[float]] = {}
-    for p in points:
-        for k, v in p.items():
-            seen.setdefault(k, set()).add(v)
-    order = list(seen)
-    return sorted((k for k in order if len(seen[k]) > 1), key=lambda k: (-len(seen[k]), order.index(k)))

@@ -1,185 +1,26 @@
-"""Feature extractors: ``extractor(uint8 NCHW) -> {layer: (N, D) float}``.
-
-Features are computed once per batch and fanned out to every metric. Extractors are
-looked up by name in :data:`EXTRACTORS` (unknown names get a "did you mean"): ``inception-v3``
-(and ``-fast``), ``clip`` (any open_clip model; ViT-L-14-336 for CMMD) and ``dinov2-vit-l14``
-(:mod:`diffeval.features.dinov2`); plugins register their own (the bundled demo registers ``demo-digits``).
-
-An extractor declares ``name``, ``layers`` (layer → D), ``default_layers`` (metric name
-→ the layer it reads by default), ``channels``, and ``key``: its identity within a run
-(the name, plus the weights' hash when they are not the published ones), under which
-its features travel in a :class:`~diffeval.metrics.base.Batch`.
-
-Images enter as uint8; float images in [-1, 1] are quantized on the 8-bit grid of
-:mod:`diffeval.core.quantize`.
-"""
+"""CLIP image and text embeddings (open_clip): weights resolved like every extractor's, loaded weights-only."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from diffeval.core.errors import WeightsError, explain
-from diffeval.core.quantize import GRID, to_uint8
-from diffeval.core.registry import Registry
+from diffeval.core.quantize import to_uint8
 from diffeval.data.images import match_channels
+from diffeval.features.registry import EXTRACTORS, FeatureExtractor, weights_tag
 from diffeval.features.weights import (
     OFFLINE_ENV,
     WEIGHTS_DIR_ENV,
-    PublishedWeights,
     load_state_dict,
     offline,
-    resolve,
     sha256_file,
 )
 
-__all__ = [
-    "FeatureExtractor",
-    "EXTRACTORS",
-    "get_extractor",
-    "extractor_key",
-    "feature_space",
-    "match_channels",
-    "InceptionV3Extractor",
-    "ClipExtractor",
-    "resolve_open_clip",
-    "INCEPTION_WEIGHTS",
-]
+__all__ = ["ClipExtractor", "resolve_open_clip"]
 
 
-@runtime_checkable
-class FeatureExtractor(Protocol):
-    """``extractor(images_uint8) -> {layer: (N, D)}`` with ``name``, ``layers``, ``default_layers``, ``channels``."""
-
-    name: str
-    layers: dict[str, int]
-    default_layers: dict[str, str]
-    channels: int
-
-    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]: ...
-
-
-EXTRACTORS: Registry[Any] = Registry("feature extractor", builtins="diffeval.features.extractors")
-
-
-def get_extractor(name: str, **kwargs: Any) -> FeatureExtractor:
-    """Build a registered extractor (``inception-v3``, ``clip``, plugins' ...)."""
-    return EXTRACTORS.create(name, **kwargs)
-
-
-def extractor_key(extractor: Any) -> str:
-    """The extractor's identity within a run: its ``key`` if it declares one, else its ``name``."""
-    return str(getattr(extractor, "key", None) or extractor.name)
-
-
-def feature_space(extractor: Any, layer: str) -> dict[str, str]:
-    """The identity of a feature space: extractor (key), layer, weights SHA-256, resize and quantization.
-
-    Stored in statistics files and every row, so statistics are only ever compared with
-    features computed the same way.
-    """
-    identity = dict(getattr(extractor, "identity", {}) or {})
-    return {
-        "extractor": extractor_key(extractor),
-        "layer": str(layer),
-        "weights_sha256": str(identity.get("weights_sha256", "unknown")),
-        "resize": str(identity.get("resize", getattr(extractor, "resize", "none"))),
-        "quantization": GRID,
-    }
-
-
-def weights_tag(path: Any, verified: bool) -> str:
-    """``""`` for published, hash-verified weights; ``[sha256:<first 12 hex>]`` for any other file."""
-    return "" if verified or path is None else f"[sha256:{sha256_file(path)[:12]}]"
-
-
-# -- Inception-v3 (torch-fidelity's network) -------------------------------------------
-INCEPTION_WEIGHTS = PublishedWeights(
-    filename="weights-inception-2015-12-05-6726825d.pth",
-    url="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
-    sha256_prefix="6726825d",
-)
-
-
-class InceptionV3Extractor:
-    """torch-fidelity's ``FeatureExtractorInceptionV3``: pool3 ``2048`` and ``logits_unbiased``.
-
-    The network resizes uint8 input to 299x299 with its TF1-exact bilinear resize and
-    scales by ``(x - 128) / 128``; grayscale input is repeated to RGB. Weights are
-    resolved by :func:`diffeval.features.weights.resolve` and must load with
-    ``torch.load(weights_only=True)`` before torch-fidelity reads them.
-    """
-
-    layers = {"2048": 2048, "logits_unbiased": 1008}
-    default_layers = {"fid": "2048", "kid": "2048", "prdc": "2048", "inception_score": "logits_unbiased"}
-    channels = 3
-    resize = "tf1-bilinear-299"
-
-    def __init__(
-        self,
-        weights: str | None = None,
-        device: str = "cpu",
-        batch_size: int = 64,
-        fast: bool = False,
-        compile: bool = False,
-    ) -> None:
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-        path, verified = resolve(INCEPTION_WEIGHTS, weights)
-        load_state_dict(
-            path, None, fix="pass the torch-fidelity Inception weights (a plain state dict)"
-        )  # refuses pickles
-        self.weights_path = str(path)
-        self.weights_verified = verified
-        self.device = torch.device(device)
-        self.batch_size = batch_size
-        try:
-            net = FeatureExtractorInceptionV3(
-                "inception-v3-compat", list(self.layers), feature_extractor_weights_path=str(path)
-            )
-        except RuntimeError as error:  # state dict of another network
-            raise WeightsError(
-                explain(
-                    f"weights {path} do not fit the Inception-v3 network",
-                    expected="torch-fidelity's pt_inception-2015-12-05 state dict",
-                    got=str(error).splitlines()[0],
-                    fix="pass the right weight file",
-                )
-            ) from None
-        self.fast = bool(fast)
-        # Fast mode (opt-in, named in every row: "inception-v3-fast"): bf16 autocast, channels-last, optionally
-        # compiled.
-        self.name = "inception-v3-fast" if self.fast else "inception-v3"
-        self.key = self.name + weights_tag(path, verified)
-        self.identity = {"weights_sha256": sha256_file(path), "resize": self.resize}
-        net = net.to(self.device).eval()
-        if self.fast:
-            net = net.to(memory_format=torch.channels_last)
-        self.net = torch.compile(net) if compile else net
-
-    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        u8 = match_channels(to_uint8(images), 3, self.name).to(self.device)
-        outputs: list[tuple[torch.Tensor, ...]] = []
-        with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.fast):
-            for chunk in u8.split(self.batch_size):
-                outputs.append(self.net(chunk.contiguous(memory_format=torch.channels_last) if self.fast else chunk))
-        return {layer: torch.cat([o[i].float() for o in outputs]) for i, layer in enumerate(self.layers)}
-
-
-@EXTRACTORS.register("inception-v3")
-def _inception(device: str = "cpu", weights: str | None = None) -> FeatureExtractor:
-    return InceptionV3Extractor(weights=weights, device=device)
-
-
-@EXTRACTORS.register("inception-v3-fast")
-def _inception_fast(device: str = "cpu", weights: str | None = None, compile: bool = False) -> FeatureExtractor:
-    """Opt-in fast features: bf16 autocast, channels-last (and ``compile``); not bit-exact with torch-fidelity."""
-    return InceptionV3Extractor(weights=weights, device=device, fast=True, compile=compile)
-
-
-# -- CLIP (open_clip) --------------------------------------------------------------------
 def _clip_candidates(model: str, tag: str) -> list[Path]:
     """Where a cached open_clip tag is looked for: ``$DIFFEVAL_WEIGHTS_DIR``, then the Hugging Face cache."""
     import os
@@ -367,12 +208,3 @@ def _clip(
 ) -> FeatureExtractor:
     """``weights`` (a checkpoint path, as for every extractor) takes the place of ``pretrained``."""
     return ClipExtractor(model=model, pretrained=weights if weights is not None else pretrained, device=device)
-
-
-# -- DINOv2 ViT-L/14 (timm architecture; diffeval/dinov2.py) --------------------------------
-@EXTRACTORS.register("dinov2-vit-l14")
-def _dinov2(device: str = "cpu", weights: str | None = None) -> FeatureExtractor:
-    """DINOv2 ViT-L/14 CLS features (1024-d) for FD-DINOv2, PRDC, KID."""
-    from diffeval.features.dinov2 import Dinov2Extractor
-
-    return Dinov2Extractor(weights=weights, device=device)
