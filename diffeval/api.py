@@ -18,7 +18,7 @@ from typing import Any
 from diffeval.core.errors import InputError, explain
 from diffeval.data.sources import ImageSource, open_images, open_source, read_prompts, seeded_subset
 from diffeval.engine.loop import measure, resolve_device
-from diffeval.engine.references import build_reference
+from diffeval.engine.references import ReferencePool, build_reference
 from diffeval.features import FeatureExtractor, extractor_key, feature_space, get_extractor
 from diffeval.metrics.base import choose_layer
 from diffeval.metrics.clip_score import CLIPScore
@@ -308,6 +308,7 @@ def prdc_between(
     gen_source = open_images(gen, who="PRDC (the generated set)")
     extractor = _extractor(features, weights, device)
     layer = choose_layer(extractor, None, "prdc")
+    pool = ReferencePool(batch_size=batch_size, progress=progress)
     ctx = BuildContext(
         n=len(gen_source),
         seed=0,
@@ -316,8 +317,9 @@ def prdc_between(
         open_source=open_source,
         base_dir=Path("."),
         progress=progress,
+        reference=pool.request,
     )
-    reference = reference_features(ref, extractor, layer, ctx)
+    reference = reference_features(ref, extractor, layer, ctx)()
     metric = PRDC(
         reference, extractor_key(extractor), layer, k_pr=k_pr, k_dc=k_dc, blocks=blocks, reference_spec=str(ref)
     )

@@ -299,7 +299,7 @@ def test_config_accepts_exactly_what_the_metric_accepts():
         )
     with pytest.raises(ConfigError, match="needs option 'reference'"):
         parse_config({"run": {"n": 4}, "sampler": {"factory": "demo"}, "metrics": [{"name": "fid"}]})
-    with pytest.raises(ConfigError, match="bad \\[schedule\\] rescale_zero_snr.*got 'no'"):  # not bool("no")
+    with pytest.raises(ConfigError, match="'rescale_zero_snr' has the wrong type.*got 'no'"):  # not bool("no")
         parse_config({"run": {"n": 4}, "schedule": {"preset": "linear", "rescale_zero_snr": "no"}})
 
 

@@ -662,8 +662,12 @@ def test_help_documents_every_option_with_its_default_once():
             if not action.option_strings or action.dest == "help":
                 continue
             assert action.help, f"{name} {action.option_strings} has no help"
-            shown = sub._get_formatter()._expand_help(action)
-            assert shown.count("default") <= 1, (name, action.option_strings, shown)  # was "(default: X) (default: None)"
+            shown = sub._get_formatter()._expand_help(action)  # once: was "(default: X) (default: None)"
+            assert shown.count("default") <= 1, (
+                name,
+                action.option_strings,
+                shown,
+            )  # was "(default: X) (default: None)"
             has_value = action.default is not None and action.default is not False and not action.required
             if has_value:
                 assert "default" in shown, (name, action.option_strings, shown)

@@ -236,9 +236,9 @@ def test_fd_dinov2_next_to_another_fid_in_one_pass(tmp_path, dino_weights):
     for part in ("precision", "recall", "density", "coverage"):
         label = next(label for label in rows if label.startswith(f"{part}@dinov2-vit-l14"))
         assert rows[label]["direction"] == "higher" and 0 <= rows[label]["value"] <= (5 if part == "density" else 1)
-    # one network for both metrics: FID's reference cut to n = 40 (matched counts), PRDC's 360 reference images, and
-    # one pass over the 40 samples whose features both metrics read
-    assert calls["images"] == 40 + 360 + 40
+    # one network for both metrics, one reference pass: PRDC's 360 reference images, FID's matched n = 40 subset taken
+    # from the same pass (it was a pass of its own: 40 + 360 + 40), and one pass over the 40 samples both metrics read
+    assert calls["images"] == 360 + 40
 
 
 # -- CMMD --------------------------------------------------------------------------------------------

@@ -42,7 +42,8 @@ reference = "digits:test"
 # -- configs ---------------------------------------------------------------------------------
 def test_unknown_keys_are_errors_listing_the_valid_ones(tmp_path):
     with pytest.raises(
-        ConfigError, match=r"unknown key\(s\) 'sead' in \[run\].*batch_size, device, image_shape, n, name, seed"
+        ConfigError,
+        match=r"unknown option\(s\) 'sead' for \[run\].*batch_size, device, image_shape, n, name, seed.*did you mean 'seed'",  # noqa: E501
     ):
         parse_config({"run": {"n": 4, "sead": 1}, "sampler": {"factory": "demo"}})
     with pytest.raises(ConfigError, match="unknown metric 'fidd'"):

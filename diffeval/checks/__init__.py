@@ -1,6 +1,9 @@
 """Checks: named verdicts with a value, a threshold and the fix (the contract is :mod:`diffeval.checks.base`).
 
-Importing this package registers the built-in checks in :data:`CHECKS`.
+One module per check family: SNR endpoints, x_T normality, training diagnostics, the output range of every
+evaluation; :mod:`~diffeval.checks.figures` draws their plots. Importing this package registers the built-in checks
+in :data:`CHECKS`. May import ``core``, ``diffusion``, ``data``, ``stats``, ``features`` and ``samplers``; never a
+metric, the engine or anything above.
 """
 
 from diffeval.checks.base import (

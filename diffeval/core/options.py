@@ -24,7 +24,7 @@ from typing import Any
 
 from diffeval.core.errors import ConfigError, explain
 
-__all__ = ["Option", "REQUIRED", "validate_options"]
+__all__ = ["Option", "REQUIRED", "validate_options", "reject_unknown"]
 
 
 class _Required:
@@ -33,7 +33,14 @@ class _Required:
 
 
 REQUIRED: Any = _Required()
-_TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list"}
+_TYPE_NAMES = {
+    bool: "true/false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "a table",
+}
 
 
 @dataclass(frozen=True)
@@ -42,7 +49,9 @@ class Option:
     bounds.
 
     ``nullable`` accepts None (absent in TOML); ``choices`` restricts values; ``minimum`` /
-    ``maximum`` bound numbers (inclusive); ``item`` is the element type of a list.
+    ``maximum`` bound numbers (inclusive; for a list of numbers, each item); ``item`` is the element type
+    of a list and ``length`` its exact length; ``attr`` is the attribute of an instance that holds the
+    option's value (default: the option's name), from which the instance's ``config_options()`` is generated.
     """
 
     name: str
@@ -54,6 +63,8 @@ class Option:
     maximum: float | None = None
     nullable: bool = False
     item: type | None = None
+    length: int | None = None
+    attr: str | None = None
 
     @property
     def required(self) -> bool:
@@ -76,35 +87,47 @@ class Option:
                     fix=f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(map(repr, self.choices))}",
                 )
             )
-        if self.type in (int, float):
-            if not math.isfinite(value):
-                raise ConfigError(
-                    explain(
-                        f"{where} option {self.name!r} must be finite",
-                        expected="a finite number",
-                        got=repr(value),
-                        fix=self._hint(),
-                    )
+        if self.type is list and self.length is not None and len(value) != self.length:
+            raise ConfigError(
+                explain(
+                    f"{where} option {self.name!r} has the wrong length",
+                    expected=f"{self.length} items",
+                    got=f"{len(value)} items: {value!r}",
+                    fix=self._hint(),
                 )
-            if self.minimum is not None and value < self.minimum:
-                raise ConfigError(
-                    explain(
-                        f"{where} option {self.name!r} is too small",
-                        expected=f">= {self.minimum:g}",
-                        got=repr(value),
-                        fix=self._hint(),
-                    )
-                )
-            if self.maximum is not None and value > self.maximum:
-                raise ConfigError(
-                    explain(
-                        f"{where} option {self.name!r} is too large",
-                        expected=f"<= {self.maximum:g}",
-                        got=repr(value),
-                        fix=self._hint(),
-                    )
-                )
+            )
+        for number in [value] if self.type in (int, float) else value if self.item in (int, float) else []:
+            self._bounds(number, where)
         return value
+
+    def _bounds(self, value: float, where: str) -> None:
+        if not math.isfinite(value):
+            raise ConfigError(
+                explain(
+                    f"{where} option {self.name!r} must be finite",
+                    expected="a finite number",
+                    got=repr(value),
+                    fix=self._hint(),
+                )
+            )
+        if self.minimum is not None and value < self.minimum:
+            raise ConfigError(
+                explain(
+                    f"{where} option {self.name!r} is too small",
+                    expected=f">= {self.minimum:g}",
+                    got=repr(value),
+                    fix=self._hint(),
+                )
+            )
+        if self.maximum is not None and value > self.maximum:
+            raise ConfigError(
+                explain(
+                    f"{where} option {self.name!r} is too large",
+                    expected=f"<= {self.maximum:g}",
+                    got=repr(value),
+                    fix=self._hint(),
+                )
+            )
 
     def _hint(self) -> str:
         return (
@@ -127,6 +150,7 @@ def _coerce(value: Any, kind: type, where: str, hint: str) -> Any:
         float: isinstance(value, (int, float)) and not isinstance(value, bool),
         str: isinstance(value, str),
         list: isinstance(value, (list, tuple)),
+        dict: isinstance(value, Mapping),
     }.get(kind, isinstance(value, kind))
     if not ok:
         raise ConfigError(
@@ -141,24 +165,30 @@ def _coerce(value: Any, kind: type, where: str, hint: str) -> Any:
         return float(value)
     if kind is list:
         return list(value)
+    if kind is dict:
+        return dict(value)
     return value
 
 
-def validate_options(given: Mapping[str, Any], spec: Sequence[Option], where: str) -> dict[str, Any]:
-    """Validate ``given`` against ``spec``: unknown keys are errors (with a "did you mean"), defaults are filled in."""
-    known = {o.name: o for o in spec}
+def reject_unknown(given: Any, known: Sequence[str], where: str, noun: str = "option") -> None:
+    """A :class:`ConfigError` naming every key of ``given`` not in ``known``, with a "did you mean" for each."""
     unknown = sorted(set(given) - set(known))
     if unknown:
         close = {u: difflib.get_close_matches(u, list(known), n=1) for u in unknown}
         hints = "; ".join(f"{u!r}: did you mean {c[0]!r}?" for u, c in close.items() if c)
         raise ConfigError(
             explain(
-                f"unknown option(s) {', '.join(map(repr, unknown))} for {where}",
-                expected=f"options among: {', '.join(sorted(known)) or '(none)'}",
+                f"unknown {noun}(s) {', '.join(map(repr, unknown))} for {where}",
+                expected=f"{noun}s among: {', '.join(sorted(known)) or '(none)'}",
                 got=", ".join(unknown),
                 fix=hints or "remove or correct them",
             )
         )
+
+
+def validate_options(given: Mapping[str, Any], spec: Sequence[Option], where: str) -> dict[str, Any]:
+    """Validate ``given`` against ``spec``: unknown keys are errors (with a "did you mean"), defaults are filled in."""
+    reject_unknown(given, [o.name for o in spec], where)
     out: dict[str, Any] = {}
     for option in spec:
         if option.name in given:

@@ -117,10 +117,12 @@ def _fid_of(
     )
 
 
-def _baseline_rows(cfg: DemoConfig) -> list[dict[str, Any]]:
-    """Yardsticks at the same count: untrained network, pure noise, real training digits."""
+def _baseline_rows(cfg: DemoConfig, metrics: list[Any]) -> list[dict[str, Any]]:
+    """Yardsticks at the same count: untrained network, pure noise, real training digits — against the run's own
+    FID reference (extracted once for the whole run)."""
     extractor = DigitsFeatureExtractor(device=resolve_device(cfg.device))
-    reference = reference_moments(extractor, n=cfg.n)
+    fid = [m for m in metrics if isinstance(m, FID) and m.layer == LAYER and m.extractor == extractor.key]
+    reference = fid[0].reference if fid else reference_moments(extractor, n=cfg.n)
     torch.manual_seed(cfg.seed)
     untrained = _fid_of(
         demo_sampler(steps=cfg.steps, eta=cfg.eta, device=cfg.device, model=DigitsDenoiser()), extractor, reference, cfg
@@ -170,7 +172,9 @@ def _baseline_rows(cfg: DemoConfig) -> list[dict[str, Any]]:
 def run_demo(cfg: DemoConfig) -> tuple[Report, dict[str, Path]]:
     """Run the demo and write ``report.{csv,json,md,html}`` and ``samples.png`` under ``cfg.out``."""
     run_cfg = demo_config(cfg)
-    outcome = run_config(run_cfg, cfg.out, progress=cfg.progress, extra_rows=lambda subject: _baseline_rows(cfg))
+    outcome = run_config(
+        run_cfg, cfg.out, progress=cfg.progress, extra_rows=lambda subject, metrics: _baseline_rows(cfg, metrics)
+    )
     return outcome.report, outcome.paths
 
 

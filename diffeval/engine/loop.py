@@ -260,7 +260,7 @@ def _progress(iterable: Iterable[Any], total: int, desc: str, enabled: bool) -> 
         return iterable
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, unit="batch", leave=False)
+    return tqdm(iterable, total=total, desc=desc, unit="batch", leave=True)  # one line per stage stays
 
 
 def measure(
@@ -273,8 +273,12 @@ def measure(
     cond_fn: Callable[[list[int]], Any] | None = None,
     progress: bool = False,
     compute: bool = True,
+    stage: str | None = None,
 ) -> dict[str, MetricResult]:
-    """Feed stored images (by index; the index is the sample's seed) to the metrics; returns ``{label: result}``."""
+    """Feed stored images (by index; the index is the sample's seed) to the metrics; returns ``{label: result}``.
+
+    ``stage`` names the progress bar (default: the metrics fed and the source).
+    """
     table = extractor_table(extractors, metrics)
     check_labels(metrics)
     chosen = list(range(len(source))) if indices is None else list(indices)
@@ -282,7 +286,8 @@ def measure(
         (idx, images, cond_fn(idx) if cond_fn is not None else None)
         for idx, images in iter_batches(source, batch_size, chosen)
     )
-    consume(_progress(batches, -(-len(chosen) // batch_size), f"features {source.name}", progress), metrics, table)
+    desc = stage or f"{', '.join(m.label for m in metrics)} on {source.name}"
+    consume(_progress(batches, -(-len(chosen) // batch_size), desc, progress), metrics, table)
     return {metric.label: metric.compute() for metric in metrics} if compute else {}
 
 

@@ -1,6 +1,9 @@
 """Metrics: one registered class per metric (the contract is :mod:`diffeval.metrics.base`), over pure functions.
 
-Importing this package registers the built-in metrics in :data:`METRICS`.
+FID (any feature space), Inception Score, KID, CLIP score, CMMD, precision/recall/density/coverage, bits/dim. A
+metric streams over the features the engine hands it and is given its reference by the run; it never reads files
+or runs a model pass. Importing this package registers the built-in metrics in :data:`METRICS`. May import
+``core``, ``diffusion``, ``data``, ``stats``, ``features`` and ``samplers``; never a check, the engine or above.
 """
 
 from diffeval.metrics.base import METRICS, Batch, BuildContext, Metric, MetricExample, MetricResult, register_metric

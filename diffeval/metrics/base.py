@@ -14,9 +14,11 @@ A metric class declares, as data:
 
 An instance has a ``label`` unique within a run (``fid@inception-v3:2048``), the key of
 its results and report rows, and ``compute()`` returns one :class:`MetricResult`.
-``from_config(options, ctx)`` builds it from validated options (references are
-resolved there, before any sampling); ``example()`` builds a small instance over
-synthetic batches for :func:`diffeval.testing.check_metric`.
+``from_config(options, ctx)`` builds it from validated options. A metric never reads images
+or runs a model pass itself: it asks ``ctx.reference(...)`` for its reference (a handle the run
+resolves, one extraction pass per source and extractor for every metric of the run) and returns
+:class:`Deferred` — the instance to build once the references are extracted. ``example()`` builds
+a small instance over synthetic batches for :func:`diffeval.testing.check_metric`.
 
 Adding a metric is one module: subclass :class:`Metric` and decorate it with
 :func:`register_metric` (plugins do the same from their own package). A metric that must keep
@@ -43,6 +45,7 @@ from diffeval.core.registry import Registry
 __all__ = [
     "Batch",
     "BuildContext",
+    "Deferred",
     "Metric",
     "MetricExample",
     "MetricResult",
@@ -59,13 +62,20 @@ __all__ = [
 
 DIRECTIONS = ("lower", "higher")
 METRICS: Registry[type[Metric]] = Registry("metric", builtins="diffeval.metrics")
-LABEL_OPTION = Option("label", str, None, "row label, unique within a run (default: name@feature space)", nullable=True)
+LABEL_OPTION = Option(
+    "label",
+    str,
+    None,
+    "row label, unique within a run (default: name@feature space)",
+    nullable=True,
+    attr="custom_label",
+)
 
 
 def feature_options(default_extractor: str = "inception-v3") -> tuple[Option, ...]:
     """The options every feature-space metric takes: extractor, layer, weights, label."""
     return (
-        Option("extractor", str, default_extractor, "feature extractor (registered name)"),
+        Option("extractor", str, default_extractor, "feature extractor (registered name)", attr="extractor_name"),
         Option("layer", str, None, "extractor layer (default: the extractor's layer for this metric)", nullable=True),
         Option("weights", str, None, "explicit weight file for the extractor (relative to the config)", nullable=True),
         LABEL_OPTION,
@@ -187,6 +197,25 @@ class BuildContext:
     info: Any = None  # SamplerInfo of the evaluated sampler
     base_dir: Path = Path(".")
     progress: bool = False
+    # (source, extractor, *, moments=[layers], features=[layers], n=None, seed=0) -> a reference handle with
+    # .n, .indices, .moments(layer), .features(layer): extracted by the run, once per source and extractor
+    reference: Callable[..., Any] | None = None
+
+
+class Deferred:
+    """What ``from_config`` returns when the metric needs a reference: how to build it once the run has extracted
+    every reference (``build()``, called by the run before any sampling)."""
+
+    def __init__(self, build: Callable[[], Metric]) -> None:
+        self._build = build
+
+    def build(self) -> Metric:
+        return self._build()
+
+    @staticmethod
+    def complete(item: Metric | Deferred) -> Metric:
+        """``item`` itself, or the metric it defers."""
+        return item.build() if isinstance(item, Deferred) else item
 
 
 @dataclass(frozen=True)
@@ -239,14 +268,18 @@ class Metric(ABC):
         """Refuse, before any sampling, a sample count this metric cannot be computed from (default: any count)."""
         return None
 
-    @abstractmethod
     def config_options(self) -> dict[str, Any]:
-        """The declared options that describe this instance (what a config would say); round-trips through TOML."""
+        """The declared options that describe this instance (what a config would say); round-trips through TOML.
+
+        Generated from :attr:`options`: each option's value is the instance attribute it names (``Option.attr``,
+        default the option's name).
+        """
+        return {o.name: getattr(self, o.attr or o.name) for o in self.options}
 
     @classmethod
     @abstractmethod
-    def from_config(cls, options: dict[str, Any], ctx: BuildContext) -> Metric:
-        """Build from validated options; references and data are resolved here, before any sampling."""
+    def from_config(cls, options: dict[str, Any], ctx: BuildContext) -> Metric | Deferred:
+        """Build from validated options: the metric, or a :class:`Deferred` one when it asked ``ctx.reference``."""
 
     @classmethod
     @abstractmethod

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -79,7 +80,7 @@ class CLIPScore(Metric):
             "seed blocks (seed mod blocks) of the paired comparison in the gate (< 2: none)",
             minimum=0,
         ),
-        LABEL_OPTION,
+        replace(LABEL_OPTION, attr="given_label"),
     )
     state_keys = ("n", "sums", "block_sums", "seed_blocks", "prompt_print")
 
@@ -203,15 +204,6 @@ class CLIPScore(Metric):
             reference = f"{self.model}/{self.pretrained}; prompts {self.prompt_print}"
             details["pairing"] = self.seed_blocks.record("jackknife", loo.tolist(), reference=reference)
         return MetricResult(value, stderr, n_gen=self.n, convention=text, details=details)
-
-    def config_options(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "pretrained": self.pretrained,
-            "convention": self.convention,
-            "label": self.given_label,
-            "blocks": self.blocks,
-        }
 
     @classmethod
     def from_config(cls, options: dict[str, Any], ctx: BuildContext) -> CLIPScore:

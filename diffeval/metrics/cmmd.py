@@ -38,6 +38,7 @@ from diffeval.metrics.base import (
     LABEL_OPTION,
     Batch,
     BuildContext,
+    Deferred,
     MetricExample,
     MetricResult,
     register_metric,
@@ -174,6 +175,7 @@ class CMMD(RowMetric):
         Option(
             "reference",
             str,
+            attr="reference_spec",
             doc="reference images: a folder, an .npz image batch or a registered data set ('name:split')",
         ),
         Option("model", str, "ViT-L-14-336", "open_clip model (CMMD is defined on CLIP ViT-L/14 at 336 px)"),
@@ -275,21 +277,8 @@ class CMMD(RowMetric):
             details=details,
         )
 
-    def config_options(self) -> dict[str, Any]:
-        return {
-            "reference": self.reference_spec,
-            "model": self.model,
-            "pretrained": self.pretrained,
-            "weights": self.weights,
-            "estimator": self.estimator,
-            "sigma": self.sigma,
-            "blocks": self.blocks,
-            "label": self.custom_label,
-        }
-
     @classmethod
-    def from_config(cls, options: dict[str, Any], ctx: BuildContext) -> CMMD:
-        from diffeval.engine.references import build_reference
+    def from_config(cls, options: dict[str, Any], ctx: BuildContext) -> Deferred:
         from diffeval.stats.moments import FeatureMoments
 
         pretrained = options["weights"] if options["weights"] is not None else options["pretrained"]
@@ -305,19 +294,21 @@ class CMMD(RowMetric):
                     fix="point reference to the image folder or .npz image batch",
                 )
             )
-        ref = build_reference(source, ex, feature_layers=["image"], batch_size=ctx.batch_size, progress=ctx.progress)
-        return cls(
-            ref.features["image"],
-            ex.key,
-            "image",
-            estimator=options["estimator"],
-            sigma=options["sigma"],
-            blocks=options["blocks"],
-            label=options["label"],
-            reference_spec=options["reference"],
-            model=options["model"],
-            pretrained=options["pretrained"],
-            weights=options["weights"],
+        ref = ctx.reference(source, ex, features=["image"])
+        return Deferred(
+            lambda: cls(
+                ref.features("image"),
+                ex.key,
+                "image",
+                estimator=options["estimator"],
+                sigma=options["sigma"],
+                blocks=options["blocks"],
+                label=options["label"],
+                reference_spec=options["reference"],
+                model=options["model"],
+                pretrained=options["pretrained"],
+                weights=options["weights"],
+            )
         )
 
     @classmethod

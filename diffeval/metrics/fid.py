@@ -33,6 +33,7 @@ from diffeval.core.options import Option
 from diffeval.metrics.base import (
     Batch,
     BuildContext,
+    Deferred,
     Metric,
     MetricExample,
     MetricResult,
@@ -193,7 +194,6 @@ def reference_statistics(
     difference — weights, layer, resize — is an error naming both sides) and the count
     (``reference_n`` for files that carry none); images are cut to the run's count.
     """
-    from diffeval.engine.references import build_reference
     from diffeval.features import feature_space
 
     source = ctx.open_source(spec, stats_n=reference_n)
@@ -212,7 +212,7 @@ def reference_statistics(
             )
         if source.n != ctx.n and not allow_unmatched:
             raise InputError(unmatched_message(ctx.n, source.n, dim))
-        return source, verdict
+        return (lambda: source), verdict
     if reference_n is not None:
         raise InputError(
             explain(
@@ -227,16 +227,8 @@ def reference_statistics(
         if not allow_unmatched:
             raise InputError(unmatched_message(ctx.n, len(source), dim))
         n_ref = None
-    reference = build_reference(
-        source,
-        extractor,
-        moment_layers=[layer],
-        n=n_ref,
-        seed=reference_seed,
-        batch_size=ctx.batch_size,
-        progress=ctx.progress,
-    )
-    return reference.moments[layer], "verified"
+    handle = ctx.reference(source, extractor, moments=[layer], n=n_ref, seed=reference_seed)
+    return (lambda: handle.moments(layer)), "verified"
 
 
 @register_metric
@@ -260,6 +252,7 @@ class FID(Metric):
         Option(
             "reference",
             str,
+            attr="reference_spec",
             doc=(
                 "reference: an image folder, an .npz image batch, .npz statistics (mu, sigma, n) or a registered data"
                 " set ('name:split')"
@@ -282,7 +275,12 @@ class FID(Metric):
             nullable=True,
         ),
         Option(
-            "blocks", int, 10, "seed blocks for the jackknife standard error (seed mod blocks; < 2: none)", minimum=0
+            "blocks",
+            int,
+            10,
+            "seed blocks for the jackknife standard error (seed mod blocks; < 2: none)",
+            minimum=0,
+            attr="k",
         ),
         Option("extrapolate", bool, True, "also report FID∞ (FID = a + b/N through N and (K-1)N/K) and its SE"),
     )
@@ -313,8 +311,8 @@ class FID(Metric):
                     expected="a diffeval.stats.moments.FeatureMoments",
                     got=type(reference).__name__,
                     fix=(
-                        "load them with FeatureMoments.load(path) or build them with"
-                        " diffeval.engine.references.build_reference"
+                        "load them with FeatureMoments.load(path), build them with"
+                        " diffeval.engine.references.build_reference, or feed images to diffeval.Evaluator"
                     ),
                 )
             )
@@ -485,22 +483,8 @@ class FID(Metric):
             details=details,
         )
 
-    def config_options(self) -> dict[str, Any]:
-        return {
-            "reference": self.reference_spec,
-            "extractor": self.extractor_name,
-            "layer": self.layer,
-            "weights": self.weights,
-            "label": self.custom_label,
-            "allow_unmatched": self.allow_unmatched,
-            "reference_seed": self.reference_seed,
-            "reference_n": self.reference_n,
-            "blocks": self.k,
-            "extrapolate": self.extrapolate,
-        }
-
     @classmethod
-    def from_config(cls, options: dict[str, Any], ctx: BuildContext) -> FID:
+    def from_config(cls, options: dict[str, Any], ctx: BuildContext) -> Deferred:
         from diffeval.features import feature_space
 
         ex = ctx.extractor(options["extractor"], weights=options["weights"])
@@ -514,21 +498,23 @@ class FID(Metric):
             reference_seed=options["reference_seed"],
             reference_n=options["reference_n"],
         )
-        return cls(
-            stats,
-            ex.key,
-            layer,
-            options["allow_unmatched"],
-            label=options["label"],
-            reference_spec=options["reference"],
-            extractor_name=options["extractor"],
-            reference_seed=options["reference_seed"],
-            weights=options["weights"],
-            reference_n=options["reference_n"],
-            feature_space=feature_space(ex, layer),
-            reference_space=verdict,
-            blocks=options["blocks"],
-            extrapolate=options["extrapolate"],
+        return Deferred(
+            lambda: cls(
+                stats(),
+                ex.key,
+                layer,
+                options["allow_unmatched"],
+                label=options["label"],
+                reference_spec=options["reference"],
+                extractor_name=options["extractor"],
+                reference_seed=options["reference_seed"],
+                weights=options["weights"],
+                reference_n=options["reference_n"],
+                feature_space=feature_space(ex, layer),
+                reference_space=verdict,
+                blocks=options["blocks"],
+                extrapolate=options["extrapolate"],
+            )
         )
 
     @classmethod

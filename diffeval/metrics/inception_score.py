@@ -167,17 +167,6 @@ class InceptionScore(RowMetric):
             details=details,
         )
 
-    def config_options(self) -> dict[str, Any]:
-        return {
-            "extractor": self.extractor_name,
-            "layer": self.layer,
-            "weights": self.weights,
-            "label": self.custom_label,
-            "splits": self.splits,
-            "shuffle": self.shuffle,
-            "seed": self.seed,
-        }
-
     @classmethod
     def from_config(cls, options: dict[str, Any], ctx: BuildContext) -> InceptionScore:
         ex = ctx.extractor(options["extractor"], weights=options["weights"])

@@ -40,6 +40,7 @@ from diffeval.core.options import Option
 from diffeval.metrics.base import (
     Batch,
     BuildContext,
+    Deferred,
     MetricExample,
     MetricResult,
     choose_layer,
@@ -159,6 +160,7 @@ class KID(RowMetric):
         Option(
             "reference",
             str,
+            attr="reference_spec",
             doc="reference images: a folder, an .npz image batch or a registered data set ('name:split')",
         ),
         *feature_options(),
@@ -281,22 +283,8 @@ class KID(RowMetric):
             details=details,
         )
 
-    def config_options(self) -> dict[str, Any]:
-        return {
-            "reference": self.reference_spec,
-            "extractor": self.extractor_name,
-            "layer": self.layer,
-            "weights": self.weights,
-            "label": self.custom_label,
-            "subsets": self.subsets,
-            "subset_size": self.subset_size,
-            "seed": self.seed,
-            "blocks": self.blocks,
-        }
-
     @classmethod
-    def from_config(cls, options: dict[str, Any], ctx: BuildContext) -> KID:
-        from diffeval.engine.references import build_reference
+    def from_config(cls, options: dict[str, Any], ctx: BuildContext) -> Deferred:
         from diffeval.stats.moments import FeatureMoments
 
         ex = ctx.extractor(options["extractor"], weights=options["weights"])
@@ -311,19 +299,21 @@ class KID(RowMetric):
                     fix="point reference to the image folder or .npz image batch",
                 )
             )
-        ref = build_reference(source, ex, feature_layers=[layer], batch_size=ctx.batch_size, progress=ctx.progress)
-        return cls(
-            ref.features[layer],
-            ex.key,
-            layer,
-            options["subsets"],
-            options["subset_size"],
-            options["seed"],
-            blocks=options["blocks"],
-            label=options["label"],
-            reference_spec=options["reference"],
-            extractor_name=options["extractor"],
-            weights=options["weights"],
+        ref = ctx.reference(source, ex, features=[layer])
+        return Deferred(
+            lambda: cls(
+                ref.features(layer),
+                ex.key,
+                layer,
+                options["subsets"],
+                options["subset_size"],
+                options["seed"],
+                blocks=options["blocks"],
+                label=options["label"],
+                reference_spec=options["reference"],
+                extractor_name=options["extractor"],
+                weights=options["weights"],
+            )
         )
 
     @classmethod

@@ -44,6 +44,7 @@ from diffeval.core.options import Option
 from diffeval.metrics.base import (
     Batch,
     BuildContext,
+    Deferred,
     MetricExample,
     MetricResult,
     choose_layer,
@@ -281,6 +282,7 @@ class PRDC(RowMetric):
         Option(
             "reference",
             str,
+            attr="reference_spec",
             doc=(
                 "reference images (folder, .npz image batch, 'name:split'), or an .npz of reference features and radii"
                 " from `diffeval prdc --save-reference`"
@@ -383,34 +385,24 @@ class PRDC(RowMetric):
             parts=parts,
         )
 
-    def config_options(self) -> dict[str, Any]:
-        return {
-            "reference": self.reference_spec,
-            "extractor": self.extractor_name,
-            "layer": self.layer,
-            "weights": self.weights,
-            "label": self.custom_label,
-            "k_pr": self.k_pr,
-            "k_dc": self.k_dc,
-            "blocks": self.blocks,
-        }
-
     @classmethod
-    def from_config(cls, options: dict[str, Any], ctx: BuildContext) -> PRDC:
+    def from_config(cls, options: dict[str, Any], ctx: BuildContext) -> Deferred:
         ex = ctx.extractor(options["extractor"], weights=options["weights"])
         layer = choose_layer(ex, options["layer"], "prdc")
         reference = reference_features(options["reference"], ex, layer, ctx)
-        return cls(
-            reference,
-            ex.key,
-            layer,
-            k_pr=options["k_pr"],
-            k_dc=options["k_dc"],
-            blocks=options["blocks"],
-            label=options["label"],
-            reference_spec=options["reference"],
-            extractor_name=options["extractor"],
-            weights=options["weights"],
+        return Deferred(
+            lambda: cls(
+                reference(),
+                ex.key,
+                layer,
+                k_pr=options["k_pr"],
+                k_dc=options["k_dc"],
+                blocks=options["blocks"],
+                label=options["label"],
+                reference_spec=options["reference"],
+                extractor_name=options["extractor"],
+                weights=options["weights"],
+            )
         )
 
     @classmethod
@@ -426,7 +418,6 @@ class PRDC(RowMetric):
 
 def reference_features(spec: str, extractor: Any, layer: str, ctx: BuildContext) -> PrdcReference:
     """A PRDC reference: a saved ``.npz`` of features and radii (its feature space checked), or images."""
-    from diffeval.engine.references import build_reference
     from diffeval.features import feature_space
     from diffeval.stats.moments import FeatureMoments, check_space
 
@@ -437,7 +428,7 @@ def reference_features(spec: str, extractor: Any, layer: str, ctx: BuildContext)
         if saved:
             ref = PrdcReference.load(path)
             check_space(ref.meta, feature_space(extractor, layer), f"reference features {spec}")
-            return ref
+            return lambda: ref
     source = ctx.open_source(spec)
     if isinstance(source, FeatureMoments):
         raise InputError(
@@ -448,5 +439,7 @@ def reference_features(spec: str, extractor: Any, layer: str, ctx: BuildContext)
                 fix="point reference to the image folder or .npz image batch",
             )
         )
-    ref = build_reference(source, extractor, feature_layers=[layer], batch_size=ctx.batch_size, progress=ctx.progress)
-    return PrdcReference(ref.features[layer], meta={**feature_space(extractor, layer), "source": source.name})
+    handle = ctx.reference(source, extractor, features=[layer])
+    return lambda: PrdcReference(
+        handle.features(layer), meta={**feature_space(extractor, layer), "source": source.name}
+    )

@@ -27,8 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from diffeval.core.errors import ConfigError, explain
+from diffeval.core.options import Option, reject_unknown, validate_options
 from diffeval.core.registry import Registry
 from diffeval.core.toml import read_toml
+from diffeval.diffusion.denoiser import PREDICTIONS
+from diffeval.diffusion.schedules import SPACINGS
 from diffeval.run.sweeps import SweepSpec, parse_sweep
 
 __all__ = [
@@ -43,6 +46,10 @@ __all__ = [
     "parse_config",
     "read_toml",
     "COND_LABEL_RULES",
+    "RUN_OPTIONS",
+    "SAMPLER_OPTIONS",
+    "SCHEDULE_OPTIONS",
+    "COND_OPTIONS",
 ]
 
 CONFIGS: Registry[Path] = Registry("named config")  # name -> path of a TOML config (plugins register theirs)
@@ -137,41 +144,39 @@ def _table(value: Any, where: str) -> dict[str, Any]:
     return dict(value)
 
 
-def _only(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        import difflib
-
-        hints = [
-            f"{u!r}: did you mean {c[0]!r}?"
-            for u in unknown
-            if (c := difflib.get_close_matches(u, sorted(allowed), n=1))
-        ]
-        raise ConfigError(
-            explain(
-                f"unknown key(s) {', '.join(map(repr, unknown))} in {where}",
-                expected=f"keys among: {', '.join(sorted(allowed)) or '(none)'}",
-                got=", ".join(unknown),
-                fix="; ".join(hints) or "remove or correct them",
-            )
-        )
-
-
-def _int(value: Any, where: str, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(
-            explain(
-                f"{where} must be an integer >= {minimum}",
-                expected=f"an integer >= {minimum}",
-                got=repr(value),
-                fix=f"set {where} = {max(minimum, 1)}",
-            )
-        )
-    return value
+# Every table of a config is declared, like a metric's options: types, bounds, choices and "did you mean" come from
+# one place (diffeval.core.options), and --help / docs can list them.
+RUN_OPTIONS = (
+    Option("name", str, "run", "the run's name (default output folder: runs/<name>)"),
+    Option("n", int, None, "samples to generate (required with [sampler])", minimum=0, nullable=True),
+    Option("seed", int, 0, "first seed: sample i uses seed + i", minimum=0),
+    Option("batch_size", int, 64, "samples per batch", minimum=1),
+    Option("device", str, "cpu", "cpu, cuda or cuda:N"),
+    Option(
+        "image_shape", list, None, "[C, H, W] (default: the sampler's)", item=int, length=3, minimum=1, nullable=True
+    ),
+)
+SAMPLER_OPTIONS = (
+    Option("factory", str, doc="'pkg.module:function' or a registered sampler factory name"),
+    Option("kwargs", dict, None, "keyword arguments of the factory ([sampler.kwargs])", nullable=True),
+)
+SCHEDULE_OPTIONS = (
+    Option("preset", str, None, "a preset schedule name", nullable=True),
+    Option("alphas", str, None, "an alphas_cumprod file (.npy, .txt, .csv)", nullable=True),
+    Option("diffusers_config", str, None, "a diffusers scheduler_config.json", nullable=True),
+    Option("rescale_zero_snr", bool, False, "apply Lin et al.'s zero-terminal-SNR rescale first"),
+    Option("prediction", str, None, "what the model predicts", choices=PREDICTIONS, nullable=True),
+    Option("steps", int, None, "sampling steps (with spacing: the first step is checked)", minimum=1, nullable=True),
+    Option("spacing", str, None, "timestep spacing", choices=SPACINGS, nullable=True),
+)
+COND_OPTIONS = (
+    Option("labels", str, None, "a class-label rule", choices=COND_LABEL_RULES, nullable=True),
+    Option("prompts", str, None, "a text file, one prompt per line (line i for seed i)", nullable=True),
+)
+TABLES = ("run", "sampler", "schedule", "cond", "metrics", "checks", "sweep")
 
 
 def _metrics(items: Any) -> list[MetricSpec]:
-    from diffeval.core.options import validate_options
     from diffeval.metrics.base import metric_class
 
     if not isinstance(items, list):
@@ -202,7 +207,6 @@ def _metrics(items: Any) -> list[MetricSpec]:
 
 def _checks(table: Any) -> list[CheckSpec]:
     from diffeval.checks.base import CHECKS
-    from diffeval.core.options import validate_options
 
     out = []
     for name, value in _table(table, "checks").items():
@@ -216,16 +220,8 @@ def _checks(table: Any) -> list[CheckSpec]:
 
 
 def _schedule(table: Any) -> ScheduleSpec:
-    from diffeval.diffusion.denoiser import check_prediction
-    from diffeval.diffusion.schedules import SPACINGS
-
-    sch = _table(table, "schedule")
-    _only(
-        sch,
-        {"preset", "alphas", "diffusers_config", "rescale_zero_snr", "prediction", "steps", "spacing"},
-        "[schedule]",
-    )
-    sources = [k for k in ("preset", "alphas", "diffusers_config") if k in sch]
+    sch = validate_options(_table(table, "schedule"), SCHEDULE_OPTIONS, "[schedule]")
+    sources = [k for k in ("preset", "alphas", "diffusers_config") if sch[k] is not None]
     if len(sources) != 1:
         raise ConfigError(
             explain(
@@ -237,59 +233,54 @@ def _schedule(table: Any) -> ScheduleSpec:
                 fix="keep one of them",
             )
         )
-    for key in sources:
-        if not isinstance(sch[key], str):
-            raise ConfigError(
-                explain(
-                    f"[schedule] {key} must be a string",
-                    expected="a name or a path",
-                    got=repr(sch[key]),
-                    fix=f"write {key} = '...'",
-                )
-            )
-    if "spacing" in sch and sch["spacing"] not in SPACINGS:
-        raise ConfigError(
-            explain(
-                "unknown [schedule] spacing",
-                expected=" / ".join(SPACINGS),
-                got=repr(sch["spacing"]),
-                fix="use 'trailing'",
-            )
-        )
-    if ("steps" in sch) != ("spacing" in sch) and not ("steps" in sch and "diffusers_config" in sch):
+    steps, spacing = sch["steps"], sch["spacing"]
+    if (steps is None) != (spacing is None) and not (steps is not None and sch["diffusers_config"] is not None):
         raise ConfigError(
             explain(
                 "[schedule] steps and spacing go together",
                 expected="both (the first sampling step is checked) or neither",
-                got=f"steps = {sch.get('steps')}, spacing = {sch.get('spacing')}",
+                got=f"steps = {steps}, spacing = {spacing}",
                 fix="add the missing one",
             )
         )
-    return ScheduleSpec(
-        preset=sch.get("preset"),
-        alphas=sch.get("alphas"),
-        diffusers_config=sch.get("diffusers_config"),
-        rescale_zero_snr=_bool(sch.get("rescale_zero_snr", False), "[schedule] rescale_zero_snr"),
-        prediction=check_prediction(sch.get("prediction"), allow_none=True),
-        steps=None if "steps" not in sch else _int(sch["steps"], "[schedule] steps", 1),
-        spacing=sch.get("spacing"),
-    )
+    return ScheduleSpec(**sch)
 
 
-def _bool(value: Any, where: str) -> bool:
-    """A TOML boolean; a string such as "no" is an error, not True."""
-    if not isinstance(value, bool):
+def _sampler(table: Any) -> SamplerSpec:
+    spec = validate_options(_table(table, "sampler"), SAMPLER_OPTIONS, "[sampler]")
+    return SamplerSpec(spec["factory"], spec["kwargs"] or {})
+
+
+def _checks_only(schedule_table: Any, metrics: list[MetricSpec], data: Mapping[str, Any]) -> ScheduleSpec:
+    """A [schedule] run: checks and (no) data metrics only."""
+    from diffeval.metrics.base import metric_class
+
+    schedule = _schedule(schedule_table)
+    sampled = [m.name for m in metrics if metric_class(m.name).inputs == "samples"]
+    if sampled or "sweep" in data or "cond" in data:
         raise ConfigError(
-            explain(f"bad {where}", expected="true or false", got=repr(value), fix=f"{where.split()[-1]} = true")
+            explain(
+                "a [schedule] (checks-only) run cannot sample",
+                expected="checks and data metrics only",
+                got=f"sample metrics {sampled}" if sampled else "a [sweep] or [cond] table",
+                fix="use [sampler] to evaluate samples, or drop them",
+            )
         )
-    return value
+    if any(metric_class(m.name).inputs == "data" for m in metrics):
+        raise ConfigError(
+            explain(
+                "data metrics need a model",
+                expected="a [sampler] that declares its model",
+                got="[schedule] only",
+                fix="use [sampler]",
+            )
+        )
+    return schedule
 
 
 def parse_config(data: Mapping[str, Any], base_dir: Path = Path("."), source: str = "<dict>") -> RunConfig:
     """Validate a config mapping (as read from TOML)."""
-    from diffeval.metrics.base import metric_class
-
-    _only(data, {"run", "sampler", "schedule", "cond", "metrics", "checks", "sweep"}, "the config")
+    reject_unknown(data, TABLES, "the config", noun="table")
     if "run" not in data or ("sampler" in data) == ("schedule" in data):
         raise ConfigError(
             explain(
@@ -299,101 +290,38 @@ def parse_config(data: Mapping[str, Any], base_dir: Path = Path("."), source: st
                 fix="see diffeval/demo/demo.toml for a complete example",
             )
         )
-    run = _table(data["run"], "run")
-    _only(run, {"name", "n", "seed", "batch_size", "device", "image_shape"}, "[run]")
+    run = validate_options(_table(data["run"], "run"), RUN_OPTIONS, "[run]")
     metrics = _metrics(data.get("metrics", []))
     checks = _checks(data.get("checks", {}))
     sampler = schedule = None
     if "sampler" in data:
-        sampler_t = _table(data["sampler"], "sampler")
-        _only(sampler_t, {"factory", "kwargs"}, "[sampler]")
-        if not isinstance(sampler_t.get("factory"), str):
+        sampler = _sampler(data["sampler"])
+        if run["n"] is None or run["n"] < 1:
             raise ConfigError(
                 explain(
-                    "[sampler] needs factory",
-                    expected="factory = 'pkg.module:function' or a registered name",
-                    got=repr(sampler_t.get("factory")),
-                    fix="name the function that builds your sampler",
-                )
-            )
-        sampler = SamplerSpec(sampler_t["factory"], _table(sampler_t.get("kwargs", {}), "sampler.kwargs"))
-        if "n" not in run:
-            raise ConfigError(
-                explain(
-                    "[run] lacks n",
+                    "[run] needs n >= 1 to evaluate a sampler",
                     expected="n = number of samples",
-                    got="nothing",
+                    got="nothing" if run["n"] is None else f"n = {run['n']}",
                     fix="add n = 10000 (or the reference size)",
                 )
             )
     else:
-        schedule = _schedule(data["schedule"])
-        sampled = [m.name for m in metrics if metric_class(m.name).inputs == "samples"]
-        if sampled or "sweep" in data or "cond" in data:
-            raise ConfigError(
-                explain(
-                    "a [schedule] (checks-only) run cannot sample",
-                    expected="checks and data metrics only",
-                    got=f"sample metrics {sampled}" if sampled else "a [sweep] or [cond] table",
-                    fix="use [sampler] to evaluate samples, or drop them",
-                )
-            )
-        if any(metric_class(m.name).inputs == "data" for m in metrics):
-            raise ConfigError(
-                explain(
-                    "data metrics need a model",
-                    expected="a [sampler] that declares its model",
-                    got="[schedule] only",
-                    fix="use [sampler]",
-                )
-            )
-    cond = _table(data.get("cond", {}), "cond")
-    _only(cond, {"labels", "prompts"}, "[cond]")
+        schedule = _checks_only(data["schedule"], metrics, data)
+    cond = validate_options(_table(data.get("cond", {}), "cond"), COND_OPTIONS, "[cond]")
+    cond = {k: v for k, v in cond.items() if v is not None}
     if len(cond) > 1:
         raise ConfigError(
             explain("[cond] takes one source", expected="labels or prompts", got=", ".join(cond), fix="keep one")
         )
-    if "labels" in cond and cond["labels"] not in COND_LABEL_RULES:
-        raise ConfigError(
-            explain(
-                "unknown label rule",
-                expected=" / ".join(map(repr, COND_LABEL_RULES)),
-                got=repr(cond["labels"]),
-                fix="use labels = 'seed_mod_10'",
-            )
-        )
     sweep = parse_sweep(_table(data["sweep"], "sweep")) if "sweep" in data else None
-    shape = run.get("image_shape")
-    if shape is not None and (
-        not isinstance(shape, list)
-        or len(shape) != 3
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
-    ):
-        raise ConfigError(
-            explain(
-                "[run] image_shape must be [C, H, W]",
-                expected="three positive integers",
-                got=repr(shape),
-                fix="e.g. image_shape = [3, 32, 32]",
-            )
-        )
-    device = run.get("device", "cpu")
-    if not isinstance(device, str):
-        raise ConfigError(
-            explain(
-                "[run] device must be a string",
-                expected="'cpu', 'cuda' or 'cuda:N'",
-                got=repr(device),
-                fix="set device = 'cpu'",
-            )
-        )
+    shape = run["image_shape"]
     return RunConfig(
-        name=str(run.get("name", "run")),
+        name=run["name"],
         sampler=sampler,
-        n=_int(run.get("n", 0), "[run] n", 1 if sampler is not None else 0),
-        seed=_int(run.get("seed", 0), "[run] seed", 0),
-        batch_size=_int(run.get("batch_size", 64), "[run] batch_size", 1),
-        device=device,
+        n=run["n"] or 0,
+        seed=run["seed"],
+        batch_size=run["batch_size"],
+        device=run["device"],
         image_shape=None if shape is None else tuple(shape),
         metrics=metrics,
         checks=checks,

@@ -33,8 +33,9 @@ from diffeval.data.sources import open_images, open_source
 from diffeval.engine import checkpoint
 from diffeval.engine.distributed import RankFailed, evaluate_sharded, world
 from diffeval.engine.loop import EvaluationResult, LoopState, check_labels, measure, resolve_device
+from diffeval.engine.references import ReferencePool
 from diffeval.features import get_extractor
-from diffeval.metrics.base import BuildContext, Metric, metric_class
+from diffeval.metrics.base import BuildContext, Deferred, Metric, metric_class
 from diffeval.report.report import Report, check_row, make_row, metric_rows, provenance, writable_folder
 from diffeval.run.config import RunConfig
 from diffeval.run.subjects import Subject, build_subject, cond_fn
@@ -90,23 +91,45 @@ class _Extractors:
         return {extractor_key(e): e for e in self.by_spec.values()}
 
 
-def build_metrics(cfg: RunConfig, info: Any, progress: bool = False) -> tuple[list[Metric], dict[str, Any]]:
+def _cached_opener(base_dir: Path) -> Callable[..., Any]:
+    """``open_source`` with one source object per (spec, count) in a run, so metrics naming one reference share it."""
+    opened: dict[tuple[str, Any], Any] = {}
+
+    def open_once(spec: str, **kw: Any) -> Any:
+        key = (str(spec), tuple(sorted((k, v) for k, v in kw.items() if v is not None)))
+        if key not in opened:
+            opened[key] = open_source(spec, base_dir, **kw)
+        return opened[key]
+
+    return open_once
+
+
+def build_metrics(
+    cfg: RunConfig, info: Any, progress: bool = False, pool: ReferencePool | None = None
+) -> tuple[list[Metric], dict[str, Any]]:
     """Every ``[[metrics]]`` entry built from its registered class; returns the metrics and the shared extractors by
     key.
+
+    Every metric asks the run's :class:`~diffeval.engine.references.ReferencePool` for its reference; when all have
+    asked, the pool extracts each (source, extractor) once, and the metrics are completed from it.
     """
     extractors = _Extractors(cfg)
+    pool = pool if pool is not None else ReferencePool(batch_size=cfg.batch_size, progress=progress)
     ctx = BuildContext(
         n=cfg.n,
         seed=cfg.seed,
         device=str(resolve_device(cfg.device)),
         batch_size=cfg.batch_size,
         extractor=extractors,
-        open_source=lambda spec, **kw: open_source(spec, cfg.base_dir, **kw),
+        open_source=_cached_opener(cfg.base_dir),
         info=info,
         base_dir=cfg.base_dir,
         progress=progress,
+        reference=pool.request,
     )
-    metrics = [metric_class(spec.name).from_config(spec.options, ctx) for spec in cfg.metrics]
+    asked = [metric_class(spec.name).from_config(spec.options, ctx) for spec in cfg.metrics]
+    pool.resolve()
+    metrics = [Deferred.complete(item) for item in asked]
     check_labels(metrics)
     return metrics, extractors.table()
 
@@ -153,7 +176,12 @@ def data_metric_rows(
     rows = []
     for metric in metrics:
         out = measure(
-            metric.source, metrics=[metric], batch_size=cfg.batch_size, indices=metric.indices, progress=progress
+            metric.source,
+            metrics=[metric],
+            batch_size=cfg.batch_size,
+            indices=metric.indices,
+            progress=progress,
+            stage=f"{metric.label} on {metric.source.name}",
         )[metric.label]
         rows += metric_rows(metric, out, sampler=sampler_label)
     return rows
@@ -199,8 +227,14 @@ def bpd_of_config(
         info=subject.info,
         base_dir=cfg.base_dir,
     )
-    metric = BitsPerDim.from_config(options, ctx)
-    return measure(metric.source, metrics=[metric], batch_size=cfg.batch_size, indices=metric.indices)[metric.label]
+    metric = Deferred.complete(BitsPerDim.from_config(options, ctx))
+    return measure(
+        metric.source,
+        metrics=[metric],
+        batch_size=cfg.batch_size,
+        indices=metric.indices,
+        stage=f"bits/dim of {metric.source.name}",
+    )[metric.label]
 
 
 def _checks(cfg: RunConfig, subject: Subject) -> tuple[list[CheckResult], list[Figure]]:
@@ -442,7 +476,7 @@ class _Run:
                 self._sampling(subject, sample_metrics, extractors)
             if self.extra_rows is not None and w.rank == 0:
                 self.stage = "extra rows"
-                self.rows += self.extra_rows(subject)
+                self.rows += self.extra_rows(subject, metrics)
         except (Exception, KeyboardInterrupt) as error:
             if isinstance(error, RankFailed) and w.rank != 0:
                 raise RunFailed(str(error), {}) from None
@@ -459,13 +493,15 @@ def run_config(
     cfg: RunConfig,
     out: str | Path,
     progress: bool = False,
-    extra_rows: Callable[[Any], list[dict[str, Any]]] | None = None,
+    extra_rows: Callable[[Any, list[Metric]], list[dict[str, Any]]] | None = None,
     resume: bool = False,
 ) -> RunOutcome:
     """Run every check, data metric and sample metric of ``cfg`` (per sweep value); write the report into ``out``.
 
     A checkpoint is kept in ``out`` (every ``$DIFFEVAL_CHECKPOINT_S`` seconds of sampling, default 120, and after
-    each stage); ``resume=True`` continues an interrupted run from it, with the same values as an uninterrupted run.
+    each stage); ``extra_rows(subject, metrics)`` adds rows at the end (the run's built metrics: their
+    references are the run's own); ``resume=True`` continues an interrupted run from it, with the same values
+    as an uninterrupted run.
     """
     _checkpoint_every_s()  # a bad $DIFFEVAL_CHECKPOINT_S is refused before any work
     out = writable_folder(Path(out))

@@ -1,4 +1,6 @@
-"""Samplers: the contract, and adapters.
+"""Samplers: the contract (``sampler(noise, cond) -> images in [-1, 1]`` and ``describe()``), and adapters.
+
+May import ``core``, ``diffusion``, ``data`` and ``stats``; never a metric, a check or the engine.
 
 Plain callables (:class:`CallableSampler`), the generalized DDPM/DDIM family
 (:class:`GeneralizedSampler`), diffusers pipelines and schedulers
