@@ -144,12 +144,12 @@ def test_family_keeps_the_sampler_contract_with_guidance_and_batch_independence(
 @pytest.mark.parametrize(
     "knobs, message",
     [
-        ({"gamma": -0.1}, "gamma out of range"),
-        ({"gamma": float("nan")}, "gamma out of range"),
-        ({"gamma": "1"}, "gamma out of range"),
-        ({"gamma": True}, "gamma out of range"),
-        ({"delta": -1.0}, "delta out of range"),
-        ({"delta": math.inf}, "delta out of range"),
+        ({"gamma": -0.1}, "option 'gamma' is too small"),
+        ({"gamma": float("nan")}, "option 'gamma' must be a number, not NaN"),
+        ({"gamma": "1"}, "option 'gamma' has the wrong type"),
+        ({"gamma": True}, "option 'gamma' has the wrong type"),
+        ({"delta": -1.0}, "option 'delta' is too small"),
+        ({"delta": math.inf}, "option 'delta' must be finite"),
         ({"gamma": 1.0, "eta": 0.5}, "eta and gamma both set"),
     ],
 )
@@ -289,7 +289,7 @@ def test_grid_run_rows_heatmap_and_lines(tmp_path):
 
 @pytest.mark.parametrize(
     "deltas, message",
-    [("[-0.5, 1.0]", "delta out of range"), ("[1.0]\nbeta = [0.1]", "not knobs of the sampler")],
+    [("[-0.5, 1.0]", "option 'delta' is too small"), ("[1.0]\nbeta = [0.1]", "not knobs of the sampler")],
 )
 def test_bad_knobs_in_a_grid_stop_the_run_before_any_work(tmp_path, capsys, deltas, message):
     cfg = _grid(tmp_path, deltas)

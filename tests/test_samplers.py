@@ -161,12 +161,13 @@ def test_zero_terminal_snr_needs_v_prediction():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"eta": -0.1}, "eta out of range"),
-        ({"eta": 1.5}, "eta out of range"),
-        ({"steps": 0}, "steps out of range"),
+        ({"eta": -0.1}, "option 'eta' is too small"),
+        ({"eta": 1.5}, "option 'eta' is too large"),
+        ({"steps": 0}, "option 'steps' is too small"),
         ({"steps": 1001}, "steps out of range"),
         ({"spacing": "uniform"}, "spacing"),
         ({"churn": -1.0}, "churn"),
+        ({"stpes": 3}, "did you mean 'steps'"),
     ],
 )
 def test_bad_knobs(kwargs, match):

@@ -65,21 +65,23 @@ class Option:
     item: type | None = None
     length: int | None = None
     attr: str | None = None
+    finite: bool = True  # False: +inf / -inf are values (NaN never is)
 
     @property
     def required(self) -> bool:
         return self.default is REQUIRED
 
-    def check(self, value: Any, where: str) -> Any:
-        """``value`` converted (int → float for float options) and validated; raises :class:`ConfigError`."""
+    def check(self, value: Any, where: str, error: type[Exception] = ConfigError) -> Any:
+        """``value`` converted (int → float for float options) and validated; raises ``error`` (a
+        :class:`ConfigError` unless the caller names its own, e.g. a sampler's ``SamplerError``)."""
         if value is None and (self.nullable or self.default is None):
             return None
-        value = _coerce(value, self.type, f"{where} option {self.name!r}", self._hint())
+        value = _coerce(value, self.type, f"{where} option {self.name!r}", self._hint(), error)
         if self.type is list and self.item is not None:
-            value = [_coerce(v, self.item, f"{where} option {self.name!r} item", self._hint()) for v in value]
+            value = [_coerce(v, self.item, f"{where} option {self.name!r} item", self._hint(), error) for v in value]
         if self.choices is not None and value not in self.choices:
             close = difflib.get_close_matches(str(value), [str(c) for c in self.choices], n=1)
-            raise ConfigError(
+            raise error(
                 explain(
                     f"invalid value for {where} option {self.name!r}",
                     expected=f"one of {', '.join(map(repr, self.choices))}",
@@ -88,7 +90,7 @@ class Option:
                 )
             )
         if self.type is list and self.length is not None and len(value) != self.length:
-            raise ConfigError(
+            raise error(
                 explain(
                     f"{where} option {self.name!r} has the wrong length",
                     expected=f"{self.length} items",
@@ -97,21 +99,21 @@ class Option:
                 )
             )
         for number in [value] if self.type in (int, float) else value if self.item in (int, float) else []:
-            self._bounds(number, where)
+            self._bounds(number, where, error)
         return value
 
-    def _bounds(self, value: float, where: str) -> None:
-        if not math.isfinite(value):
-            raise ConfigError(
+    def _bounds(self, value: float, where: str, error: type[Exception]) -> None:
+        if math.isnan(value) or (self.finite and math.isinf(value)):
+            raise error(
                 explain(
-                    f"{where} option {self.name!r} must be finite",
-                    expected="a finite number",
+                    f"{where} option {self.name!r} must be " + ("finite" if self.finite else "a number, not NaN"),
+                    expected="a finite number" if self.finite else "a number (not NaN)",
                     got=repr(value),
                     fix=self._hint(),
                 )
             )
         if self.minimum is not None and value < self.minimum:
-            raise ConfigError(
+            raise error(
                 explain(
                     f"{where} option {self.name!r} is too small",
                     expected=f">= {self.minimum:g}",
@@ -120,7 +122,7 @@ class Option:
                 )
             )
         if self.maximum is not None and value > self.maximum:
-            raise ConfigError(
+            raise error(
                 explain(
                     f"{where} option {self.name!r} is too large",
                     expected=f"<= {self.maximum:g}",
@@ -143,7 +145,7 @@ class Option:
         return f"{self.name} ({_TYPE_NAMES.get(self.type, self.type.__name__)}, {default}{extra}): {self.doc}"
 
 
-def _coerce(value: Any, kind: type, where: str, hint: str) -> Any:
+def _coerce(value: Any, kind: type, where: str, hint: str, error: type[Exception] = ConfigError) -> Any:
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
@@ -153,7 +155,7 @@ def _coerce(value: Any, kind: type, where: str, hint: str) -> Any:
         dict: isinstance(value, Mapping),
     }.get(kind, isinstance(value, kind))
     if not ok:
-        raise ConfigError(
+        raise error(
             explain(
                 f"{where} has the wrong type",
                 expected=_TYPE_NAMES.get(kind, kind.__name__),
@@ -170,13 +172,15 @@ def _coerce(value: Any, kind: type, where: str, hint: str) -> Any:
     return value
 
 
-def reject_unknown(given: Any, known: Sequence[str], where: str, noun: str = "option") -> None:
+def reject_unknown(
+    given: Any, known: Sequence[str], where: str, noun: str = "option", error: type[Exception] = ConfigError
+) -> None:
     """A :class:`ConfigError` naming every key of ``given`` not in ``known``, with a "did you mean" for each."""
     unknown = sorted(set(given) - set(known))
     if unknown:
         close = {u: difflib.get_close_matches(u, list(known), n=1) for u in unknown}
         hints = "; ".join(f"{u!r}: did you mean {c[0]!r}?" for u, c in close.items() if c)
-        raise ConfigError(
+        raise error(
             explain(
                 f"unknown {noun}(s) {', '.join(map(repr, unknown))} for {where}",
                 expected=f"{noun}s among: {', '.join(sorted(known)) or '(none)'}",
@@ -186,15 +190,17 @@ def reject_unknown(given: Any, known: Sequence[str], where: str, noun: str = "op
         )
 
 
-def validate_options(given: Mapping[str, Any], spec: Sequence[Option], where: str) -> dict[str, Any]:
+def validate_options(
+    given: Mapping[str, Any], spec: Sequence[Option], where: str, error: type[Exception] = ConfigError
+) -> dict[str, Any]:
     """Validate ``given`` against ``spec``: unknown keys are errors (with a "did you mean"), defaults are filled in."""
-    reject_unknown(given, [o.name for o in spec], where)
+    reject_unknown(given, [o.name for o in spec], where, error=error)
     out: dict[str, Any] = {}
     for option in spec:
         if option.name in given:
-            out[option.name] = option.check(given[option.name], where)
+            out[option.name] = option.check(given[option.name], where, error)
         elif option.required:
-            raise ConfigError(
+            raise error(
                 explain(
                     f"{where} needs option {option.name!r}",
                     expected=option.help(),

@@ -45,17 +45,18 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from diffeval.core.errors import SamplerError, explain
+from diffeval.core.options import Option, validate_options
 from diffeval.diffusion.denoiser import Denoiser, check_prediction, to_x0_eps
 from diffeval.diffusion.schedules import SPACINGS, Schedule, sampling_indices
-from diffeval.samplers.base import RunStats, SamplerInfo, SeedRNG, StepTimer, check_sampler_output
+from diffeval.samplers.base import TIMINGS, RunStats, SamplerInfo, SeedRNG, StepTimer, check_sampler_output
 
-__all__ = ["GeneralizedSampler", "SATURATION_MARGIN"]
+__all__ = ["GeneralizedSampler", "SATURATION_MARGIN", "KNOBS", "SETTINGS"]
 
 SATURATION_MARGIN = 0.1  # x0_hat counts as saturated beyond [-1.1, 1.1]: data on the bounds overshoots them slightly
 
@@ -69,39 +70,37 @@ def _alpha_sigma(log_snr: float) -> tuple[float, float]:
     return math.sqrt(alpha_sq), math.sqrt(sigma_sq)
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_s2n(eta: Any, gamma: Any, delta: Any) -> None:
-    """gamma >= 0 (inf allowed) or None, delta >= 0 and finite, and not both eta > 0 and gamma."""
-    if gamma is not None and not (_number(gamma) and float(gamma) >= 0 and not math.isnan(gamma)):
-        raise SamplerError(
-            explain(
-                "gamma out of range",
-                expected="a number >= 0 (0 = DDIM, 1 = DDPM with delta = 1, inf = re-noising), or None to use eta",
-                got=repr(gamma),
-                fix="choose gamma >= 0",
-            )
-        )
-    if not (_number(delta) and float(delta) >= 0 and math.isfinite(delta)):
-        raise SamplerError(
-            explain(
-                "delta out of range",
-                expected="a finite number >= 0 (1 keeps the forward marginals, 0 = deterministic)",
-                got=repr(delta),
-                fix="choose delta >= 0",
-            )
-        )
-    if gamma is not None and _number(eta) and float(eta) > 0:
-        raise SamplerError(
-            explain(
-                "eta and gamma both set",
-                expected="one parameterization of the step's noise: eta (DDIM) or gamma (S2N)",
-                got=f"eta = {eta}, gamma = {gamma}",
-                fix="set eta = 0 to use gamma (gamma = 1, delta = 1 is eta = 1), or drop gamma",
-            )
-        )
+# The sampler's knobs, declared once: the constructor validates them (types, bounds, choices, "did you mean"), and
+# describe().knobs, replace() and sweeps read the same list.
+KNOBS: tuple[Option, ...] = (
+    Option("prediction", str, "eps", "what the model predicts: eps, x0 or v"),
+    Option("steps", int, 50, "number of sampling steps (1..T)", minimum=1),
+    Option("eta", float, 0.0, "DDIM stochasticity: 0 = DDIM, 1 = DDPM ancestral", minimum=0.0, maximum=1.0),
+    Option(
+        "gamma",
+        float,
+        None,
+        "S2N log-SNR rate of the injected noise (inf: re-noising); None uses eta",
+        minimum=0.0,
+        nullable=True,
+        finite=False,
+    ),
+    Option(
+        "delta",
+        float,
+        1.0,
+        "scale of the injected noise (1 keeps the forward marginals; applies to eta's too)",
+        minimum=0.0,
+    ),
+    Option("churn", float, 0.0, "EDM S_churn (0 disables it)", minimum=0.0),
+    Option("spacing", str, "trailing", "timestep spacing", choices=SPACINGS),
+    Option("clip_x0", bool, True, "clamp x0_hat to [-1, 1] at every step (and re-derive eps_hat)"),
+    Option("guidance_scale", float, 1.0, "classifier-free guidance weight w (1: plain conditional sampling)"),
+)
+SETTINGS: tuple[Option, ...] = (  # how it runs, not what it samples: not reported as knobs
+    Option("timing", str, "step", "default timer: step (per-step latency), run (whole call) or off", choices=TIMINGS),
+    Option("image_shape", list, None, "(C, H, W) of the images", item=int, length=3, minimum=1, nullable=True),
+)
 
 
 class GeneralizedSampler:
@@ -129,98 +128,39 @@ class GeneralizedSampler:
         image_shape: ``(C, H, W)`` of the images, declared for configs that do not say it.
     """
 
-    def __init__(
-        self,
-        model: Callable[..., torch.Tensor],
-        schedule: Schedule,
-        *,
-        prediction: str = "eps",
-        steps: int = 50,
-        eta: float = 0.0,
-        gamma: float | None = None,
-        delta: float = 1.0,
-        churn: float = 0.0,
-        spacing: str = "trailing",
-        clip_x0: bool = True,
-        guidance_scale: float = 1.0,
-        timing: str = "step",
-        image_shape: Sequence[int] | None = None,
-    ) -> None:
-        check_prediction(prediction)
-        _check_s2n(eta, gamma, delta)
-        self.denoiser = Denoiser(model, schedule, prediction)
-        if not (isinstance(eta, (int, float)) and not isinstance(eta, bool) and 0.0 <= float(eta) <= 1.0):
-            raise SamplerError(
-                explain(
-                    "eta out of range",
-                    expected="0 <= eta <= 1 (0 = DDIM, 1 = DDPM)",
-                    got=repr(eta),
-                    fix="choose eta in [0, 1]",
-                )
-            )
-        if not (isinstance(churn, (int, float)) and float(churn) >= 0.0 and math.isfinite(churn)):
-            raise SamplerError(
-                explain(
-                    "churn out of range",
-                    expected="a finite number >= 0",
-                    got=repr(churn),
-                    fix="use churn = 0 to disable it",
-                )
-            )
-        if spacing not in SPACINGS:
-            raise SamplerError(
-                explain(
-                    "unknown timestep spacing", expected=" / ".join(SPACINGS), got=repr(spacing), fix="use 'trailing'"
-                )
-            )
-        if not (isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps <= schedule.T):
+    def __init__(self, model: Callable[..., torch.Tensor], schedule: Schedule, **knobs: Any) -> None:
+        values = validate_options(knobs, KNOBS + SETTINGS, "GeneralizedSampler", error=SamplerError)
+        check_prediction(values["prediction"])
+        if not values["steps"] <= schedule.T:
             raise SamplerError(
                 explain(
                     "number of sampling steps out of range",
                     expected=f"an integer in [1, T={schedule.T}]",
-                    got=repr(steps),
+                    got=repr(values["steps"]),
                     fix=f"choose steps between 1 and {schedule.T}",
                 )
             )
-        if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale)):
+        if values["gamma"] is not None and values["eta"] > 0:
             raise SamplerError(
                 explain(
-                    "invalid guidance_scale",
-                    expected="a finite number",
-                    got=repr(guidance_scale),
-                    fix="use 1.0 for no guidance",
+                    "eta and gamma both set",
+                    expected="one parameterization of the step's noise: eta (DDIM) or gamma (S2N)",
+                    got=f"eta = {values['eta']}, gamma = {values['gamma']}",
+                    fix="set eta = 0 to use gamma (gamma = 1, delta = 1 is eta = 1), or drop gamma",
                 )
             )
-        StepTimer(timing)  # validates the mode
+        self.denoiser = Denoiser(model, schedule, values["prediction"])
         self.model = model
         self.schedule = schedule
-        self.prediction = prediction
-        self.steps = steps
-        self.eta = float(eta)
-        self.gamma = None if gamma is None else float(gamma)
-        self.delta = float(delta)
-        self.churn = float(churn)
-        self.spacing = spacing
-        self.clip_x0 = bool(clip_x0)
-        self.guidance_scale = float(guidance_scale)
-        self.timing = timing
-        self.image_shape = None if image_shape is None else tuple(int(s) for s in image_shape)
-        self.indices = sampling_indices(schedule.T, steps, spacing)
+        for name, value in values.items():
+            setattr(self, name, value)
+        self.image_shape = None if self.image_shape is None else tuple(self.image_shape)
+        self.indices = sampling_indices(schedule.T, self.steps, self.spacing)
         self.last_run: RunStats | None = None
 
     def knobs(self) -> dict[str, Any]:
-        return {
-            "schedule": self.schedule.name,
-            "prediction": self.prediction,
-            "steps": self.steps,
-            "eta": self.eta,
-            "gamma": self.gamma,
-            "delta": self.delta,
-            "churn": self.churn,
-            "spacing": self.spacing,
-            "clip_x0": self.clip_x0,
-            "guidance_scale": self.guidance_scale,
-        }
+        """The schedule's name and every declared knob's value (what rows, labels and sweeps read)."""
+        return {"schedule": self.schedule.name, **{o.name: getattr(self, o.name) for o in KNOBS}}
 
     def describe(self) -> SamplerInfo:
         return SamplerInfo(
@@ -238,19 +178,7 @@ class GeneralizedSampler:
 
     def replace(self, **changes: Any) -> GeneralizedSampler:
         """A new sampler with some arguments changed (``model``, ``steps``, ``eta``, ...); this one is left as is."""
-        args = {
-            "prediction": self.prediction,
-            "steps": self.steps,
-            "eta": self.eta,
-            "gamma": self.gamma,
-            "delta": self.delta,
-            "churn": self.churn,
-            "spacing": self.spacing,
-            "clip_x0": self.clip_x0,
-            "guidance_scale": self.guidance_scale,
-            "timing": self.timing,
-            "image_shape": self.image_shape,
-        }
+        args = {o.name: getattr(self, o.name) for o in KNOBS + SETTINGS}
         unknown = sorted(set(changes) - set(args) - {"model", "schedule"})
         if unknown:
             raise SamplerError(
