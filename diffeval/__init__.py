@@ -4,6 +4,15 @@ Point it at any sampler (``sampler(noise, cond) -> images in [-1, 1]``) and get
 fidelity metrics, likelihood, diagnostics, latency and a report a CI gate can read.
 """
 
+from diffeval.api import (
+    clip_score_of,
+    cmmd_between,
+    compute_reference,
+    fid_between,
+    inception_score_of,
+    kid_between,
+    prdc_between,
+)
 from diffeval.core.errors import (
     ConfigError,
     DiffevalError,
@@ -13,6 +22,7 @@ from diffeval.core.errors import (
     ScheduleError,
     WeightsError,
 )
+from diffeval.core.points import sweep_table
 from diffeval.core.quantize import to_uint8
 from diffeval.core.seeds import SeedRNG
 from diffeval.diffusion import schedules
@@ -48,6 +58,14 @@ __all__ = [
     "SeedRNG",
     "WeightsError",
     "evaluate",
+    "fid_between",
+    "kid_between",
+    "cmmd_between",
+    "prdc_between",
+    "compute_reference",
+    "inception_score_of",
+    "clip_score_of",
+    "sweep_table",
     "frechet_distance",
     "get_extractor",
     "measure",

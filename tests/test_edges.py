@@ -583,41 +583,71 @@ def test_a_factory_module_next_to_the_config_is_importable(tmp_path, capsys, mon
     assert "the config's folder" in capsys.readouterr().err
 
 
-def _readme_blocks():
+DOCUMENTS = ("README.md", "CONTRIBUTING.md", *sorted(f"docs/{p.name}" for p in (TESTS.parent / "docs").glob("*.md")))
+
+
+def _doc_blocks(documents=DOCUMENTS):
     import re
 
-    return re.findall(r"```(\w+)\n(.*?)```", (TESTS.parent / "README.md").read_text(), re.S)
+    return [
+        (name, lang, code)
+        for name in documents
+        for lang, code in re.findall(r"```(\w+)\n(.*?)```", (TESTS.parent / name).read_text(), re.S)
+    ]
 
 
-def test_every_readme_snippet_runs():
-    """Every Python snippet of the README runs as written (the k-diffusion one in its own environment); TOML parses."""
+def test_every_documented_snippet_runs():
+    """Every Python snippet of the README, CONTRIBUTING and docs/ runs as written (the k-diffusion one in its own
+    environment); every TOML snippet parses as what it shows (a config, a [sweep], or gate rules)."""
     from diffeval.gate import parse_rules
+    from diffeval.run.config import parse_config
     from diffeval.run.sweeps import parse_sweep
 
-    blocks = _readme_blocks()
-    python = [code for lang, code in blocks if lang == "python" and "k_diffusion" not in code]
-    assert len(python) >= 1
-    for code in python:
-        exec(compile(code, "README.md", "exec"), {})
+    blocks = _doc_blocks()
+    assert len(DOCUMENTS) >= 8 and {"docs/cli.md", "docs/gate.md", "docs/statistics.md"} <= set(DOCUMENTS)
+    python = [(name, code) for name, lang, code in blocks if lang == "python" and "k_diffusion" not in code]
+    assert {name for name, _ in python} >= {"README.md", "docs/python.md"}
+    for name, code in python:
+        exec(compile(code, name, "exec"), {})
     tomllib = __import__("tomllib") if sys.version_info >= (3, 11) else __import__("tomli")
-    tomls = [code for lang, code in blocks if lang == "toml"]
+    tomls = [(name, code) for name, lang, code in blocks if lang == "toml"]
     assert tomls
-    for code in tomls:
+    for name, code in tomls:
         table = tomllib.loads(code)
-        if "sweep" in table:  # a [sweep] example of a config
-            assert parse_sweep(table["sweep"]).points
+        if "run" in table:  # a whole config
+            parse_config(table, source=name)
+        elif "sweep" in table or "grid" in table:  # a [sweep] example of a config
+            assert parse_sweep(table.get("sweep", table)).points
         else:  # gate rules
             parse_rules(table)
 
 
+def test_the_readme_gate_quick_start_runs_on_the_demo(tmp_path, monkeypatch, capsys):
+    """The README's CI quick start, command by command: two demo runs and a gate that passes with the shipped rules."""
+    import re
+    import shlex
+
+    readme = (TESTS.parent / "README.md").read_text()
+    block = re.search(r"## Quick start 3: a CI gate\s+```bash\n(.*?)```", readme, re.S).group(1)
+    commands = [c.split("#")[0].strip() for c in block.replace("\\\n", " ").splitlines() if c.strip()]
+    assert [c.split()[:2] for c in commands] == [["diffeval", "run"], ["diffeval", "run"], ["diffeval", "gate"]]
+    monkeypatch.chdir(tmp_path)
+    rules = TESTS.parent / "diffeval" / "demo" / "gate.toml"
+    for command in commands:
+        argv = shlex.split(command.replace("diffeval/demo/gate.toml", str(rules)))[1:]
+        assert main(argv) == 0, (command, capsys.readouterr().err[-2000:])
+    assert "gate: pass" in capsys.readouterr().err
+    assert (tmp_path / "gate.xml").read_text().count("<testcase") >= 8
+
+
 @pytest.mark.kdiffusion
-def test_the_readme_adapter_snippet_runs(tmp_path):
+def test_the_adapter_snippet_runs(tmp_path):
     pytest.importorskip("k_diffusion", reason="k-diffusion is tested in its own environment: tox -e kdiffusion")
     from adapter_helpers import EpsModel, build_tiny_sd_pipeline, tiny_unet
 
-    (code,) = [code for lang, code in _readme_blocks() if lang == "python" and "k_diffusion" in code]
+    (code,) = [code for _, lang, code in _doc_blocks() if lang == "python" and "k_diffusion" in code]
     namespace = {"pipe": build_tiny_sd_pipeline(tmp_path / "tok"), "unet": tiny_unet(), "model": EpsModel().eval()}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "docs/samplers.md", "exec"), namespace)
     assert namespace["dpmpp"].prediction == "eps" and namespace["ddim"].describe().steps == 50
 
 
