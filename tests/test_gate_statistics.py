@@ -122,7 +122,10 @@ def test_fid_standard_error_is_the_delete_a_block_jackknife_recomputed_by_hand()
     ref = _reference()
     feats = _gaussian(503, 6, 1, shift=0.3, scale=1.2)
     seeds = np.arange(7000, 7503)
-    result = _feed(FID(ref, "x", "f", allow_unmatched=True, blocks=5), feats, seeds).compute()
+    result = _feed(
+        FID(ref, "x", "f", allow_unmatched=True, blocks=5, infinity_se="leave-two-out"), feats, seeds
+    ).compute()
+    fast = _feed(FID(ref, "x", "f", allow_unmatched=True, blocks=5), feats, seeds).compute()
 
     def fid(rows):
         f = feats[rows]
@@ -147,6 +150,11 @@ def test_fid_standard_error_is_the_delete_a_block_jackknife_recomputed_by_hand()
         n_two = 1 / np.mean([1 / int((keep & (seeds % 5 != c)).sum()) for c in others])
         replicates.append(extrapolate([n_b, n_two], [loo[b], np.mean(two)])[0])
     assert result["fid_infinity_stderr"] == pytest.approx(jackknife_se(replicates), rel=1e-9)
+    assert result["fid_infinity_se"] == "leave-two-out" and "leave-two-out FIDs" in result["fid_infinity_is"]
+    # the default, first order: FID's own jackknife SE (the same FID, pairing and FID∞ value)
+    assert fast["fid_infinity_se"] == "first-order" and fast["fid_infinity_stderr"] == fast.stderr == result.stderr
+    assert fast.value == result.value and fast["fid_infinity"] == result["fid_infinity"]
+    assert fast["fid_infinity_stderr"] == pytest.approx(result["fid_infinity_stderr"], rel=0.25)  # simulation: ~3 %
 
 
 def test_fid_blocks_merge_across_shards_and_ignore_batch_size_and_order():

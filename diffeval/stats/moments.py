@@ -24,7 +24,7 @@ import torch
 
 from diffeval.core.errors import InputError, explain
 
-__all__ = ["FeatureMoments", "check_gaussian", "check_space", "SPACE_KEYS", "SYMMETRY_TOL", "PSD_TOL"]
+__all__ = ["require_psd", "FeatureMoments", "check_gaussian", "check_space", "SPACE_KEYS", "SYMMETRY_TOL", "PSD_TOL"]
 
 SYMMETRY_TOL = 1e-6  # max |S - S^T| relative to max |S|
 PSD_TOL = 1e-6  # smallest eigenvalue allowed: -PSD_TOL * max diagonal (round-off of a float32-stored covariance)
@@ -34,9 +34,10 @@ def _first_bad(mask: torch.Tensor) -> tuple[int, ...]:
     return tuple(int(i) for i in torch.nonzero(mask)[0])
 
 
-def check_gaussian(mu: Any, sigma: Any, who: str) -> tuple[torch.Tensor, torch.Tensor]:
+def check_gaussian(mu: Any, sigma: Any, who: str, psd: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate a mean and a covariance (finite, matching shapes, symmetric, positive semi-definite); returns them in
-    float64.
+    float64. ``psd=False`` leaves the positive-semi-definite test to a caller that factors sigma anyway
+    (:func:`require_psd` on its eigenvalues).
 
     Each defect is an :class:`InputError` naming the statistics (``who``), where the
     defect is, and the fix — a NaN, a non-symmetric or an indefinite covariance would
@@ -86,17 +87,22 @@ def check_gaussian(mu: Any, sigma: Any, who: str) -> tuple[torch.Tensor, torch.T
         )
     sigma_t = 0.5 * (sigma_t + sigma_t.T)
     diag = sigma_t.diagonal()
-    if d and (bool((diag < 0).any()) or not _psd(sigma_t, PSD_TOL * max(float(diag.max()), 0.0))):
-        low = float(torch.linalg.eigvalsh(sigma_t).min())
+    if psd and d and (bool((diag < 0).any()) or not _psd(sigma_t, PSD_TOL * max(float(diag.max()), 0.0))):
+        require_psd(float(torch.linalg.eigvalsh(sigma_t).min()), float(diag.max()), who)
+    return mu_t, sigma_t
+
+
+def require_psd(min_eigenvalue: float, max_variance: float, who: str) -> None:
+    """An :class:`InputError` unless ``min_eigenvalue >= -PSD_TOL * max_variance`` (a covariance's round-off)."""
+    if min_eigenvalue < -PSD_TOL * max(max_variance, 0.0) or max_variance < 0:
         raise InputError(
             explain(
                 f"{who}: sigma is not positive semi-definite",
                 expected=f"eigenvalues >= -{PSD_TOL:g} x max variance",
-                got=f"smallest eigenvalue {low:.6g} (max variance {float(diag.max()):.6g})",
+                got=f"smallest eigenvalue {min_eigenvalue:.6g} (max variance {max_variance:.6g})",
                 fix="a covariance cannot have negative variance along any direction: recompute it from the features",
             )
         )
-    return mu_t, sigma_t
 
 
 def _psd(sigma: torch.Tensor, slack: float) -> bool:
