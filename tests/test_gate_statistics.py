@@ -13,7 +13,7 @@ from diffeval.core.errors import ConfigError, InputError
 from diffeval.gate import evaluate_gate, parse_rules
 from diffeval.metrics import FID, KID, InceptionScore
 from diffeval.metrics.base import Batch
-from diffeval.metrics.fid import frechet_distance
+from diffeval.metrics.fid import FLUSH_ROWS, frechet_distance
 from diffeval.metrics.kid import kid_with_jackknife
 from diffeval.report.report import Report, make_row
 from diffeval.run.config import load_config
@@ -225,11 +225,15 @@ def test_fid_without_blocks_or_from_statistics_has_no_standard_error():
 def test_fid_state_is_k_blocks_of_moments():
     ref = _reference(d=16)
     metric = FID(ref, "x", "f", allow_unmatched=True, blocks=4)
-    numel = []
+    numel, buffered = [], []
     for i in range(5):
         metric.update(Batch(features={"x": {"f": _gaussian(500, 16, i)}}, seeds=list(range(500 * i, 500 * i + 500))))
+        buffered.append(sum(metric._pending_rows))  # rows wait for their block's next GEMM: bounded, never all of N
+        metric.state()  # ships the sums: flushes the buffer
         numel.append(sum(t.numel() for m in metric.blocks_moments for t in (m.shift, m.sum, m.sum_outer)))
+        assert sum(metric._pending_rows) == 0
     assert numel == [4 * (16 + 16 + 16 * 16)] * 5 and metric.generated.n == 2500
+    assert max(buffered) <= 4 * FLUSH_ROWS
 
 
 # -- KID, IS, CLIP-like means --------------------------------------------------------------------

@@ -41,7 +41,7 @@ from diffeval.metrics.base import (
     feature_options,
     register_metric,
 )
-from diffeval.stats.moments import FeatureMoments, check_gaussian, check_space, require_psd
+from diffeval.stats.moments import FeatureMoments, check_features, check_gaussian, check_space, require_psd
 from diffeval.stats.uncertainty import SeedBlocks, digest, extrapolate, jackknife_se
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
 ]
 
 INFINITY_SE = ("first-order", "leave-two-out")
+FLUSH_ROWS = 512  # rows a seed block gathers before one GEMM (d = 2048, one core: ~11k rows/s at 512, ~5k at 64)
 ZERO_TOLERANCE = 1e-9  # relative to tr S1 + tr S2: |FID| below it is round-off, reported as 0
 
 
@@ -210,6 +211,16 @@ class BlockDistances:
             raise InputError(
                 explain("FID needs at least 2 samples", expected="n >= 2", got="fewer", fix="evaluate more samples")
             )
+        bad = sum(int(b.nonfinite_rows) for b in blocks)  # CUDA features are checked here, once
+        if bad:
+            raise InputError(
+                explain(
+                    "features contain NaN or inf",
+                    expected="finite features",
+                    got=f"{bad} non-finite feature rows",
+                    fix="check the images fed to the extractor",
+                )
+            )
         self.distance = ref = distance
         device = ref.mu.device
         factor = ref.factor.factor
@@ -221,7 +232,6 @@ class BlockDistances:
         self.q: list[torch.Tensor | None] = [None] * k
         for b in self.blocks:
             block = blocks[b]
-            block._require(1)  # non-finite rows deferred on CUDA are an error now
             s = block.sum.to(device)
             w = torch.addr(block.sum_outer.to(device), s, s, alpha=-1.0 / block.n)  # scatter about the block mean
             self.mu[b] = block.shift.to(device) + s / block.n
@@ -462,24 +472,54 @@ class FID(Metric):
             FeatureMoments({"extractor": self.extractor, "layer": self.layer}) for _ in range(self.k)
         ]
         self.seed_blocks = SeedBlocks(self.k)
+        self._pending: list[list[torch.Tensor]] = [[] for _ in range(self.k)]  # rows not yet in their block's sums
+        self._pending_rows = [0] * self.k
 
     @property
     def generated(self) -> FeatureMoments:
         """All generated samples' moments (the blocks merged)."""
+        self.flush()
         total = FeatureMoments({"extractor": self.extractor, "layer": self.layer})
         for block in self.blocks_moments:
             total.merge(block)
         return total
 
     def update(self, batch: Batch) -> None:
+        """Sort the batch's rows by seed block and buffer them; a block's rows enter its float64 sums
+        ``FLUSH_ROWS`` at a time, in one in-place GEMM (the rate of plain moments, whatever the batch size)."""
         features = batch.layer(self.extractor, self.layer, "FID")
+        bad = check_features(features, self.blocks_moments[0].dim, defer_cuda=True)
+        if bad is not None:  # CUDA: counted now, checked when the statistics are read (no sync)
+            self.blocks_moments[0].nonfinite_rows = self.blocks_moments[0].nonfinite_rows + bad
         block = self.seed_blocks.assign(batch.seeds, features.shape[0], features.device)
-        for b in range(self.k):
-            self.blocks_moments[b].update(features[block == b])
+        counts = torch.bincount(block, minlength=self.k).tolist()
+        rows = features.detach()[torch.argsort(block, stable=True)] if self.k > 1 else features.detach()
+        for b, chunk in enumerate(rows.split(counts)):
+            if chunk.shape[0]:
+                self._pending[b].append(chunk)
+                self._pending_rows[b] += chunk.shape[0]
+                if self._pending_rows[b] >= FLUSH_ROWS:
+                    self._flush_block(b)
+
+    def _flush_block(self, b: int) -> None:
+        if self._pending[b]:
+            chunks, self._pending[b], self._pending_rows[b] = self._pending[b], [], 0
+            self.blocks_moments[b].add_checked(chunks[0] if len(chunks) == 1 else torch.cat(chunks))
+
+    def flush(self) -> None:
+        """Move every buffered row into its block's sums (before reading, merging or shipping the state)."""
+        for b in range(len(self._pending)):
+            self._flush_block(b)
+
+    def state(self) -> dict[str, Any]:
+        self.flush()
+        return super().state()
 
     def add_statistics(self, moments: FeatureMoments) -> None:
         """Generated statistics given whole (a statistics file): no blocks, so no standard error."""
+        self.flush()
         self.k = 1
+        self._pending, self._pending_rows = [[]], [0]
         self.blocks_moments = [FeatureMoments({"extractor": self.extractor, "layer": self.layer}).merge(moments)]
         self.seed_blocks = SeedBlocks(1)
         self.seed_blocks.unseeded = self.seed_blocks.n = moments.n
@@ -494,6 +534,8 @@ class FID(Metric):
                     fix="merge shards of the same metric",
                 )
             )
+        self.flush()
+        other.flush()
         for mine, theirs in zip(self.blocks_moments, other.blocks_moments, strict=True):
             mine.merge(theirs)
         self.seed_blocks.merge(other.seed_blocks)
@@ -549,6 +591,7 @@ class FID(Metric):
         return out
 
     def compute(self) -> MetricResult:
+        self.flush()
         n_gen, n_ref = sum(b.n for b in self.blocks_moments), self.reference.n
         matched = n_gen == n_ref
         if not matched and not self.allow_unmatched:

@@ -105,6 +105,45 @@ def require_psd(min_eigenvalue: float, max_variance: float, who: str) -> None:
         )
 
 
+def check_features(features: Any, dim: int | None, defer_cuda: bool = False) -> torch.Tensor | None:
+    """An :class:`InputError` unless ``features`` is an (N, d) tensor of finite values (d = ``dim`` when known).
+
+    With ``defer_cuda``, CUDA features are not synchronized: the count of non-finite rows is returned (a
+    device tensor) for the caller to check when the statistics are read; otherwise returns None.
+    """
+    if not torch.is_tensor(features) or features.ndim != 2:
+        got = tuple(features.shape) if torch.is_tensor(features) else type(features).__name__
+        raise InputError(
+            explain(
+                "features must be a 2-D tensor",
+                expected="(N, d)",
+                got=f"{got}",
+                fix="flatten each sample's features to one row",
+            )
+        )
+    if dim is not None and features.shape[1] != dim:
+        raise InputError(
+            explain(
+                "feature dimension changed between batches",
+                expected=f"d = {dim}",
+                got=f"d = {features.shape[1]}",
+                fix="use one extractor layer per statistic",
+            )
+        )
+    if features.is_cuda and defer_cuda:
+        return (~torch.isfinite(features)).any(1).sum()
+    if not bool(torch.isfinite(features).all()):
+        raise InputError(
+            explain(
+                "features contain NaN or inf",
+                expected="finite features",
+                got="non-finite values",
+                fix="check the images fed to the extractor",
+            )
+        )
+    return None
+
+
 def _psd(sigma: torch.Tensor, slack: float) -> bool:
     if float(sigma.abs().max()) == 0.0:
         return True
@@ -137,39 +176,16 @@ class FeatureMoments:
 
     def update(self, features: torch.Tensor) -> None:
         """Add a batch of features (N, d); non-finite features are an :class:`InputError`."""
-        if not torch.is_tensor(features) or features.ndim != 2:
-            got = tuple(features.shape) if torch.is_tensor(features) else type(features).__name__
-            raise InputError(
-                explain(
-                    "features must be a 2-D tensor",
-                    expected="(N, d)",
-                    got=f"{got}",
-                    fix="flatten each sample's features to one row",
-                )
-            )
-        if self.sum is not None and features.shape[1] != self.sum.numel():
-            raise InputError(
-                explain(
-                    "feature dimension changed between batches",
-                    expected=f"d = {self.sum.numel()}",
-                    got=f"d = {features.shape[1]}",
-                    fix="use one extractor layer per statistic",
-                )
-            )
-        f = features.detach().to(torch.float64)
-        if f.is_cuda:  # checked when the statistics are read, so the GPU never waits here
-            self.nonfinite_rows = self.nonfinite_rows + (~torch.isfinite(f)).any(1).sum()
-        elif not bool(torch.isfinite(f).all()):
-            raise InputError(
-                explain(
-                    "features contain NaN or inf",
-                    expected="finite features",
-                    got="non-finite values",
-                    fix="check the images fed to the extractor",
-                )
-            )
-        if f.shape[0] == 0:
+        bad = check_features(features, self.dim, defer_cuda=True)
+        if bad is not None:  # checked when the statistics are read, so the GPU never waits here
+            self.nonfinite_rows = self.nonfinite_rows + bad
+        self.add_checked(features)
+
+    def add_checked(self, features: torch.Tensor) -> None:
+        """:meth:`update` for features the caller has already passed through :func:`check_features`."""
+        if features.shape[0] == 0:
             return
+        f = features.detach().to(torch.float64)
         if self.sum is None:
             d = f.shape[1]
             self.shift = f.mean(0)
@@ -177,10 +193,11 @@ class FeatureMoments:
             self.sum_outer = torch.zeros(d, d, dtype=torch.float64, device=f.device)
         if self.sum.device != f.device:  # e.g. resumed from a CPU checkpoint, then fed CUDA features
             self.shift, self.sum, self.sum_outer = (t.to(f.device) for t in (self.shift, self.sum, self.sum_outer))
-        y = f - self.shift
-        self.n += f.shape[0]
+        # in place only on a fresh float64 copy: a float64 input is the caller's and stays untouched
+        y = f - self.shift if features.dtype == torch.float64 else f.sub_(self.shift)
+        self.n += y.shape[0]
         self.sum += y.sum(0)
-        self.sum_outer += y.T @ y
+        self.sum_outer.addmm_(y.T, y)  # in place: no d x d temporary
 
     def _shifted_sums(self, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """This shard's sums about another shift: ``z = y + delta``, ``delta = a - b``."""
