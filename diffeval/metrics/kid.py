@@ -57,6 +57,59 @@ def _poly_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x @ y.T / x.shape[1] + 1.0) ** 3
 
 
+KERNEL_CACHE_BYTES = 1 << 30  # whole kernel matrices are formed once when all three fit in this many bytes
+
+
+def _subset_sums_whole(
+    x: torch.Tensor, y: torch.Tensor, draws: list[tuple[torch.Tensor, torch.Tensor]], block_of: Any, blocks: int
+) -> list[tuple[torch.Tensor, ...]]:
+    """Every subset's kernel sums at once, from the three whole kernel matrices (each pair's kernel formed once).
+
+    With ``u_i`` the indicator of subset i and ``O_i = u_i * onehot(block)``: ``sum K_yy[iy, iy] = u_i^T K_yy u_i``,
+    ``sum K_xy[ix, iy] = u_i^T K_xy v_i``, block sums ``O_i^T K_xx O_i`` and ``O_i^T K_xy v_i`` — a few GEMMs against
+    the indicator matrices instead of three kernel GEMMs per subset.
+    """
+    n_x, n_y, s = x.shape[0], y.shape[0], len(draws)
+    u_x = torch.zeros(n_x, s, dtype=torch.float64, device=x.device)
+    u_y = torch.zeros(n_y, s, dtype=torch.float64, device=x.device)
+    for i, (ix, iy) in enumerate(draws):
+        u_x[ix, i] = 1.0
+        u_y[iy, i] = 1.0
+    k_yy = _poly_kernel(y, y)
+    off_yy = (u_y * (k_yy @ u_y)).sum(0) - u_y.T @ k_yy.diagonal()
+    del k_yy
+    kxy_v = _poly_kernel(x, y) @ u_y  # (n_x, s)
+    sum_xy = (u_x * kxy_v).sum(0)
+    k_xx = _poly_kernel(x, x)
+    diag_x = k_xx.diagonal()
+    if block_of is None:
+        off_xx = (u_x * (k_xx @ u_x)).sum(0) - u_x.T @ diag_x
+        return [(off_xx[i], off_yy[i], sum_xy[i], None, None, None) for i in range(s)]
+    onehot = torch.nn.functional.one_hot(block_of, blocks).to(torch.float64)  # (n_x, K)
+    o = (u_x[:, :, None] * onehot[:, None, :]).reshape(n_x, s * blocks)
+    kxx_o = (k_xx @ o).reshape(n_x, s, blocks)
+    s_xx = torch.einsum("nik,nil->ikl", o.reshape(n_x, s, blocks), kxx_o)  # (s, K, K), diagonal included
+    s_xx -= torch.diag_embed((u_x * diag_x[:, None]).T @ onehot)  # ... now excluded
+    s_xy = (u_x * kxy_v).T @ onehot  # (s, K)
+    count = u_x.T @ onehot  # (s, K)
+    off_xx = s_xx.sum((1, 2))
+    return [(off_xx[i], off_yy[i], sum_xy[i], s_xx[i], s_xy[i], count[i]) for i in range(s)]
+
+
+def _subset_sums(
+    x: torch.Tensor, y: torch.Tensor, ix: torch.Tensor, iy: torch.Tensor, block_of: Any, blocks: int
+) -> tuple[torch.Tensor, ...]:
+    """One subset's kernel sums: off-diagonal xx and yy sums, the xy sum, and (with blocks) their block sums."""
+    xs, ys = x[ix], y[iy]
+    k_xx, k_yy, k_xy = _poly_kernel(xs, xs), _poly_kernel(ys, ys), _poly_kernel(xs, ys)
+    k_xx = k_xx - torch.diag(k_xx.diagonal())
+    off_xx, off_yy, sum_xy = k_xx.sum(), k_yy.sum() - k_yy.diagonal().sum(), k_xy.sum()
+    if block_of is None:
+        return off_xx, off_yy, sum_xy, None, None, None
+    onehot = torch.nn.functional.one_hot(block_of[ix], blocks).to(torch.float64)  # (m, K)
+    return off_xx, off_yy, sum_xy, onehot.T @ k_xx @ onehot, onehot.T @ k_xy.sum(1), onehot.sum(0)
+
+
 def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
     """Unbiased MMD² between equal-size sets x, y (m, d) with the cubic polynomial kernel."""
     m = x.shape[0]
@@ -120,21 +173,22 @@ def kid_with_jackknife(
     values = np.empty(subsets)
     left_out = np.full((subsets, max(blocks, 1)), np.nan)
     m = size
-    for i in range(subsets):
+    draws = []
+    for _ in range(subsets):  # the draws of torch-fidelity's loop, in its order
         ix = torch.from_numpy(rng.choice(n_gen, size, replace=False)).to(x_all.device)
         iy = torch.from_numpy(rng.choice(n_ref, size, replace=False)).to(x_all.device)
-        x, y = x_all[ix], y_all[iy]
-        k_xx, k_yy, k_xy = _poly_kernel(x, x), _poly_kernel(y, y), _poly_kernel(x, y)
-        k_xx = k_xx - torch.diag(k_xx.diagonal())
-        off_xx, off_yy, sum_xy = k_xx.sum(), k_yy.sum() - k_yy.diagonal().sum(), k_xy.sum()
+        draws.append((ix, iy))
+    whole = (n_gen * n_gen + n_ref * n_ref + 2 * n_gen * n_ref) * 8 <= KERNEL_CACHE_BYTES
+    sums = (
+        _subset_sums_whole(x_all, y_all, draws, block_of, blocks)
+        if whole
+        else [_subset_sums(x_all, y_all, ix, iy, block_of, blocks) for ix, iy in draws]
+    )
+    for i, (off_xx, off_yy, sum_xy, s_xx, s_xy, count) in enumerate(sums):
         yy_term = off_yy / (m * (m - 1))
         values[i] = float(off_xx / (m * (m - 1)) + yy_term - 2 * sum_xy / (m * m))
         if block_of is None:
             continue
-        onehot = torch.nn.functional.one_hot(block_of[ix], blocks).to(torch.float64)  # (m, K)
-        s_xx = onehot.T @ k_xx @ onehot  # (K, K) block sums, diagonal excluded
-        s_xy = onehot.T @ k_xy.sum(1)  # (K,)
-        count = onehot.sum(0)
         m_a = m - count
         xx = off_xx - 2 * s_xx.sum(1) + s_xx.diagonal()
         est = xx / (m_a * (m_a - 1)) + yy_term - 2 * (sum_xy - s_xy) / (m_a * m)
