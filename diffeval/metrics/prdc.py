@@ -32,6 +32,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ from diffeval.metrics.base import (
 from diffeval.metrics.rows import RowMetric
 from diffeval.stats.uncertainty import digest, jackknife_se
 
-__all__ = ["knn_radii", "prdc", "PrdcReference", "PRDC", "PARTS"]
+__all__ = ["knn_radii", "knn_radii_many", "prdc", "PrdcReference", "PRDC", "PARTS"]
 
 PARTS = ("precision", "recall", "density", "coverage")
 _BLOCK_ELEMENTS = 1 << 24  # rows x columns of one block of squared distances: 16 M float64 (128 MB)
@@ -83,19 +84,58 @@ def _check_k(k: int, n: int, who: str) -> None:
         )
 
 
+TILE_ROWS = 1024  # rows of one tile of a symmetric distance pass
+
+
+def _tiles(bounds: Sequence[int], size: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` tiles of at most ``size`` rows, none crossing a boundary of ``bounds``."""
+    out = []
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        out += [(a, min(a + size, hi)) for a in range(lo, hi, size)]
+    return out
+
+
+def _tile_nearest(z: torch.Tensor, tiles: Sequence[tuple[int, int]], k1: int) -> torch.Tensor:
+    """``(n, len(tiles), k1)``: each row's ``k1`` smallest squared distances to the rows of each tile (sorted, inf
+    where a tile has fewer rows; a row's distance to itself is exactly 0).
+
+    Distances are symmetric, so each pair of tiles is formed once and read both ways: half the GEMMs of a
+    row-by-row pass.
+    """
+    n = z.shape[0]
+    z_sq = (z * z).sum(1)
+    out = torch.full((n, len(tiles), k1), float("inf"), dtype=torch.float64, device=z.device)
+    for i, (lo_i, hi_i) in enumerate(tiles):
+        for j in range(i, len(tiles)):
+            lo_j, hi_j = tiles[j]
+            d = _sq_dist(z[lo_i:hi_i], z[lo_j:hi_j], z_sq[lo_j:hi_j])
+            if i == j:
+                own = torch.arange(hi_i - lo_i, device=z.device)
+                d[own, own] = 0.0  # the point itself: exactly 0 (not a rounding residue)
+            take = min(k1, hi_j - lo_j)
+            out[lo_i:hi_i, j, :take] = d.topk(take, dim=1, largest=False).values
+            if i != j:
+                take = min(k1, hi_i - lo_i)
+                out[lo_j:hi_j, i, :take] = d.T.topk(take, dim=1, largest=False).values
+    return out
+
+
 def knn_radii(x: torch.Tensor, k: int, *, block_elements: int = _BLOCK_ELEMENTS) -> torch.Tensor:
     """Squared distance of every row to its k-th nearest neighbour in ``x`` (itself not counted), in row blocks."""
-    _check_k(k, x.shape[0], "k-NN radii")
+    return knn_radii_many(x, (k,), block_elements=block_elements)[k]
+
+
+def knn_radii_many(
+    x: torch.Tensor, ks: Sequence[int], *, block_elements: int = _BLOCK_ELEMENTS
+) -> dict[int, torch.Tensor]:
+    """:func:`knn_radii` for several k from one pass over the distances (the k + 1 smallest, sorted, per row)."""
+    for k in ks:
+        _check_k(k, x.shape[0], "k-NN radii")
     x = x.to(torch.float64)
-    sq = (x * x).sum(1)
-    out = []
-    for lo in range(0, x.shape[0], _rows_per_block(x.shape[0], block_elements)):
-        block = x[lo : lo + _rows_per_block(x.shape[0], block_elements)]
-        d2 = _sq_dist(block, x, sq)
-        rows = torch.arange(block.shape[0], device=x.device)
-        d2[rows, rows + lo] = 0.0  # the point itself: exactly 0 (not a rounding residue)
-        out.append(d2.kthvalue(k + 1, dim=1).values)  # k + 1: the point itself is the first
-    return torch.cat(out)
+    top = max(ks) + 1  # + 1: the point itself is the first
+    per_tile = _tile_nearest(x, _tiles([0, x.shape[0]], TILE_ROWS), top)
+    nearest = per_tile.reshape(x.shape[0], -1).topk(top, dim=1, largest=False).values  # sorted ascending
+    return {k: nearest[:, k].contiguous() for k in ks}
 
 
 @dataclass
@@ -110,6 +150,13 @@ class PrdcReference:
         if k not in self.radii:
             self.radii[k] = knn_radii(self.features, k)
         return self.radii[k]
+
+    def radii_for(self, *ks: int) -> list[torch.Tensor]:
+        """The radii for every k, the missing ones from one pass over the distances."""
+        missing = [k for k in dict.fromkeys(ks) if k not in self.radii]
+        if missing:
+            self.radii.update(knn_radii_many(self.features, missing))
+        return [self.radii[k] for k in ks]
 
     def save(self, path: str | Path) -> Path:
         arrays = {"features": self.features.cpu().numpy()}
@@ -147,59 +194,67 @@ class _Passes:
     nearest_gen: torch.Tensor  # (N, K) each real sample's nearest generated sample (squared distance) per block
 
 
-def _generated_pass(
-    y: torch.Tensor,
+def _generated_nearest(y: torch.Tensor, bounds: list[int], k: int) -> torch.Tensor:
+    """``(M, K, k + 1)``: each generated row's k + 1 nearest generated rows (itself included, at 0) in each seed block.
+
+    The rows of ``y`` are sorted by block: block b is the slice ``bounds[b]:bounds[b + 1]``.
+    """
+    tiles = _tiles(bounds, TILE_ROWS)
+    per_tile = _tile_nearest(y, tiles, k + 1)
+    kb = len(bounds) - 1
+    owner = [next(b for b in range(kb) if bounds[b] <= lo < bounds[b + 1]) for lo, _ in tiles]
+    nearest = torch.full((y.shape[0], kb, k + 1), float("inf"), dtype=torch.float64, device=y.device)
+    for b in range(kb):
+        mine = [i for i, o in enumerate(owner) if o == b]
+        if mine:
+            cand = per_tile[:, mine].reshape(y.shape[0], -1)
+            nearest[:, b] = cand.topk(k + 1, dim=1, largest=False).values
+    return nearest
+
+
+def _cross_pass(
     x: torch.Tensor,
-    radii: tuple[torch.Tensor, torch.Tensor],
-    ids: torch.Tensor,
-    kb: int,
-    k: int,
+    y: torch.Tensor,
+    real_radii: tuple[torch.Tensor, torch.Tensor],
+    r_gen: list[torch.Tensor],
+    bounds: list[int],
     cap: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Over generated rows: precision/density indicators and each row's k + 1 nearest generated per seed block."""
-    m, r_pr, r_dc = y.shape[0], *radii
-    x_sq, y_sq = (x * x).sum(1), (y * y).sum(1)
-    inside = torch.zeros(m, dtype=torch.float64, device=x.device)
+) -> _Passes:
+    """One pass over the real x generated distances, in blocks of real rows: everything the four values need.
+
+    Per generated row: inside some real k_pr-ball, and the count of real k_dc-balls holding it (reduced over the
+    real rows); per real row: inside some generated ball (for each radii replicate, its block's columns left
+    out) and the nearest generated row per block.
+    """
+    (n, m), kb = (x.shape[0], y.shape[0]), len(bounds) - 1
+    r_pr, r_dc = real_radii
+    y_sq = (y * y).sum(1)
+    inside = torch.zeros(m, dtype=torch.bool, device=x.device)
     count = torch.zeros(m, dtype=torch.float64, device=x.device)
-    nearest = torch.full((m, kb, k + 1), float("inf"), dtype=torch.float64, device=x.device)
-    rows = _rows_per_block(max(x.shape[0], m), cap)
-    for lo in range(0, m, rows):
-        yb = y[lo : lo + rows]
-        d_xr = _sq_dist(yb, x, x_sq)  # (B, N)
-        inside[lo : lo + rows] = (d_xr <= r_pr[None, :]).any(1).to(torch.float64)
-        count[lo : lo + rows] = (d_xr <= r_dc[None, :]).sum(1).to(torch.float64)
-        del d_xr
-        d_yy = _sq_dist(yb, y, y_sq)  # (B, M)
-        own = torch.arange(yb.shape[0], device=x.device)
-        d_yy[own, own + lo] = 0.0
-        for b in range(kb):
-            cols = d_yy[:, ids == b]
-            take = min(k + 1, cols.shape[1])
-            if take:
-                nearest[lo : lo + rows, b, :take] = cols.topk(take, dim=1, largest=False).values
-    return inside, count, nearest
-
-
-def _reference_pass(
-    x: torch.Tensor, y: torch.Tensor, r_gen: list[torch.Tensor], ids: torch.Tensor, kb: int, cap: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Over reference rows: inside a generated ball (per radii replicate, its block left out), nearest per block."""
-    n, y_sq = x.shape[0], (y * y).sum(1)
     covered = torch.zeros(len(r_gen), n, dtype=torch.bool, device=x.device)
     nearest_gen = torch.full((n, kb), float("inf"), dtype=torch.float64, device=x.device)
-    rows = _rows_per_block(y.shape[0], cap)
+    rows = _rows_per_block(m, cap)
     for lo in range(0, n, rows):
         d = _sq_dist(x[lo : lo + rows], y, y_sq)  # (B, M)
-        for r, radii in enumerate(r_gen):
-            ok = d <= radii[None, :]
-            if r > 0:
-                ok &= (ids != r - 1)[None, :]
-            covered[r, lo : lo + rows] = ok.any(1)
+        inside |= (d <= r_pr[lo : lo + rows, None]).any(0)
+        count += (d <= r_dc[lo : lo + rows, None]).sum(0)
+        ok = d <= r_gen[0][None, :]
+        by_block = torch.stack([ok[:, bounds[c] : bounds[c + 1]].any(1) for c in range(kb)], 1)  # (B, K)
+        covered[0, lo : lo + rows] = by_block.any(1)
+        for r in range(1, len(r_gen)):  # replicate r: block r - 1's columns left out, its radii
+            # without a block every other radius can only grow, so a row covered by another block's columns at the
+            # full radii stays covered; only the other rows need the replicate's radii
+            rest = torch.cat([by_block[:, : r - 1], by_block[:, r:]], 1).any(1)
+            todo = (~rest).nonzero().squeeze(1)
+            if todo.numel():
+                hit = d[todo] <= r_gen[r][None, :]
+                hit[:, bounds[r - 1] : bounds[r]] = False
+                rest[todo] = hit.any(1)
+            covered[r, lo : lo + rows] = rest
         for b in range(kb):
-            cols = d[:, ids == b]
-            if cols.shape[1]:
-                nearest_gen[lo : lo + rows, b] = cols.min(1).values
-    return covered, nearest_gen
+            if bounds[b + 1] > bounds[b]:
+                nearest_gen[lo : lo + rows, b] = d[:, bounds[b] : bounds[b + 1]].min(1).values
+    return _Passes(inside.to(torch.float64), count, covered, nearest_gen)
 
 
 def _leave_one_out(p: _Passes, ids: torch.Tensor, kb: int, k_dc: int, r_dc: torch.Tensor) -> dict[str, list[float]]:
@@ -246,20 +301,24 @@ def prdc(
     for k in (k_pr, k_dc):
         _check_k(k, n, "reference set")
         _check_k(k, m, "generated set")
-    r_pr, r_dc = ref.radius(k_pr).to(x.device), ref.radius(k_dc).to(x.device)
+    r_pr, r_dc = (r.to(x.device) for r in ref.radii_for(k_pr, k_dc))
     kb = blocks if block_ids is not None and blocks >= 2 else 1
     ids = block_ids.to(x.device, torch.int64) if kb > 1 else torch.zeros(m, dtype=torch.int64, device=x.device)
     if kb > 1 and int(m - torch.bincount(ids, minlength=kb).max()) <= max(k_pr, 1):
         kb, ids = 1, torch.zeros(m, dtype=torch.int64, device=x.device)  # a replicate would lack k + 1 samples
-    inside, count, nearest = _generated_pass(y, x, (r_pr, r_dc), ids, kb, k_pr, block_elements)
+    # generated rows sorted by seed block, so a block is a slice (every result is a sum or an extreme: order-free)
+    order = torch.argsort(ids, stable=True)
+    y, ids = y[order], ids[order]
+    bounds = [0, *torch.cumsum(torch.bincount(ids, minlength=kb), 0).tolist()]
+    nearest = _generated_nearest(y, bounds, k_pr)
 
     def radii_without(b: int | None) -> torch.Tensor:  # the generated k-NN radii, block b's samples left out
         keep = nearest if b is None else torch.cat([nearest[:, :b], nearest[:, b + 1 :]], dim=1)
         return keep.reshape(m, -1).kthvalue(k_pr + 1, dim=1).values
 
     r_gen = [radii_without(None)] + ([radii_without(b) for b in range(kb)] if kb > 1 else [])
-    covered, nearest_gen = _reference_pass(x, y, r_gen, ids, kb, block_elements)
-    passes = _Passes(inside, count, covered, nearest_gen)
+    passes = _cross_pass(x, y, (r_pr, r_dc), r_gen, bounds, block_elements)
+    inside, count, covered, nearest_gen = passes.inside, passes.count, passes.covered, passes.nearest_gen
     out: dict[str, Any] = {
         "precision": float(inside.mean()),
         "recall": float(covered[0].to(torch.float64).mean()),
