@@ -233,6 +233,7 @@ def _cross_pass(
     count = torch.zeros(m, dtype=torch.float64, device=x.device)
     covered = torch.zeros(len(r_gen), n, dtype=torch.bool, device=x.device)
     nearest_gen = torch.full((n, kb), float("inf"), dtype=torch.float64, device=x.device)
+    r_widest = torch.stack(r_gen[1:]).amax(0) if len(r_gen) > 1 else r_gen[0]  # >= every replicate's radius
     rows = _rows_per_block(m, cap)
     for lo in range(0, n, rows):
         d = _sq_dist(x[lo : lo + rows], y, y_sq)  # (B, M)
@@ -241,11 +242,18 @@ def _cross_pass(
         ok = d <= r_gen[0][None, :]
         by_block = torch.stack([ok[:, bounds[c] : bounds[c + 1]].any(1) for c in range(kb)], 1)  # (B, K)
         covered[0, lo : lo + rows] = by_block.any(1)
+        if len(r_gen) > 1:
+            ok = d <= r_widest[None, :]
+            maybe = torch.stack([ok[:, bounds[c] : bounds[c + 1]].any(1) for c in range(kb)], 1)  # (B, K)
+        del ok
         for r in range(1, len(r_gen)):  # replicate r: block r - 1's columns left out, its radii
-            # without a block every other radius can only grow, so a row covered by another block's columns at the
-            # full radii stays covered; only the other rows need the replicate's radii
-            rest = torch.cat([by_block[:, : r - 1], by_block[:, r:]], 1).any(1)
-            todo = (~rest).nonzero().squeeze(1)
+            # without a block every other radius can only grow (up to r_widest): a row covered by another block's
+            # columns at the full radii stays covered, and one no other block's columns reach even at the widest
+            # radii stays uncovered; only the rows in between need the replicate's own radii
+            others = torch.ones(kb, dtype=torch.bool, device=x.device)
+            others[r - 1] = False
+            rest = by_block[:, others].any(1)
+            todo = (~rest & maybe[:, others].any(1)).nonzero().squeeze(1)
             if todo.numel():
                 hit = d[todo] <= r_gen[r][None, :]
                 hit[:, bounds[r - 1] : bounds[r]] = False
