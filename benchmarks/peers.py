@@ -392,6 +392,17 @@ def whole_process_row(args: argparse.Namespace) -> None:
         pair(what, lambda: run(ours), lambda: run(peer), "fidelity --fid", max(1, args.repeats // 2), _rel)
 
 
+PARTS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "frechet": frechet_rows,
+    "fid": fid_compute_row,
+    "update": update_rows,
+    "kid": kid_row,
+    "prdc": prdc_rows,
+    "is-cmmd": is_and_cmmd_rows,
+    "whole": whole_process_row,
+}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1, help="threads on each side (BLAS, OpenMP and torch)")
@@ -401,6 +412,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed repetitions of each side (median)")
     p.add_argument("--quick", action="store_true", help="small sizes: a check of the script, not figures to quote")
     p.add_argument("--whole", action="store_true", help="also time `diffeval fid DIR DIR` vs `fidelity --fid`")
+    p.add_argument("--only", nargs="+", choices=sorted(PARTS), help="run only these rows")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.quick:
@@ -410,10 +422,9 @@ def main() -> None:
         f"diffeval vs peers: {args.threads} thread(s) each side, device {args.device}, torch {torch.__version__}",
         file=sys.stderr,
     )
-    for part in (frechet_rows, fid_compute_row, update_rows, kid_row, prdc_rows, is_and_cmmd_rows):
-        part(args)
-    if args.whole:
-        whole_process_row(args)
+    chosen = args.only or [name for name in PARTS if name != "whole" or args.whole]
+    for name in chosen:
+        PARTS[name](args)
     cols = list(ROWS[0])
     widths = [max(len(c), *(len(r[c]) for r in ROWS)) for c in cols]
     print("| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)) + " |")

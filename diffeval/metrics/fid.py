@@ -349,13 +349,15 @@ class FID(Metric):
 
     ``update(batch)`` keeps float64 moments of the ``extractor``/``layer`` features per
     seed block (``seed mod blocks``: O(blocks d^2) memory — 10 blocks at d = 2048 hold
-    10 x 2048^2 x 8 bytes = 336 MB of sums, never the features); ``merge`` adds another
-    shard's blocks. ``compute()`` returns FID at N, its delete-a-block jackknife standard
-    error over the blocks (the reference treated as fixed), the K leave-one-out values
-    (the pairing record the gate uses for paired comparisons) and, with ``extrapolate``,
-    FID∞: ``FID = a + b / N`` (Chong & Forsyth 2020) through N and the leave-one-block-out
-    unions' size, at 1/N = 0 — the jackknife bias correction — with its own jackknife
-    standard error (55 Fréchet distances for K = 10 beyond FID at N: 7 to 11 min on a 2-core CPU at d = 2048).
+    10 x 2048^2 x 8 bytes = 336 MB of sums, never the features; each block buffers up to
+    ``FLUSH_ROWS`` rows, float32, between its GEMMs); ``merge`` adds another shard's blocks.
+    ``compute()`` returns FID at N, its delete-a-block jackknife standard error over the
+    blocks (the reference treated as fixed), the K leave-one-out values (the pairing record
+    the gate uses for paired comparisons) and, with ``extrapolate``, FID∞: ``FID = a + b / N``
+    (Chong & Forsyth 2020) through N and the leave-one-block-out unions' size, at 1/N = 0 —
+    the jackknife bias correction — with its standard error (``infinity_se``). The whole
+    compute is K + 1 eigendecompositions on block sums rotated once (:class:`BlockDistances`):
+    6.7 s at d = 2048 on one CPU thread, 2.2x torch-fidelity's plain FID.
     """
 
     name = "fid"
