@@ -14,8 +14,10 @@ from diffeval.api import (
     prdc_between,
 )
 from diffeval.core.errors import (
+    CheckFailed,
     ConfigError,
     DiffevalError,
+    DiffevalWarning,
     ExitCode,
     InputError,
     SamplerError,
@@ -28,6 +30,7 @@ from diffeval.core.seeds import SeedRNG
 from diffeval.diffusion import schedules
 from diffeval.diffusion.schedules import Schedule
 from diffeval.engine.loop import EvaluationResult, evaluate, measure
+from diffeval.evaluator import Evaluator
 from diffeval.features import EXTRACTORS, get_extractor
 from diffeval.metrics import FID, METRICS, Metric, MetricResult, frechet_distance, register_metric
 from diffeval.report.report import Report
@@ -38,6 +41,9 @@ from diffeval.version import __version__
 __all__ = [
     "__version__",
     "CallableSampler",
+    "CheckFailed",
+    "DiffevalWarning",
+    "Evaluator",
     "ConfigError",
     "DiffevalError",
     "EXTRACTORS",

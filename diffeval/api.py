@@ -15,8 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from diffeval.core.errors import InputError, explain
-from diffeval.data.sources import ImageSource, open_images, open_source, read_prompts, seeded_subset
+from diffeval.data.images import images_to_uint8
+from diffeval.data.sources import ImageSource, TensorSource, open_images, open_source, read_prompts, seeded_subset
 from diffeval.engine.loop import measure, resolve_device
 from diffeval.engine.references import ReferencePool, build_reference
 from diffeval.features import FeatureExtractor, extractor_key, feature_space, get_extractor
@@ -72,9 +75,42 @@ def _stats_of(
     ).moments[layer]
 
 
+Input = Any  # a path or data set name (str, Path), a uint8 NCHW tensor (or float with value_range), FeatureMoments
+
+
+def _source(spec: Input, value_range: str | None, who: str, stats_n: int | None = None) -> ImageSource | FeatureMoments:
+    """A spec, images in memory or statistics, as a source (or the statistics themselves)."""
+    if torch.is_tensor(spec):
+        images, _, _ = images_to_uint8(spec, value_range, who)
+        return TensorSource(images.cpu(), name=f"{images.shape[0]} images in memory")
+    if isinstance(spec, FeatureMoments):
+        return spec
+    return open_source(spec, stats_n=stats_n)
+
+
+def _images(spec: Input, value_range: str | None, who: str) -> ImageSource:
+    """:func:`_source`, refusing statistics (for metrics that need the images)."""
+    if torch.is_tensor(spec):
+        return _source(spec, value_range, who)
+    if isinstance(spec, FeatureMoments):
+        raise InputError(
+            explain(
+                f"{who} needs images",
+                expected="an image folder, an .npz image batch, a data set or an image tensor",
+                got="FeatureMoments (statistics)",
+                fix="pass the images",
+            )
+        )
+    return open_images(spec, who=who)
+
+
+def _name(spec: Input, source: Any) -> str:
+    return str(spec) if isinstance(spec, (str, Path)) else getattr(source, "name", type(spec).__name__)
+
+
 def fid_between(
-    gen: str,
-    ref: str,
+    gen: Input,
+    ref: Input,
     *,
     features: str = "inception-v3",
     weights: str | None = None,
@@ -84,7 +120,8 @@ def fid_between(
     allow_unmatched: bool = False,
     seed: int = 0,
     batch_size: int = 64,
-    progress: bool = False,
+    progress: bool | None = None,
+    value_range: str | None = None,
 ) -> dict[str, Any]:
     """FID between two inputs (image folder, .npz images, .npz statistics or a data set), at matched counts.
 
@@ -92,7 +129,8 @@ def fid_between(
     statistics are checked against the extractor's feature space (weights, layer, resize) before any
     image is read.
     """
-    gen_input, ref_input = open_source(gen), open_source(ref, stats_n=ref_n)
+    gen_input = _source(gen, value_range, "the generated images")
+    ref_input = _source(ref, value_range, "the reference", stats_n=ref_n)
     if ref_n is not None and not isinstance(ref_input, FeatureMoments):
         raise InputError(
             explain(
@@ -149,7 +187,7 @@ def fid_between(
     else:
         ref_n_images = None if allow_unmatched and len(ref_input) < n_gen else n_gen
         ref_stats = _stats_of(ref_input, extractor, layer, ref_n_images, seed, batch_size, progress)
-    metric = FID(ref_stats, key, layer, allow_unmatched=allow_unmatched, reference_spec=str(ref))
+    metric = FID(ref_stats, key, layer, allow_unmatched=allow_unmatched, reference_spec=_name(ref, ref_input))
     if isinstance(gen_input, FeatureMoments):
         if gen_input.dim != ref_stats.dim:
             raise InputError(
@@ -192,8 +230,8 @@ def fid_between(
 
 
 def kid_between(
-    gen: str,
-    ref: str,
+    gen: Input,
+    ref: Input,
     *,
     features: str = "inception-v3",
     weights: str | None = None,
@@ -202,11 +240,12 @@ def kid_between(
     blocks: int = 10,
     device: str = "cpu",
     batch_size: int = 64,
-    progress: bool = False,
+    progress: bool | None = None,
+    value_range: str | None = None,
 ) -> dict[str, Any]:
     """KID between two image sets (folders, .npz batches or data sets), with its jackknife standard error."""
-    gen_source = open_images(gen, who="KID (the generated set)")
-    ref_source = open_images(ref, who="KID (the reference: KID needs features, not statistics)")
+    gen_source = _images(gen, value_range, "KID (the generated set)")
+    ref_source = _images(ref, value_range, "KID (the reference: KID needs features, not statistics)")
     extractor = _extractor(features, weights, device)
     layer = choose_layer(extractor, None, "kid")
     reference = build_reference(ref_source, extractor, feature_layers=[layer], batch_size=batch_size, progress=progress)
@@ -217,7 +256,7 @@ def kid_between(
         subsets,
         subset_size,
         blocks=blocks,
-        reference_spec=str(ref),
+        reference_spec=_name(ref, ref_source),
     )
     metric.check_count(len(gen_source))
     result = measure(gen_source, extractors=[extractor], metrics=[metric], batch_size=batch_size, progress=progress)[
@@ -235,8 +274,8 @@ def kid_between(
 
 
 def cmmd_between(
-    gen: str,
-    ref: str,
+    gen: Input,
+    ref: Input,
     *,
     model: str = "ViT-L-14-336",
     pretrained: str | None = "openai",
@@ -245,14 +284,15 @@ def cmmd_between(
     blocks: int = 10,
     device: str = "cpu",
     batch_size: int = 64,
-    progress: bool = False,
+    progress: bool | None = None,
+    value_range: str | None = None,
 ) -> dict[str, Any]:
     """CMMD between two image sets on CLIP ViT-L/14@336 embeddings, with its jackknife standard error."""
     from diffeval.features import ClipExtractor
     from diffeval.metrics.cmmd import CMMD, check_clip_input
 
-    gen_source = open_images(gen, who="CMMD (the generated set)")
-    ref_source = open_images(ref, who="CMMD (the reference: CMMD needs images, not statistics)")
+    gen_source = _images(gen, value_range, "CMMD (the generated set)")
+    ref_source = _images(ref, value_range, "CMMD (the reference: CMMD needs images, not statistics)")
     extractor = ClipExtractor(
         model=model, pretrained=weights if weights is not None else pretrained, device=str(resolve_device(device))
     )
@@ -266,7 +306,7 @@ def cmmd_between(
         "image",
         estimator=estimator,
         blocks=blocks,
-        reference_spec=str(ref),
+        reference_spec=_name(ref, ref_source),
         model=model,
         pretrained=pretrained,
         weights=weights,
@@ -287,8 +327,8 @@ def cmmd_between(
 
 
 def prdc_between(
-    gen: str,
-    ref: str,
+    gen: Input,
+    ref: Input,
     *,
     features: str = "inception-v3",
     weights: str | None = None,
@@ -298,31 +338,32 @@ def prdc_between(
     save_reference: str | Path | None = None,
     device: str = "cpu",
     batch_size: int = 64,
-    progress: bool = False,
+    progress: bool | None = None,
+    value_range: str | None = None,
 ) -> dict[str, Any]:
     """Precision, recall, density and coverage of an image set against a reference (images or saved features)."""
     from diffeval.metrics.base import BuildContext
     from diffeval.metrics.prdc import PRDC, reference_features
 
     out_path = writable_file(save_reference, "--save-reference") if save_reference is not None else None
-    gen_source = open_images(gen, who="PRDC (the generated set)")
+    gen_source = _images(gen, value_range, "PRDC (the generated set)")
     extractor = _extractor(features, weights, device)
     layer = choose_layer(extractor, None, "prdc")
     pool = ReferencePool(batch_size=batch_size, progress=progress)
+    in_memory = not isinstance(ref, (str, Path))
+    spec = "<reference in memory>" if in_memory else str(ref)
     ctx = BuildContext(
         n=len(gen_source),
         seed=0,
         batch_size=batch_size,
         extractor=lambda *a, **k: extractor,
-        open_source=open_source,
+        open_source=(lambda s, **kw: _source(ref, value_range, "PRDC (the reference)")) if in_memory else open_source,
         base_dir=Path("."),
         progress=progress,
         reference=pool.request,
     )
-    reference = reference_features(ref, extractor, layer, ctx)()
-    metric = PRDC(
-        reference, extractor_key(extractor), layer, k_pr=k_pr, k_dc=k_dc, blocks=blocks, reference_spec=str(ref)
-    )
+    reference = reference_features(spec, extractor, layer, ctx)()
+    metric = PRDC(reference, extractor_key(extractor), layer, k_pr=k_pr, k_dc=k_dc, blocks=blocks, reference_spec=spec)
     metric.check_count(len(gen_source))
     result = measure(gen_source, extractors=[extractor], metrics=[metric], batch_size=batch_size, progress=progress)[
         metric.label
@@ -338,7 +379,7 @@ def prdc_between(
 
 
 def compute_reference(
-    images: str,
+    images: Input,
     out: str | Path,
     *,
     features: str = "inception-v3",
@@ -347,7 +388,8 @@ def compute_reference(
     seed: int = 0,
     device: str = "cpu",
     batch_size: int = 64,
-    progress: bool = False,
+    progress: bool | None = None,
+    value_range: str | None = None,
 ) -> dict[str, Any]:
     """Reference statistics (mu, sigma, n + metadata) of an image set, saved to ``out`` (.npz).
 
@@ -363,7 +405,7 @@ def compute_reference(
             )
         )
     writable_file(out, "--out")
-    source = open_images(images, who="reference statistics")
+    source = _images(images, value_range, "reference statistics")
     if n is not None and n > len(source):
         raise InputError(
             explain(
@@ -378,17 +420,18 @@ def compute_reference(
 
 
 def inception_score_of(
-    images: str,
+    images: Input,
     *,
     features: str = "inception-v3",
     weights: str | None = None,
     splits: int = 10,
     device: str = "cpu",
     batch_size: int = 64,
-    progress: bool = False,
+    progress: bool | None = None,
+    value_range: str | None = None,
 ) -> dict[str, Any]:
     """Inception Score (torch-fidelity convention) of an image set."""
-    source = open_images(images, who="the Inception Score")
+    source = _images(images, value_range, "the Inception Score")
     extractor = _extractor(features, weights, device)
     metric = InceptionScore(extractor_key(extractor), choose_layer(extractor, None, "inception_score"), splits=splits)
     out = measure(source, extractors=[extractor], metrics=[metric], batch_size=batch_size, progress=progress)[
@@ -404,17 +447,18 @@ def inception_score_of(
 
 
 def clip_score_of(
-    images: str,
+    images: Input,
     prompts: str,
     *,
     model: str = "ViT-B-32",
     pretrained: str | None = "openai",
     device: str = "cpu",
     batch_size: int = 64,
-    progress: bool = False,
+    progress: bool | None = None,
+    value_range: str | None = None,
 ) -> dict[str, Any]:
     """CLIP score of images (sorted by path) against prompts (line i ↔ image i), both conventions in one pass."""
-    source = open_images(images, who="the CLIP score")
+    source = _images(images, value_range, "the CLIP score")
     texts = read_prompts(prompts)
     if len(texts) != len(source):
         raise InputError(

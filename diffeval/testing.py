@@ -39,7 +39,7 @@ from diffeval.core.seeds import SeedRNG
 from diffeval.metrics.base import DIRECTIONS, Batch, Metric, MetricResult
 from diffeval.samplers.base import StepTimer, describe
 
-__all__ = ["check_sampler", "assert_conforms", "check_metric", "assert_metric_conforms"]
+__all__ = ["check_sampler", "assert_sampler_conforms", "assert_conforms", "check_metric", "assert_metric_conforms"]
 
 
 def _draw(
@@ -228,11 +228,16 @@ def _batch_tolerance(
     return bound, why
 
 
-def assert_conforms(sampler: Any, **kwargs: Any) -> None:
-    """:func:`check_sampler`, raising ``AssertionError`` listing every failed check."""
+def assert_sampler_conforms(sampler: Any, **kwargs: Any) -> None:
+    """:func:`check_sampler`, raising ``AssertionError`` that names every failed check (for a pytest of your own
+    adapter: ``assert_sampler_conforms(MySampler(...), image_shape=(3, 32, 32))``)."""
     failed = [r for r in check_sampler(sampler, **kwargs) if r.failed]
     if failed:
-        raise AssertionError("sampler does not conform:\n" + "\n".join(str(r) for r in failed))
+        names = ", ".join(r.name for r in failed)
+        raise AssertionError(f"sampler does not conform ({names}):\n" + "\n".join(str(r) for r in failed))
+
+
+assert_conforms = assert_sampler_conforms  # the earlier name
 
 
 # -- metrics ------------------------------------------------------------------------------------------
@@ -385,4 +390,5 @@ def assert_metric_conforms(make: Callable[[], Metric], batches: Sequence[Batch],
     """:func:`check_metric`, raising ``AssertionError`` listing every failed check."""
     failed = [r for r in check_metric(make, batches, **kwargs) if r.failed]
     if failed:
-        raise AssertionError("metric does not conform:\n" + "\n".join(str(r) for r in failed))
+        names = ", ".join(r.name for r in failed)
+        raise AssertionError(f"metric does not conform ({names}):\n" + "\n".join(str(r) for r in failed))

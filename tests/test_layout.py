@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("engine",),  # the batch loop, references, distributed merge, checkpoints
     ("report",),
     ("run", "gate"),
-    ("api", "testing"),
+    ("api", "evaluator", "testing"),
     ("cli",),
     ("demo",),  # the bundled plugin
     ("__init__", "__main__"),  # the public API and `python -m diffeval`

@@ -61,7 +61,7 @@ def printed(function: str) -> Callable[[argparse.Namespace], int]:
 
     def handler(args: argparse.Namespace) -> int:
         fn = getattr(importlib.import_module("diffeval.api"), function)
-        given = vars(args) | {"progress": not getattr(args, "no_progress", False)}
+        given = vars(args) | {"progress": False if getattr(args, "no_progress", False) else None}  # None: on a tty
         kwargs = {name: given[name] for name in inspect.signature(fn).parameters if name in given}
         print_result(fn(**kwargs), args.json)
         return ExitCode.OK
@@ -159,7 +159,9 @@ def _run_args(p: argparse.ArgumentParser, pos: Any, nonneg: Any) -> None:
         help="continue the interrupted run in DIR (its output folder) from its last checkpoint",
     )
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the config's [run] device)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--no-progress", action="store_true", help="hide the progress bars (shown when stderr is a terminal)"
+    )
 
 
 def _failed_checks(report: Any) -> list[str]:
@@ -217,7 +219,8 @@ def _run(args: argparse.Namespace) -> int:
             )
         )
     out = args.resume if args.resume is not None else args.out if args.out is not None else Path("runs") / cfg.name
-    outcome = run_config(cfg, out, progress=not args.no_progress, resume=args.resume is not None)
+    progress = False if args.no_progress else None  # None: a bar when stderr is a terminal
+    outcome = run_config(cfg, out, progress=progress, resume=args.resume is not None)
     return ExitCode.OK if w.rank != 0 else _finish_run(outcome, "run")
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from diffeval.core import signals
 from diffeval.core.errors import DiffevalError, ExitCode, exit_code_for
+from diffeval.core.log import cli_handler
 from diffeval.core.registry import Registry
 
 __all__ = ["main", "build_parser", "COMMANDS", "Command", "positive_int", "non_negative_int"]
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a subcommand; returns its exit code (0 pass, 1 regression / failed check, 2 error, 130 interrupted)."""
+    cli_handler()  # library notes (conversions, caveats, retries) as one `diffeval: ...` line each on stderr
     parser = build_parser()
     args = parser.parse_args(argv)
     signals.install()  # SIGTERM: stop at the next batch boundary, like Ctrl-C

@@ -23,6 +23,8 @@ __all__ = [
     "WeightsError",
     "InputError",
     "ConfigError",
+    "CheckFailed",
+    "DiffevalWarning",
     "ExitCode",
     "exit_code_for",
     "explain",
@@ -65,6 +67,16 @@ class InputError(DiffevalError):
 
 class ConfigError(DiffevalError):
     """A configuration names an unknown option or value."""
+
+
+class CheckFailed(DiffevalError):
+    """A check failed where the caller asked for ``strict=True`` (the check's message says what and the fix)."""
+
+
+class DiffevalWarning(UserWarning):
+    """A check failed (or an input looks wrong) and the caller did not ask for ``strict=True``: the number was
+    computed, but read it knowing this. Turn it into an error with ``warnings.simplefilter("error", DiffevalWarning)``
+    or ``strict=True``."""
 
 
 def exit_code_for(error: BaseException) -> ExitCode:

@@ -17,11 +17,11 @@ import difflib
 import importlib
 import inspect
 import os
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from diffeval.core.errors import ConfigError, explain
+from diffeval.core.log import note
 
 __all__ = ["Registry", "load_plugins", "PLUGIN_GROUP", "PLUGINS_ENV"]
 
@@ -53,7 +53,7 @@ def load_plugins() -> dict[str, str]:
             importlib.import_module(module.split(":", 1)[0])
         except Exception as error:  # a broken plugin must not hide the others; lookups name it
             _plugin_failures[module] = f"{type(error).__name__}: {error}"
-            print(f"diffeval: plugin {module!r} failed to load: {type(error).__name__}: {error}", file=sys.stderr)
+            note(f"plugin {module!r} failed to load: {type(error).__name__}: {error}")
     return _plugin_failures
 
 

@@ -12,7 +12,6 @@ base folder (a config's folder).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from diffeval.core.errors import InputError, explain
+from diffeval.core.log import note
 from diffeval.core.quantize import to_uint8
 from diffeval.core.registry import Registry
 from diffeval.stats.moments import FeatureMoments
@@ -152,7 +152,7 @@ class FolderSource:
                 f"{self.path}: read as {self.mode}; converted {counts} file(s) (e.g."
                 f" {next(iter(converted.values()))[0].name})"
             )
-            print(f"diffeval: {self.notes}", file=sys.stderr)
+            note(self.notes)
 
     def _header(self, file: Path) -> tuple[str, tuple[int, int]]:
         from PIL import Image, UnidentifiedImageError

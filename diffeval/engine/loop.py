@@ -22,7 +22,6 @@ Example::
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from diffeval.checks.base import CheckResult
 from diffeval.checks.output_range import RangeStats, check_output_range
 from diffeval.core import signals
 from diffeval.core.errors import ConfigError, InputError, explain
+from diffeval.core.log import check_failed, note, stderr_is_terminal
 from diffeval.core.quantize import quantize
 from diffeval.core.seeds import SeedRNG
 from diffeval.data.sources import ImageSource, iter_batches
@@ -205,10 +205,9 @@ def extract_with_retry(extractor: FeatureExtractor, images: torch.Tensor) -> dic
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     half = images.shape[0] // 2
-    print(
-        f"diffeval: CUDA out of memory extracting {extractor.name} features for {images.shape[0]} images; retrying in"
-        f" batches of {half}",
-        file=sys.stderr,
+    note(
+        f"CUDA out of memory extracting {extractor.name} features for {images.shape[0]} images; retrying in batches"
+        f" of {half}"
     )
     parts = [extract_with_retry(extractor, chunk) for chunk in (images[:half], images[half:])]
     return {layer: torch.cat([p[layer] for p in parts]) for layer in parts[0]}
@@ -255,8 +254,9 @@ def consume(
     return count
 
 
-def _progress(iterable: Iterable[Any], total: int, desc: str, enabled: bool) -> Iterable[Any]:
-    if not enabled:
+def _progress(iterable: Iterable[Any], total: int, desc: str, enabled: bool | None) -> Iterable[Any]:
+    """A progress bar naming the stage; ``enabled=None``: on when stderr is a terminal."""
+    if not (stderr_is_terminal() if enabled is None else enabled):
         return iterable
     from tqdm.auto import tqdm
 
@@ -271,7 +271,7 @@ def measure(
     batch_size: int = 64,
     indices: Sequence[int] | None = None,
     cond_fn: Callable[[list[int]], Any] | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
     compute: bool = True,
     stage: str | None = None,
 ) -> dict[str, MetricResult]:
@@ -407,13 +407,14 @@ def evaluate(
     device: str | torch.device = "cpu",
     cond_fn: Callable[[list[int]], Any] | None = None,
     keep: int = 100,
-    progress: bool = False,
+    progress: bool | None = None,
     on_batch: Callable[[int, list[int]], None] | None = None,
     step_timing: bool = True,
     compute: bool = True,
     resume: LoopState | None = None,
     checkpoint: Callable[[LoopState], None] | None = None,
     checkpoint_every_s: float = 120.0,
+    strict: bool | None = False,
 ) -> EvaluationResult:
     """Sample one image per seed and feed every metric; returns values (by label), latency and kept samples.
 
@@ -429,6 +430,12 @@ def evaluate(
     ``resume=state`` continues from such a state (metric states merged in, the remaining
     batches sampled), so the values equal an uninterrupted run's. Counts are checked
     before any sampling (:meth:`~diffeval.metrics.base.Metric.check_count`).
+
+    The output range is judged by the ``output_range`` check: when it fails (images in [0, 1] or 0-255, not
+    [-1, 1]) the result is returned with a :class:`~diffeval.core.errors.DiffevalWarning` naming the check and
+    the fix; ``strict=True`` raises :class:`~diffeval.core.errors.CheckFailed` instead, ``strict=None`` does
+    neither (the caller reports the check: ``diffeval run`` writes it as a row). ``progress=None`` shows a bar
+    when stderr is a terminal.
     """
     sampler = as_sampler(sampler)
     info = describe(sampler)
@@ -489,12 +496,16 @@ def evaluate(
 
     consume(_progress(loop, loop.batches - loop.start_batch, "sampling", progress), metrics, table, after_batch)
     values = {metric.label: metric.compute() for metric in metrics} if compute else {}
+    output_range = loop.range.finalize()
+    verdict = check_output_range(output_range)
+    if verdict.status == "fail":
+        check_failed(verdict.name, verdict.message, strict)
     return EvaluationResult(
         n=len(seeds),
         metrics=values,
         latency=loop.latency(),
         samples=torch.cat(loop.kept) if loop.kept else torch.empty(0, *shape, dtype=torch.uint8),
-        output_range=loop.range.finalize(),
+        output_range=output_range,
         wall_s=time.perf_counter() - t_start,
         sampler=info,
         config={

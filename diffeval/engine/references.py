@@ -152,7 +152,7 @@ class ReferencePool:
     tests use to show that one source serves every metric in one pass.
     """
 
-    def __init__(self, *, batch_size: int = 64, progress: bool = False) -> None:
+    def __init__(self, *, batch_size: int = 64, progress: bool | None = None) -> None:
         self.batch_size, self.progress = batch_size, progress
         self._pending: dict[tuple[int, str], list[ReferenceHandle]] = {}
         self.passes = 0
@@ -233,7 +233,7 @@ def build_reference(
     n: int | None = None,
     seed: int = 0,
     batch_size: int = 64,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> Reference:
     """One reference on its own (a pool of one request): all images of ``source``, or a seeded subset of ``n``."""
     pool = ReferencePool(batch_size=batch_size, progress=progress)

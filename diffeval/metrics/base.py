@@ -29,6 +29,7 @@ streams, merges and seed-orders the rows for it.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -243,6 +244,11 @@ class Metric(ABC):
     # them here as (row name, direction); compute() fills MetricResult.parts with one result per row.
     parts: ClassVar[tuple[tuple[str, str], ...]] = ()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "update" in cls.__dict__:  # every metric refuses what is not a Batch, with the way in for images
+            cls.update = _batches_only(cls.__dict__["update"], cls.__name__)
+
     @property
     def label(self) -> str:
         """The metric's key within a run: ``custom_label`` if set, else ``name@space`` (or ``name``)."""
@@ -382,6 +388,27 @@ def require_finite(t: torch.Tensor, who: str) -> None:
                 fix="check the images fed to the extractor (or the model)",
             )
         )
+
+
+def _batches_only(update: Callable[..., None], metric: str) -> Callable[..., None]:
+    @functools.wraps(update)
+    def checked(self: Metric, batch: Any, *args: Any, **kwargs: Any) -> None:
+        if not isinstance(batch, Batch):
+            raise InputError(
+                explain(
+                    f"{metric}.update takes a Batch of features (what the batch loop hands every metric)",
+                    expected="a diffeval.metrics.Batch",
+                    got=f"{type(batch).__name__}"
+                    + (f" of shape {tuple(batch.shape)}" if torch.is_tensor(batch) else ""),
+                    fix=(
+                        "feed images to diffeval.Evaluator(metrics=[...], reference=...).update(images), which runs the"
+                        " feature extractor once per batch for every metric"
+                    ),
+                )
+            )
+        return update(self, batch, *args, **kwargs)
+
+    return checked
 
 
 def _to_cpu(value: Any) -> Any:

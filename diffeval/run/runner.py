@@ -105,7 +105,7 @@ def _cached_opener(base_dir: Path) -> Callable[..., Any]:
 
 
 def build_metrics(
-    cfg: RunConfig, info: Any, progress: bool = False, pool: ReferencePool | None = None
+    cfg: RunConfig, info: Any, progress: bool | None = None, pool: ReferencePool | None = None
 ) -> tuple[list[Metric], dict[str, Any]]:
     """Every ``[[metrics]]`` entry built from its registered class; returns the metrics and the shared extractors by
     key.
@@ -170,7 +170,7 @@ def _sample_rows(
 
 
 def data_metric_rows(
-    metrics: list[Metric], cfg: RunConfig, sampler_label: str, progress: bool = False
+    metrics: list[Metric], cfg: RunConfig, sampler_label: str, progress: bool | None = None
 ) -> list[dict[str, Any]]:
     """Data metrics (bits/dim): each measured on its own data source."""
     rows = []
@@ -298,7 +298,7 @@ def _drawn(name: str, path: str) -> Figure:
 class _Run:
     """One ``diffeval run``: its stages, the rows they produce, checkpoints, and the partial report on failure."""
 
-    def __init__(self, cfg: RunConfig, out: Path, progress: bool, extra_rows: Any, resume: bool) -> None:
+    def __init__(self, cfg: RunConfig, out: Path, progress: bool | None, extra_rows: Any, resume: bool) -> None:
         self.cfg, self.out, self.progress, self.extra_rows = cfg, out, progress, extra_rows
         self.device = resolve_device(cfg.device)
         self.world = world()
@@ -401,8 +401,9 @@ class _Run:
                 batch_size=cfg.batch_size,
                 device=self.device,
                 cond_fn=conditions,
-                progress=self.progress and self.world.rank == 0,
+                progress=self.progress if self.world.rank == 0 else False,
                 on_batch=self._on_batch,
+                strict=None,  # the output_range check is a row of the report (and the exit code)
                 **(
                     {}
                     if self.world.distributed
@@ -464,7 +465,7 @@ class _Run:
                 replace = getattr(subject.sampler, "replace", None)
                 check_points(self.cfg.sweep, subject.info.knobs, (lambda p: replace(**p)) if replace else None)
             self.stage = "reference statistics"
-            metrics, extractors = build_metrics(self.cfg, subject.info, self.progress and w.rank == 0)
+            metrics, extractors = build_metrics(self.cfg, subject.info, self.progress if w.rank == 0 else False)
             sample_metrics = [m for m in metrics if m.inputs == "samples"]
             if self.cfg.sampler is not None:
                 _image_shape(self.cfg, subject)
@@ -492,7 +493,7 @@ class _Run:
 def run_config(
     cfg: RunConfig,
     out: str | Path,
-    progress: bool = False,
+    progress: bool | None = None,
     extra_rows: Callable[[Any, list[Metric]], list[dict[str, Any]]] | None = None,
     resume: bool = False,
 ) -> RunOutcome:

@@ -39,6 +39,7 @@ from diffeval.diffusion import schedules
 from diffeval.samplers.base import RunStats, SamplerInfo, SeedRNG, StepTimer, check_sampler_output
 
 __all__ = [
+    "image_shape_of",
     "DiffusersPipelineSampler",
     "DiffusersSchedulerSampler",
     "schedule_of",
@@ -158,6 +159,36 @@ def _accepts(fn: Callable[..., Any], name: str) -> bool:
     return name in inspect.signature(fn).parameters
 
 
+def image_shape_of(model: Any) -> tuple[int, int, int] | None:
+    """The ``(C, H, W)`` a diffusers denoiser samples in, from its config (``in_channels``, ``sample_size``): the
+    shape of the noise the harness draws (latents, for a latent pipeline). None when the config does not say."""
+    config = getattr(model, "config", None)
+    channels, size = getattr(config, "in_channels", None), getattr(config, "sample_size", None)
+    if not isinstance(channels, int) or channels < 1:
+        return None
+    if isinstance(size, int) and size > 0:
+        return (channels, size, size)
+    if isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size):
+        return (channels, int(size[0]), int(size[1]))
+    return None
+
+
+def _declared_shape(given: Sequence[int] | None, model: Any) -> tuple[int, ...] | None:
+    if given is None:
+        return image_shape_of(model)
+    shape = tuple(given)
+    if len(shape) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
+        raise SamplerError(
+            explain(
+                "invalid image_shape",
+                expected="(C, H, W): three positive integers (the shape of the noise, latents for a latent pipeline)",
+                got=repr(given),
+                fix="drop image_shape to read it from the model's config, or pass e.g. (4, 64, 64)",
+            )
+        )
+    return shape
+
+
 class DiffusersPipelineSampler:
     """A diffusers pipeline (``DDPMPipeline``, ``DDIMPipeline``, ``StableDiffusionPipeline``, ...) as a sampler.
 
@@ -172,6 +203,7 @@ class DiffusersPipelineSampler:
         num_inference_steps: int = 50,
         guidance_scale: float | None = None,
         timing: str = "step",
+        image_shape: Sequence[int] | None = None,
         **pipeline_kwargs: Any,
     ) -> None:
         require_diffusers()
@@ -217,6 +249,7 @@ class DiffusersPipelineSampler:
         spacing = getattr(pipeline.scheduler.config, "timestep_spacing", None)
         self.spacing = spacing if spacing in schedules.SPACINGS else None
         self.timing = StepTimer(timing).mode
+        self.image_shape = _declared_shape(image_shape, self.denoiser)  # default: the denoiser's config
         self.last_run: RunStats | None = None
 
     def knobs(self) -> dict[str, Any]:
@@ -236,6 +269,7 @@ class DiffusersPipelineSampler:
             model=self.model,
             steps=self.num_inference_steps,
             spacing=self.spacing,
+            image_shape=self.image_shape,
             guidance=self.guidance_scale is not None,
         )
 
@@ -343,6 +377,7 @@ class DiffusersSchedulerSampler:
         cond_fn: Callable[[Any], Sequence[Any]] | None = None,
         timing: str = "step",
         clip: bool = True,
+        image_shape: Sequence[int] | None = None,
     ) -> None:
         require_diffusers()
         if not hasattr(scheduler, "set_timesteps") or not hasattr(scheduler, "step"):
@@ -373,6 +408,7 @@ class DiffusersSchedulerSampler:
         spacing = getattr(scheduler.config, "timestep_spacing", None)
         self.spacing = spacing if spacing in schedules.SPACINGS else None
         self.timing = StepTimer(timing).mode
+        self.image_shape = _declared_shape(image_shape, model)  # default: the model's config (UNet2DModel & co.)
         self.last_run: RunStats | None = None
         self._takes_generator = "generator" in inspect.signature(scheduler.step).parameters
 
@@ -388,6 +424,7 @@ class DiffusersSchedulerSampler:
             model=self.model,
             steps=self.steps,
             spacing=self.spacing,
+            image_shape=self.image_shape,
         )
 
     def __call__(

@@ -15,7 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from diffeval.core.errors import InputError, explain
+from diffeval.core.log import note
 
 __all__ = ["require_psd", "FeatureMoments", "check_gaussian", "check_space", "SPACE_KEYS", "SYMMETRY_TOL", "PSD_TOL"]
 
@@ -380,9 +380,8 @@ def check_space(meta: dict[str, Any], space: dict[str, str], who: str) -> str:
     if set(recorded) == set(SPACE_KEYS):
         return "verified"
     missing = ", ".join(k for k in SPACE_KEYS if k not in recorded)
-    print(
-        f"diffeval: caveat: {who} record no {missing}: files from pytorch-fid, clean-fid or EDM come from other"
-        " Inception ports and resizes, so a FID against them is comparable only with features computed the same way",
-        file=sys.stderr,
+    note(
+        f"caveat: {who} record no {missing}: files from pytorch-fid, clean-fid or EDM come from other"
+        " Inception ports and resizes, so a FID against them is comparable only with features computed the same way"
     )
     return "unverified"
