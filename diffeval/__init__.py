@@ -31,6 +31,7 @@ from diffeval.diffusion import schedules
 from diffeval.diffusion.schedules import Schedule
 from diffeval.engine.loop import EvaluationResult, evaluate, measure
 from diffeval.evaluator import Evaluator
+from diffeval.run.monitor import TrainingMonitor
 from diffeval.features import EXTRACTORS, get_extractor
 from diffeval.metrics import FID, METRICS, Metric, MetricResult, frechet_distance, register_metric
 from diffeval.report.report import Report
@@ -44,6 +45,7 @@ __all__ = [
     "CheckFailed",
     "DiffevalWarning",
     "Evaluator",
+    "TrainingMonitor",
     "ConfigError",
     "DiffevalError",
     "EXTRACTORS",

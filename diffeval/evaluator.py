@@ -24,9 +24,10 @@ ranks (rank r's i-th image is seed ``seed + i * world + r``) and :meth:`compute`
 every rank gets the result of one process on the same seeds.
 
 Images are uint8 NCHW (0-255), or float with the range stated by ``value_range``: ``"[-1, 1]"`` or ``"[0, 1]"``.
-Values outside the stated range are refused with the fix (the 0-255-as-float and [0, 1]-as-[-1, 1] traps);
-inputs that only look wrong (all of [-1, 1] images inside [0, 1]; uint8 images that are all 0 and 1) give a
-:class:`~diffeval.core.errors.DiffevalWarning` at :meth:`compute`, or an error with ``strict=True``.
+The traps that cannot be in the stated range are refused with the fix (0-255 pixels as floats, [-1, 1] images
+stated as [0, 1]); float images are judged at :meth:`compute` by the same ``output_range`` check ``evaluate()``
+applies to a sampler's outputs (it names [0, 1] images stated as [-1, 1]), and uint8 images that are all 0 and
+1 are named too: a :class:`~diffeval.core.errors.DiffevalWarning`, or an error with ``strict=True``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from diffeval.core.log import check_failed
 from diffeval.core.options import validate_options
 from diffeval.data.images import VALUE_RANGES, images_to_uint8
 from diffeval.data.sources import ImageSource, TensorSource, open_source
+from diffeval.engine.checkpoint import from_plain, to_plain
 from diffeval.engine.loop import check_labels, extractor_table, feed, resolve_device
 from diffeval.engine.references import ReferencePool
 from diffeval.features import extractor_key, get_extractor
@@ -293,7 +295,7 @@ class Evaluator:
         merged = [m.empty_like() for m in self.metrics]
         for part in parts:  # rank order: the states merge as one process's would
             for metric in merged:
-                metric.merge_state(part["metrics"][metric.label])
+                metric.merge_state(from_plain(part["metrics"][metric.label]))
         stats = {"float": RangeStats(), "uint8_max": max(p["range"]["uint8_max"] for p in parts), "kinds": set()}
         for part in parts:
             stats["float"] = stats["float"].merge(RangeStats(**part["range"]["float"]))
@@ -304,15 +306,8 @@ class Evaluator:
         floats = stats["float"].finalize()
         if floats.n_values:
             verdict = check_output_range(floats)  # the same verdict as evaluate() gives a sampler's outputs
-            if verdict.status == "fail":
+            if verdict.status == "fail":  # names the [0, 1]-stated-as-[-1, 1] and 0-255 signatures
                 check_failed(verdict.name, verdict.message, self.strict)
-            elif stats["kinds"] == {"signed"} and floats.negative == 0:
-                check_failed(
-                    "input_range",
-                    f"value_range is '[-1, 1]' but no value is negative (min {floats.lo:.3g}): images in [0, 1]? Fix:"
-                    " pass value_range='[0, 1]' (or map them with 2 x - 1)",
-                    self.strict,
-                )
         if "uint8" in stats["kinds"] and 0 <= stats["uint8_max"] <= 1:
             check_failed(
                 "input_range",
@@ -333,7 +328,7 @@ class Evaluator:
                 "uint8_max": self._range["uint8_max"],
                 "kinds": sorted(self._range["kinds"]),
             },
-            "metrics": {m.label: m.state() for m in self.metrics},
+            "metrics": {m.label: to_plain(m.state()) for m in self.metrics},  # torch.load(weights_only=True) reads it
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -349,7 +344,7 @@ class Evaluator:
             )
         self.reset()
         for metric in self.metrics:
-            metric.merge_state(state["metrics"][metric.label])
+            metric.merge_state(from_plain(state["metrics"][metric.label]))
         self.n, self._count = int(state["n"]), int(state["count"])
         r = state["range"]
         self._range = {"float": RangeStats(**r["float"]), "uint8_max": int(r["uint8_max"]), "kinds": set(r["kinds"])}
@@ -367,7 +362,7 @@ class Evaluator:
                 )
             )
         for metric in self.metrics:
-            metric.merge_state(other_state["metrics"][metric.label])
+            metric.merge_state(from_plain(other_state["metrics"][metric.label]))
         self.n += other.n
         self._range["float"] = self._range["float"].merge(other._range["float"])
         self._range["uint8_max"] = max(self._range["uint8_max"], other._range["uint8_max"])

@@ -63,3 +63,28 @@ def worker(rank, world_size, init_file, out_file, mode):
         raise
     finally:
         dist.destroy_process_group()
+
+
+def evaluator_worker(rank, world_size, init_file, out_file):
+    """A user's own DDP-style loop: each rank samples its seeds and feeds an Evaluator; compute() gathers."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        from diffeval import Evaluator
+        from diffeval.core.seeds import SeedRNG
+        from diffeval.demo.bundle import demo_sampler
+
+        sampler = demo_sampler(steps=4)
+        ev = Evaluator(EVALUATOR_METRICS, reference="digits:test", extractor="demo-digits", n=64)
+        mine = list(range(rank, 64, world_size))  # rank r's seeds: r, r + world, ...
+        for lo in range(0, len(mine), 16):
+            seeds = mine[lo : lo + 16]
+            rng = SeedRNG(seeds, "cpu")
+            ev.update(sampler(rng.randn((1, 8, 8)), None, rng=rng), seeds=seeds, value_range="[-1, 1]")
+        results = ev.compute()
+        out = {label: {"value": r.value, "stderr": r.stderr} for label, r in results.items()}
+        json.dump(out, open(f"{out_file}.{rank}", "w"))
+    finally:
+        dist.destroy_process_group()
+
+
+EVALUATOR_METRICS = ["fid", {"name": "kid", "subsets": 20, "subset_size": 32}, {"name": "inception_score", "splits": 4}]

@@ -596,7 +596,7 @@ def _doc_blocks(documents=DOCUMENTS):
     ]
 
 
-def test_every_documented_snippet_runs():
+def test_every_documented_snippet_runs(tmp_path, monkeypatch):
     """Every Python snippet of the README, CONTRIBUTING and docs/ runs as written (the k-diffusion one in its own
     environment); every TOML snippet parses as what it shows (a config, a [sweep], or gate rules)."""
     from diffeval.gate import parse_rules
@@ -604,6 +604,7 @@ def test_every_documented_snippet_runs():
     from diffeval.run.sweeps import parse_sweep
 
     blocks = _doc_blocks()
+    monkeypatch.chdir(tmp_path)  # what a snippet writes lands here
     assert len(DOCUMENTS) >= 8 and {"docs/cli.md", "docs/gate.md", "docs/statistics.md"} <= set(DOCUMENTS)
     python = [(name, code) for name, lang, code in blocks if lang == "python" and "k_diffusion" not in code]
     assert {name for name, _ in python} >= {"README.md", "docs/python.md"}

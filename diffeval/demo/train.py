@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,12 +37,25 @@ def _lr_at(step: int, total: int, peak: float, warmup: int = 200) -> float:
 
 
 def train_denoiser(
-    steps: int, seed: int = 0, batch_size: int = 128, lr: float = 2e-3, ema_decay: float = 0.999, log_every: int = 500
+    steps: int,
+    seed: int = 0,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    ema_decay: float = 0.999,
+    log_every: int = 500,
+    *,
+    monitor: Any = None,
+    data: torch.Tensor | None = None,
 ) -> DigitsDenoiser:
-    """eps-prediction DDPM training on the train split, cosine schedule, label dropout; returns the EMA model."""
+    """eps-prediction DDPM training on the train split, cosine schedule, label dropout; returns the EMA model.
+
+    ``monitor`` (a :class:`diffeval.run.monitor.TrainingMonitor`) sees every batch as the model receives it and
+    every step's per-sample losses; ``data`` replaces the train split's images in [-1, 1] (e.g. to show the
+    monitor catching 0-255 pixels). Without them the loop is exactly the one that made the bundled weights.
+    """
     torch.manual_seed(seed)
     x_train = load_digits("train")
-    data, labels = x_train.as_float(), x_train.labels
+    data, labels = (x_train.as_float() if data is None else data), x_train.labels
     schedule = schedules.get(SCHEDULE)
     alpha = schedule.alpha.float()
     sigma = schedule.sigma.float()
@@ -59,7 +73,12 @@ def train_denoiser(
         t = torch.randint(0, schedule.T, (batch_size,), generator=gen)
         eps = torch.randn(x0.shape, generator=gen)
         x_t = alpha[t, None, None, None] * x0 + sigma[t, None, None, None] * eps
-        loss = nn.functional.mse_loss(model(x_t, t.float(), y), eps)
+        eps_hat = model(x_t, t.float(), y)
+        loss = nn.functional.mse_loss(eps_hat, eps)
+        if monitor is not None:
+            monitor.observe_batch(x0)  # the first batch(es) only: the data range and the forward process
+            with torch.no_grad():
+                monitor.observe_loss(t, ((eps_hat - eps) ** 2).mean(dim=(1, 2, 3)))
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, steps, lr)
         opt.zero_grad(set_to_none=True)

@@ -24,7 +24,7 @@ from diffeval.engine.loop import LoopState
 from diffeval.stats.moments import FeatureMoments
 from diffeval.stats.uncertainty import SeedBlocks
 
-__all__ = ["save", "load", "FILENAME", "VERSION"]
+__all__ = ["save", "load", "to_plain", "from_plain", "FILENAME", "VERSION"]
 
 FILENAME = "checkpoint.pt"
 VERSION = 1
@@ -52,6 +52,17 @@ def _plain(value: Any) -> Any:
     if torch.is_tensor(value):
         return value.detach().cpu()
     return value
+
+
+def to_plain(value: Any) -> Any:
+    """Metric states (FeatureMoments, seed blocks, check results) as tensors, lists, dicts and numbers: what
+    ``torch.load(weights_only=True)`` reads back, so a saved state never runs code."""
+    return _plain(value)
+
+
+def from_plain(value: Any) -> Any:
+    """The inverse of :func:`to_plain`."""
+    return _restore(value)
 
 
 def _restore(value: Any) -> Any:
