@@ -31,10 +31,10 @@ from diffeval.diffusion import schedules
 from diffeval.diffusion.schedules import Schedule
 from diffeval.engine.loop import EvaluationResult, evaluate, measure
 from diffeval.evaluator import Evaluator
-from diffeval.run.monitor import TrainingMonitor
 from diffeval.features import EXTRACTORS, get_extractor
 from diffeval.metrics import FID, METRICS, Metric, MetricResult, frechet_distance, register_metric
 from diffeval.report.report import Report
+from diffeval.run.monitor import TrainingMonitor
 from diffeval.samplers import CallableSampler, GeneralizedSampler, SamplerInfo, seeded_noise
 from diffeval.stats.moments import FeatureMoments
 from diffeval.version import __version__
