@@ -65,9 +65,14 @@ def test_fid_buffers_rows_per_block_and_ships_them_all():
         return metric
 
     one, small, big = fed(rows.shape[0]), fed(7), fed(300)
-    assert sum(small._pending_rows) > 0  # some rows still wait for their block's GEMM ...
-    shipped = small.state()  # ... and the state a shard sends has them all
-    assert sum(m.n for m in shipped["blocks_moments"]) == rows.shape[0] and sum(small._pending_rows) == 0
+    waiting = sum(small._pending_rows)
+    assert waiting > 0  # some rows still wait for their block's GEMM ...
+    shipped = small.state()  # ... and the state a shard (or a checkpoint) sends carries them as they are
+    assert sum(m.n for m in shipped["blocks_moments"]) + sum(r.shape[0] for r in shipped["pending"]) == rows.shape[0]
+    assert sum(small._pending_rows) == waiting and all(r.dtype == torch.float64 for r in shipped["pending"])
+    restored = FID(ref, "x", "f", allow_unmatched=True, blocks=4)
+    restored.merge_state(shipped)
+    assert restored.compute().value == small.compute().value
     half = fed(300)
     other = FID(ref, "x", "f", allow_unmatched=True, blocks=4)
     merged = FID(ref, "x", "f", allow_unmatched=True, blocks=4)

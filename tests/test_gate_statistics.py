@@ -228,12 +228,12 @@ def test_fid_state_is_k_blocks_of_moments():
     numel, buffered = [], []
     for i in range(5):
         metric.update(Batch(features={"x": {"f": _gaussian(500, 16, i)}}, seeds=list(range(500 * i, 500 * i + 500))))
-        buffered.append(sum(metric._pending_rows))  # rows wait for their block's next GEMM: bounded, never all of N
-        metric.state()  # ships the sums: flushes the buffer
-        numel.append(sum(t.numel() for m in metric.blocks_moments for t in (m.shift, m.sum, m.sum_outer)))
-        assert sum(metric._pending_rows) == 0
-    assert numel == [4 * (16 + 16 + 16 * 16)] * 5 and metric.generated.n == 2500
-    assert max(buffered) <= 4 * FLUSH_ROWS
+        state = metric.state()  # the sums, and the rows waiting for their block's next GEMM (bounded, never all N)
+        buffered.append(sum(r.shape[0] for r in state["pending"]))
+        sums = [t for m in state["blocks_moments"] for t in (m.shift, m.sum, m.sum_outer) if t is not None]
+        numel.append(sum(t.numel() for t in sums))
+    assert max(numel) == 4 * (16 + 16 + 16 * 16) and metric.generated.n == 2500  # O(K d^2), whatever N
+    assert max(buffered) <= 4 * FLUSH_ROWS and sum(metric._pending_rows) == 0  # generated flushed them
 
 
 # -- KID, IS, CLIP-like means --------------------------------------------------------------------

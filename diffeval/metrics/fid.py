@@ -409,7 +409,7 @@ class FID(Metric):
             choices=INFINITY_SE,
         ),
     )
-    state_keys = ("blocks_moments", "seed_blocks")
+    state_keys = ("blocks_moments", "seed_blocks", "pending")
 
     def __init__(
         self,
@@ -509,13 +509,23 @@ class FID(Metric):
             self.blocks_moments[b].add_checked(chunks[0] if len(chunks) == 1 else torch.cat(chunks))
 
     def flush(self) -> None:
-        """Move every buffered row into its block's sums (before reading, merging or shipping the state)."""
+        """Move every buffered row into its block's sums (before computing)."""
         for b in range(len(self._pending)):
             self._flush_block(b)
 
-    def state(self) -> dict[str, Any]:
-        self.flush()
-        return super().state()
+    @property
+    def pending(self) -> list[torch.Tensor]:
+        """The rows each block holds for its next GEMM, float64: part of the state, so a checkpoint or a shard
+        ships them as they are and a resumed run groups its GEMMs exactly as an uninterrupted one."""
+        return [
+            torch.cat(chunks).to(torch.float64) if chunks else torch.zeros(0, dtype=torch.float64)
+            for chunks in self._pending
+        ]
+
+    @pending.setter
+    def pending(self, rows: Sequence[torch.Tensor]) -> None:
+        self._pending = [[r] if r.numel() else [] for r in rows]
+        self._pending_rows = [int(r.shape[0]) for r in rows]
 
     def add_statistics(self, moments: FeatureMoments) -> None:
         """Generated statistics given whole (a statistics file): no blocks, so no standard error."""
@@ -536,12 +546,21 @@ class FID(Metric):
                     fix="merge shards of the same metric",
                 )
             )
-        self.flush()
-        other.flush()
         for mine, theirs in zip(self.blocks_moments, other.blocks_moments, strict=True):
             mine.merge(theirs)
+        for b, chunks in enumerate(other._pending):  # their buffered rows join ours, in order
+            for chunk in chunks:
+                if chunk.numel():
+                    self._pending[b].append(chunk.to(self._device_of(b, chunk)))
+                    self._pending_rows[b] += int(chunk.shape[0])
+            if self._pending_rows[b] >= FLUSH_ROWS:
+                self._flush_block(b)
         self.seed_blocks.merge(other.seed_blocks)
         return self
+
+    def _device_of(self, b: int, chunk: torch.Tensor) -> torch.device:
+        mine = self._pending[b][0] if self._pending[b] else self.blocks_moments[b].sum
+        return mine.device if mine is not None else chunk.device
 
     def check_count(self, n: int) -> None:
         if n != self.reference.n and not self.allow_unmatched:
