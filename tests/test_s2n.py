@@ -363,3 +363,17 @@ def test_reports_from_before_multi_knob_sweeps_still_load(tmp_path):
 
     assert point_key('{"steps": 8.0}') == point_key({"steps": 8}) == point_key('{"steps": 8}')
     assert point_key({"gamma": 1, "delta": 0.5}) == point_key({"delta": 0.5, "gamma": 1.0})
+
+
+def test_gamma_zero_is_eta_zero_bit_for_bit_on_a_zero_terminal_snr_schedule():
+    zero = schedules.rescale_zero_terminal_snr(schedules.linear())
+
+    def velocity(x, t):
+        return 0.5 * x
+
+    noise = seeded_noise(range(4), (1, 4, 4))
+    by_gamma = GeneralizedSampler(velocity, zero, prediction="v", steps=10, gamma=0.0)(noise)
+    by_eta = GeneralizedSampler(velocity, zero, prediction="v", steps=10, eta=0.0)(noise)
+    assert torch.isfinite(by_gamma).all() and torch.equal(by_gamma, by_eta)  # was NaN at the first step
+    stochastic = GeneralizedSampler(velocity, zero, prediction="v", steps=10, gamma=0.5)
+    assert stochastic.noise_variance(-math.inf, 2.0) == pytest.approx(float(torch.sigmoid(torch.tensor(-2.0))))

@@ -195,11 +195,18 @@ class GeneralizedSampler:
 
     # -- one step from lambda_t to lambda_s, given the model's x0_hat and eps_hat -----
     def noise_variance(self, lam_t: float, lam_s: float) -> float:
-        """``beta^2``: the fresh-noise variance of a step from log-SNR ``lam_t`` to ``lam_s`` (before ``delta``)."""
+        """``beta^2``: the fresh-noise variance of a step from log-SNR ``lam_t`` to ``lam_s`` (before ``delta``).
+
+        On a zero-terminal-SNR schedule the first step starts at ``lam_t = -inf`` (h = inf): gamma = 0 injects
+        nothing (exactly eta = 0, DDIM), while any gamma > 0 makes ``beta^2 = sigma_s^2`` — that step keeps
+        none of ``eps_hat``, so the family is discontinuous at gamma = 0 on such schedules (flow schedules too).
+        """
         alpha_s, sigma_s = _alpha_sigma(lam_s)
         h = lam_s - lam_t
         if self.gamma is None:  # DDIM's eta: eta^2 sigma_s^2 (1 - SNR_t / SNR_s)
             beta_sq = self.eta**2 * sigma_s**2 * -math.expm1(-h)
+        elif self.gamma == 0.0:  # DDIM exactly, also from lambda_t = -inf (0 * inf would be NaN)
+            beta_sq = 0.0
         elif math.isinf(self.gamma):  # gamma -> inf: all of sigma_s is fresh noise (re-noising from x0_hat)
             beta_sq = sigma_s**2
         else:  # S2N: sigma_s^2 (1 - exp(-gamma h))
