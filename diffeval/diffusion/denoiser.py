@@ -5,10 +5,12 @@ the training diagnostics — asks the same question: "what does the model say x0
 are at this noise level?". This module answers it once:
 
 - :data:`PREDICTIONS` and :func:`check_prediction`: the prediction types (``eps``, ``x0``,
-  ``v``), validated in one place with one exception type;
-- :func:`to_x0_eps`: the conversion at ``z_t = alpha_t x0 + sigma_t eps`` (``v = alpha eps - sigma x0``);
+  ``v``, ``flow``), validated in one place with one exception type;
+- :func:`to_x0_eps`: the conversion at ``z_t = alpha_t x0 + sigma_t eps`` (``v = alpha eps - sigma x0``;
+  ``flow``: the velocity ``u = eps - x0`` of flow matching / rectified flow);
 - :class:`Denoiser`: ``model(x_t, t, *cond)`` called in the schedule's own time
-  convention, shape- and finiteness-checked, converted to ``(x0_hat, eps_hat)``.
+  convention and on its own path (a flow model sees ``(1 - t) x0 + t eps``), shape- and
+  finiteness-checked, converted to ``(x0_hat, eps_hat)``.
 
 Example::
 
@@ -28,15 +30,16 @@ from typing import Any
 import torch
 
 from diffeval.core.errors import ConfigError, SamplerError, explain
-from diffeval.diffusion.schedules import Schedule
+from diffeval.diffusion.schedules import Schedule, path_scale
 
 __all__ = ["PREDICTIONS", "check_prediction", "to_x0_eps", "Denoiser", "model_device"]
 
-PREDICTIONS = ("eps", "x0", "v")
+PREDICTIONS = ("eps", "x0", "v", "flow")
 
 
 def check_prediction(prediction: Any, *, allow_none: bool = False) -> str | None:
-    """``prediction`` if it is ``eps``, ``x0`` or ``v`` (or None when ``allow_none``); else a :class:`ConfigError`."""
+    """``prediction`` if it is ``eps``, ``x0``, ``v`` or ``flow`` (or None when ``allow_none``); else a
+    :class:`ConfigError`."""
     if prediction is None and allow_none:
         return None
     if prediction not in PREDICTIONS:
@@ -45,7 +48,10 @@ def check_prediction(prediction: Any, *, allow_none: bool = False) -> str | None
                 "unknown prediction type",
                 expected=" / ".join(PREDICTIONS) + (" or None" if allow_none else ""),
                 got=repr(prediction),
-                fix="say what the model outputs: eps (noise), x0 (clean data) or v (alpha eps - sigma x0)",
+                fix=(
+                    "say what the model outputs: eps (noise), x0 (clean data), v (alpha eps - sigma x0) or flow (the"
+                    " velocity eps - x0 of flow matching)"
+                ),
             )
         )
     return prediction
@@ -62,7 +68,9 @@ def to_x0_eps(
 
     ``alpha_t``/``sigma_t`` are floats or tensors broadcastable to ``z_t`` (one per sample).
     eps: ``x0 = (z - sigma eps) / alpha``; x0: ``eps = (z - alpha x0) / sigma``;
-    v = alpha eps - sigma x0: ``x0 = alpha z - sigma v``, ``eps = sigma z + alpha v``.
+    v = alpha eps - sigma x0 (vp path): ``x0 = alpha z - sigma v``, ``eps = sigma z + alpha v``;
+    flow, u = eps - x0 (any path): ``x0 = (z - sigma u) / (alpha + sigma)``, ``eps = x0 + u`` — on the flow path
+    (alpha + sigma = 1) ``x0 = z - t u`` and ``eps = z + (1 - t) u``.
     """
     if prediction == "eps":
         if _is_zero(alpha_t):
@@ -84,6 +92,9 @@ def to_x0_eps(
         return out, (z_t - alpha_t * out) / sigma_t
     if prediction == "v":
         return alpha_t * z_t - sigma_t * out, sigma_t * z_t + alpha_t * out
+    if prediction == "flow":
+        x0 = (z_t - sigma_t * out) / (alpha_t + sigma_t)
+        return x0, x0 + out
     check_prediction(prediction)
     raise AssertionError("unreachable")
 
@@ -155,8 +166,12 @@ class Denoiser:
         is a :class:`SamplerError` naming the first bad sample's noise level (``where(i)``).
         """
         device = self.device
+        shape = (-1, *[1] * (z.ndim - 1))
+        lam = log_snr.double()
+        scale = path_scale(self.schedule.path, lam).view(shape)  # the model sees its own path's z_t
+        z_model = z.double().cpu() * scale
         with torch.no_grad():
-            out = self(z.float().to(device), model_time.float().to(device), where=f"at {where(0)}")
+            out = self(z_model.float().to(device), model_time.float().to(device), where=f"at {where(0)}")
         out = out.double().cpu()
         bad = ~torch.isfinite(out).flatten(1).all(1)
         if bool(bad.any()):
@@ -168,10 +183,11 @@ class Denoiser:
                     fix="check the weights, the dtype and the model's time input convention",
                 )
             )
-        shape = (-1, *[1] * (z.ndim - 1))
-        alpha = torch.sigmoid(log_snr.double()).sqrt().view(shape)
-        sigma = torch.sigmoid(-log_snr.double()).sqrt().view(shape)
-        return to_x0_eps(self.prediction, out, z.double().cpu(), alpha, sigma)
+        if self.prediction == "v" or self.schedule.path == "vp":  # v is defined on the vp path
+            alpha, sigma = torch.sigmoid(lam).sqrt().view(shape), torch.sigmoid(-lam).sqrt().view(shape)
+            return to_x0_eps(self.prediction, out, z.double().cpu(), alpha, sigma)
+        alpha, sigma = torch.sigmoid(0.5 * lam).view(shape), torch.sigmoid(-0.5 * lam).view(shape)
+        return to_x0_eps(self.prediction, out, z_model, alpha, sigma)
 
     def predict(self, z: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x0_hat, eps_hat)`` at discrete training indices ``index`` (0-based, one per sample)."""

@@ -22,6 +22,19 @@ Example::
 
 A terminal ``lambda_T = -inf`` (zero terminal SNR, Lin et al. 2023) is the only
 non-finite value allowed.
+
+A schedule also states its **path**, the coefficients of ``z_t = alpha_t x0 + sigma_t eps`` its model was trained
+on: ``vp`` (variance preserving: ``alpha^2 + sigma^2 = 1``, the properties above) or ``flow`` (rectified flow /
+flow matching: ``alpha = 1 - t``, ``sigma = t``, ``lambda = 2 log((1 - t) / t)``, so ``lambda(1) = -inf``).
+Both paths share the log-SNR (what samplers, checks and bits/dim read); :attr:`Schedule.path_alpha` and
+:attr:`Schedule.path_sigma` are the model's own coefficients (``alpha = sigmoid(lambda / 2)`` on the flow
+path), and a model input is ``z_path = z_vp * path_scale`` with ``path_scale = path_alpha / alpha``.
+
+    >>> f = flow(T=4)
+    >>> [round(float(a), 3) for a in f.path_alpha], [round(float(s), 3) for s in f.path_sigma]
+    ([0.75, 0.5, 0.25, 0.0], [0.25, 0.5, 0.75, 1.0])
+    >>> round(float(flow(T=4, shift=3.0).path_sigma[0]), 4)  # SD3's shift: t' = s t / (1 + (s - 1) t)
+    0.5
 """
 
 from __future__ import annotations
@@ -49,12 +62,18 @@ __all__ = [
     "from_alphas_cumprod",
     "from_log_snr",
     "from_diffusers_config",
+    "flow",
+    "flow_shift_mu",
+    "from_flow_sigmas",
+    "path_scale",
+    "PATHS",
     "rescale_zero_terminal_snr",
     "sampling_indices",
     "get",
 ]
 
 SPACINGS = ("linspace", "leading", "trailing")
+PATHS = ("vp", "flow")
 
 PRESETS: Registry[Schedule] = Registry("schedule")
 
@@ -133,8 +152,18 @@ class Schedule:
     model_times: torch.Tensor = field(default=None)
     log_snr_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
     model_time_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+    path: str = "vp"
 
     def __post_init__(self) -> None:
+        if self.path not in PATHS:
+            raise ScheduleError(
+                explain(
+                    f"unknown path {self.path!r} of schedule {self.name!r}",
+                    expected=" or ".join(PATHS),
+                    got=repr(self.path),
+                    fix="vp for DDPM-style models, flow for rectified-flow / flow-matching models",
+                )
+            )
         log_snr = _as_float64_vector(self.log_snr, "log_snr")
         _validate_log_snr(log_snr, self.name)
         object.__setattr__(self, "log_snr", log_snr)
@@ -175,6 +204,16 @@ class Schedule:
         return torch.sigmoid(-self.log_snr).sqrt()
 
     @property
+    def path_alpha(self) -> torch.Tensor:
+        """The model's own signal coefficient: ``alpha`` on the vp path, ``1 - t = sigmoid(lambda / 2)`` on flow."""
+        return self.alpha if self.path == "vp" else torch.sigmoid(0.5 * self.log_snr)
+
+    @property
+    def path_sigma(self) -> torch.Tensor:
+        """The model's own noise coefficient: ``sigma`` on the vp path, ``t = sigmoid(-lambda / 2)`` on flow."""
+        return self.sigma if self.path == "vp" else torch.sigmoid(-0.5 * self.log_snr)
+
+    @property
     def snr(self) -> torch.Tensor:
         """``exp(lambda) = alpha**2 / sigma**2``."""
         return torch.exp(self.log_snr)
@@ -208,9 +247,16 @@ class Schedule:
 
     def __repr__(self) -> str:
         return (
-            f"Schedule(name={self.name!r}, T={self.T}, log_snr=[{float(self.log_snr[0]):.6g} .. "
+            f"Schedule(name={self.name!r}, T={self.T}, path={self.path!r}, log_snr=[{float(self.log_snr[0]):.6g} .. "
             f"{float(self.log_snr[-1]):.6g}])"
         )
+
+
+def path_scale(path: str, log_snr: torch.Tensor) -> torch.Tensor:
+    """``z_path / z_vp`` at these log-SNRs: 1 on the vp path, ``1 / (alpha_vp + sigma_vp)`` on the flow path."""
+    if path == "vp":
+        return torch.ones_like(log_snr)
+    return 1.0 / (torch.sigmoid(log_snr).sqrt() + torch.sigmoid(-log_snr).sqrt())
 
 
 # -- constructors -------------------------------------------------------------------
@@ -356,6 +402,104 @@ def edm(sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, T: 
         log_snr_fn=log_snr_fn,
         model_time_fn=lambda v: torch.exp(-0.5 * log_snr_fn(v)),
     )
+
+
+def _positive_finite(value: object, what: str, fix: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ScheduleError(explain(f"invalid {what}", expected="a finite number > 0", got=repr(value), fix=fix))
+    return float(value)
+
+
+def flow_shift_mu(
+    image_seq_len: int,
+    base_seq_len: int = 256,
+    max_seq_len: int = 4096,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+) -> float:
+    """diffusers' ``calculate_shift``: ``mu`` linear in the number of image tokens (Flux / SD3.5 dynamic shifting);
+    the shift is ``exp(mu)``."""
+    if not isinstance(image_seq_len, int) or image_seq_len < 1 or max_seq_len == base_seq_len:
+        raise ScheduleError(
+            explain(
+                "invalid image sequence length for dynamic shifting",
+                expected="an integer >= 1 (image tokens: (H / patch) x (W / patch)), max_seq_len != base_seq_len",
+                got=f"image_seq_len={image_seq_len!r}, base/max {base_seq_len}/{max_seq_len}",
+                fix="pass the latent image's token count, or mu itself",
+            )
+        )
+    slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return image_seq_len * slope + base_shift - slope * base_seq_len
+
+
+@PRESETS.register("flow")
+def flow(
+    T: int = 1000,
+    shift: float = 1.0,
+    mu: float | None = None,
+    use_dynamic_shifting: bool = False,
+) -> Schedule:
+    """Rectified flow / flow matching: ``z_t = (1 - t) x0 + t eps`` at ``t = i / T`` (``i = 1..T``, diffusers'
+    ``FlowMatchEulerDiscreteScheduler`` grid), ``lambda = 2 log((1 - t) / t)``, ``lambda_T = -inf``.
+
+    ``shift`` s (SD3) maps ``t' = s t / (1 + (s - 1) t)``, an exact log-SNR offset of ``-2 ln s``;
+    ``use_dynamic_shifting`` (Flux, SD3.5) takes the shift from ``mu`` (``s = exp(mu)``; see
+    :func:`flow_shift_mu` for mu from the image size). The model time is ``1000 t'``, what diffusers' flow
+    transformers receive.
+    """
+    _check_T(T)
+    if use_dynamic_shifting:
+        if mu is None:
+            raise ScheduleError(
+                explain(
+                    "dynamic shifting needs mu",
+                    expected="mu (from the image size: schedules.flow_shift_mu(image_seq_len)) or a fixed shift",
+                    got="use_dynamic_shifting=True, mu=None",
+                    fix="pass mu, or use_dynamic_shifting=False with shift",
+                )
+            )
+        if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu):
+            raise ScheduleError(
+                explain("invalid mu", expected="a finite number (the shift is exp(mu))", got=repr(mu), fix="mu = 0.5")
+            )
+        s = math.exp(float(mu))
+    else:
+        if mu is not None:
+            raise ScheduleError(
+                explain(
+                    "mu without dynamic shifting",
+                    expected="mu only with use_dynamic_shifting=True",
+                    got=f"mu={mu!r}, use_dynamic_shifting=False",
+                    fix="drop mu, or set use_dynamic_shifting=True",
+                )
+            )
+        s = _positive_finite(shift, "flow shift", "shift = 1.0 (none), 3.0 for SD3")
+    t = torch.arange(1, T + 1, dtype=torch.float64) / T
+    shifted = s * t / (1 + (s - 1) * t)
+    log_snr = 2 * (torch.log1p(-shifted) - torch.log(shifted))  # -inf at t = 1
+    name = "flow" + ("" if s == 1.0 else f"[shift={s:.4g}]")
+    return Schedule(log_snr=log_snr, name=name, model_times=1000.0 * shifted, path="flow")
+
+
+def from_flow_sigmas(sigmas: object, name: str = "flow-grid", time_scale: float = 1000.0) -> Schedule:
+    """A flow-path schedule on a given grid of ``t`` (``sigma`` in diffusers' flow schedulers: ``z = (1 - t) x0 +
+    t eps``), noisiest last, in (0, 1]; a trailing 0 (diffusers appends one for the final step) is dropped. The model
+    time is ``time_scale * t``."""
+    t = _as_float64_vector(sigmas, "flow sigmas").flip(0)
+    if t[0] == 0:  # diffusers' appended terminal 0, now first after the flip: the final step, not a grid point
+        t = t[1:]
+    bad = torch.isnan(t) | (t <= 0) | (t > 1)
+    if t.numel() < 1 or bool(bad.any()):
+        raise ScheduleError(
+            explain(
+                f"flow sigmas of schedule {name!r} are out of range",
+                expected="values in (0, 1], increasing with noise (t = 1 is pure noise)",
+                got=f"{t.tolist()[:8]}",
+                fix="pass the scheduler's sigmas (scheduler.sigmas after set_timesteps)",
+            )
+        )
+    log_snr = 2 * (torch.log1p(-t) - torch.log(t))
+    return Schedule(log_snr=log_snr, name=name, model_times=time_scale * t, path="flow")
 
 
 def _check_T(T: int) -> None:

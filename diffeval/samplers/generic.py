@@ -70,6 +70,14 @@ def _alpha_sigma(log_snr: float) -> tuple[float, float]:
     return math.sqrt(alpha_sq), math.sqrt(sigma_sq)
 
 
+def _path_at(path: str, lam: float, alpha: float, sigma: float) -> tuple[float, float, float]:
+    """(z_path / z_vp, the path's alpha, its sigma) at log-SNR ``lam``; the vp path is the identity."""
+    if path == "vp":
+        return 1.0, alpha, sigma
+    scale = 1.0 / (alpha + sigma)
+    return scale, alpha * scale, sigma * scale
+
+
 # The sampler's knobs, declared once: the constructor validates them (types, bounds, choices, "did you mean"), and
 # describe().knobs, replace() and sweeps read the same list.
 KNOBS: tuple[Option, ...] = (
@@ -283,9 +291,15 @@ class GeneralizedSampler:
                         z = alpha_h * (z / alpha_t + math.sqrt(ve_h**2 - ve_t**2) * randn_like(z))
                         lam_t, alpha_t, sigma_t = lam_hat, alpha_h, sigma_h
                         model_time = self.schedule.model_time_at(lam_hat)
-                    out = self._predict(z, model_time, cond, i, timer)
-                    # x0_hat, eps_hat from the prediction (eq. 9 of DDIM in SNR form)
-                    x0_hat, eps_hat = to_x0_eps(self.prediction, out, z, alpha_t, sigma_t)
+                    # the model sees its own path's z_t (flow: (1 - t) x0 + t eps = z_vp / (alpha + sigma))
+                    scale, alpha_p, sigma_p = _path_at(self.schedule.path, lam_t, alpha_t, sigma_t)
+                    z_model = z if scale == 1.0 else z * scale
+                    out = self._predict(z_model, model_time, cond, i, timer)
+                    # x0_hat, eps_hat from the prediction (eq. 9 of DDIM in SNR form; v is the vp path's velocity)
+                    if self.prediction == "v" or scale == 1.0:
+                        x0_hat, eps_hat = to_x0_eps(self.prediction, out, z, alpha_t, sigma_t)
+                    else:
+                        x0_hat, eps_hat = to_x0_eps(self.prediction, out, z_model, alpha_p, sigma_p)
                     if lam_t >= 0:  # saturation where signal dominates (SNR >= 1), counted on the device (no sync)
                         outside += (x0_hat.abs() > 1 + SATURATION_MARGIN).sum()
                         counted += x0_hat.numel()
