@@ -84,7 +84,7 @@ def check_sampler(
     def declaration() -> tuple[bool, float, str]:
         info = describe(sampler)
         first["info"] = info
-        problems = info.problems()
+        problems = info.problems() + _hidden_declaration(sampler, info)
         summary = f"{info.label()}: schedule {getattr(info.schedule, 'name', None)!r}, prediction {info.prediction!r}"
         return not problems, float(len(problems)), "; ".join(problems) or f"{summary}, steps {info.steps}"
 
@@ -171,6 +171,20 @@ def check_sampler(
     _attempt(results, "nfe_counted", "> 0" if expected_nfe is None else f"== {expected_nfe}", nfe)
     _attempt(results, "timer_used", "reports into the caller's timer, sampler unchanged", timer_used)
     return _ordered(results)
+
+
+def _hidden_declaration(sampler: Any, info: Any) -> list[str]:
+    """An adapter wrapping an object that states a schedule or a prediction must declare them (or every SNR
+    check on it skips, unseen)."""
+    wrapped = getattr(sampler, "scheduler", None) or getattr(getattr(sampler, "pipeline", None), "scheduler", None)
+    if wrapped is None or not hasattr(wrapped, "config"):
+        return []
+    problems = []
+    if info.schedule is None:
+        problems.append(f"wraps {type(wrapped).__name__}, which has a schedule, but declares none")
+    if info.prediction is None:
+        problems.append(f"wraps {type(wrapped).__name__}, which states its prediction, but declares none")
+    return problems
 
 
 def _ordered(results: list[CheckResult]) -> list[CheckResult]:

@@ -25,6 +25,7 @@ converted with ``u8 / 127.5 - 1`` — documented, lossy by the pipeline's own ch
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,6 +41,9 @@ from diffeval.samplers.base import RunStats, SamplerInfo, SeedRNG, StepTimer, ch
 
 __all__ = [
     "image_shape_of",
+    "is_flow_scheduler",
+    "flow_mu",
+    "visited_indices",
     "DiffusersPipelineSampler",
     "DiffusersSchedulerSampler",
     "schedule_of",
@@ -67,17 +71,44 @@ def require_diffusers() -> Any:
     return diffusers
 
 
-def schedule_of(scheduler: Any) -> schedules.Schedule | None:
-    """The scheduler's training schedule as log-SNR (None when it has no ``alphas_cumprod``).
+def is_flow_scheduler(scheduler: Any) -> bool:
+    """A flow-matching scheduler (``FlowMatchEulerDiscreteScheduler``, ``FlowMatchHeunDiscreteScheduler``, ...)."""
+    return type(scheduler).__name__.startswith("FlowMatch")
 
-    Rebuilt from the config when its beta schedule is a known one (diffusers stores a
-    zero-terminal-SNR end as ``alpha_bar_T = 2**-24`` to dodge a division by zero; the
-    config's ``rescale_betas_zero_snr`` says it is really 0), else from ``alphas_cumprod``.
+
+def flow_mu(scheduler: Any, image_shape: Sequence[int] | None, patch_size: int = 1) -> float | None:
+    """diffusers' ``mu`` for a dynamically shifted flow scheduler, from the latent image's token count
+    ``(H / patch) x (W / patch)`` and the scheduler's config (None when it does not shift dynamically)."""
+    config = getattr(scheduler, "config", None)
+    if not getattr(config, "use_dynamic_shifting", False) or image_shape is None:
+        return None
+    tokens = (int(image_shape[-2]) // patch_size) * (int(image_shape[-1]) // patch_size)
+    return schedules.flow_shift_mu(
+        max(tokens, 1),
+        int(getattr(config, "base_image_seq_len", 256)),
+        int(getattr(config, "max_image_seq_len", 4096)),
+        float(getattr(config, "base_shift", 0.5)),
+        float(getattr(config, "max_shift", 1.15)),
+    )
+
+
+def schedule_of(scheduler: Any, mu: float | None = None) -> schedules.Schedule | None:
+    """The scheduler's training schedule as log-SNR (None when it states none).
+
+    Flow-matching schedulers give the ``flow`` path with their ``shift`` (or, with ``use_dynamic_shifting``, the
+    shift ``exp(mu)``). Others are rebuilt from the config when the beta schedule is a known one (diffusers stores
+    a zero-terminal-SNR end as ``alpha_bar_T = 2**-24`` to dodge a division by zero; the config's
+    ``rescale_betas_zero_snr`` says it is really 0), else from ``alphas_cumprod``.
     """
+    config = dict(getattr(scheduler, "config", {}) or {})
+    if is_flow_scheduler(scheduler):
+        T = int(config.get("num_train_timesteps", 1000))
+        if config.get("use_dynamic_shifting", False):
+            return schedules.flow(T, use_dynamic_shifting=True, mu=mu) if mu is not None else None
+        return schedules.flow(T, shift=float(config.get("shift", 1.0)))
     alphas = getattr(scheduler, "alphas_cumprod", None)
     if alphas is None:
         return None
-    config = dict(getattr(scheduler, "config", {}) or {})
     try:
         return schedules.from_diffusers_config(config)
     except ConfigError:
@@ -86,7 +117,29 @@ def schedule_of(scheduler: Any) -> schedules.Schedule | None:
 
 
 def prediction_of(scheduler: Any) -> str | None:
+    """What the scheduler's model predicts: flow-matching schedulers' models predict the velocity (``flow``)."""
+    if is_flow_scheduler(scheduler):
+        return "flow"
     return _PREDICTIONS.get(getattr(getattr(scheduler, "config", None), "prediction_type", None))
+
+
+def visited_indices(scheduler: Any, steps: int, mu: float | None = None) -> tuple[int, ...] | None:
+    """The 0-based training indices the scheduler's ``set_timesteps(steps)`` visits, noisiest first (flow
+    schedulers: ``round(T * sigma) - 1`` on the training grid, whose shift the sigmas carry)."""
+    try:
+        if mu is not None:
+            scheduler.set_timesteps(steps, mu=mu)
+        else:
+            scheduler.set_timesteps(steps)
+    except Exception:  # a scheduler that needs more arguments: its steps stay undeclared
+        return None
+    T = int(getattr(scheduler.config, "num_train_timesteps", 1000))
+    if is_flow_scheduler(scheduler):
+        sigmas = torch.as_tensor(scheduler.sigmas).double()[:-1]  # drop the appended 0
+        shifted = schedule_of(scheduler, mu).path_sigma  # the training grid t_i = i / T after its shift
+        idx = torch.searchsorted(shifted, sigmas.clamp(max=1.0)).clamp(max=T - 1)  # the nearest grid step above
+        return tuple(int(i) for i in idx.tolist())
+    return tuple(int(t) for t in torch.as_tensor(scheduler.timesteps).long().tolist())
 
 
 def images_to_signed(images: Any) -> torch.Tensor:
@@ -173,6 +226,35 @@ def image_shape_of(model: Any) -> tuple[int, int, int] | None:
     return None
 
 
+def _dynamic_mu(scheduler: Any, mu: float | None, image_shape: Sequence[int] | None, patch: Any) -> float | None:
+    """``mu`` for a dynamically shifted flow scheduler (given, or from the image size); refused where it means
+    nothing."""
+    dynamic = bool(getattr(getattr(scheduler, "config", None), "use_dynamic_shifting", False))
+    if mu is not None and not dynamic:
+        raise SamplerError(
+            explain(
+                "mu without dynamic shifting",
+                expected="mu only for a scheduler with use_dynamic_shifting=True",
+                got=f"mu={mu!r} for {type(scheduler).__name__} (use_dynamic_shifting is off)",
+                fix="drop mu (the scheduler's shift applies), or enable use_dynamic_shifting in its config",
+            )
+        )
+    if not dynamic:
+        return None
+    if mu is None:
+        mu = flow_mu(scheduler, image_shape, patch if isinstance(patch, int) and patch > 0 else 1)
+    if mu is None or not math.isfinite(float(mu)):
+        raise SamplerError(
+            explain(
+                "a dynamically shifted flow scheduler needs mu",
+                expected="mu, or an image shape to compute it from (diffusers' calculate_shift)",
+                got=f"mu={mu!r}, image_shape unknown",
+                fix="pass mu=..., or image_shape=(C, H, W) of the latents",
+            )
+        )
+    return float(mu)
+
+
 def _declared_shape(given: Sequence[int] | None, model: Any) -> tuple[int, ...] | None:
     if given is None:
         return image_shape_of(model)
@@ -243,13 +325,16 @@ class DiffusersPipelineSampler:
         self.text_to_image = _accepts(call, "prompt")
         self.takes_latents = _accepts(call, "latents")
         self.denoiser = getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
-        self.schedule = schedule_of(pipeline.scheduler)
+        self.image_shape = _declared_shape(image_shape, self.denoiser)  # default: the denoiser's config
+        patch = getattr(getattr(self.denoiser, "config", None), "patch_size", 1)
+        self.mu = flow_mu(pipeline.scheduler, self.image_shape, patch if isinstance(patch, int) and patch > 0 else 1)
+        self.schedule = schedule_of(pipeline.scheduler, self.mu)
         self.prediction = prediction_of(pipeline.scheduler)
+        self.indices = visited_indices(pipeline.scheduler, num_inference_steps, self.mu)
         self.model = _UNetModel(self.denoiser) if self.denoiser is not None and not self.text_to_image else None
         spacing = getattr(pipeline.scheduler.config, "timestep_spacing", None)
         self.spacing = spacing if spacing in schedules.SPACINGS else None
         self.timing = StepTimer(timing).mode
-        self.image_shape = _declared_shape(image_shape, self.denoiser)  # default: the denoiser's config
         self.last_run: RunStats | None = None
 
     def knobs(self) -> dict[str, Any]:
@@ -269,6 +354,7 @@ class DiffusersPipelineSampler:
             model=self.model,
             steps=self.num_inference_steps,
             spacing=self.spacing,
+            indices=self.indices,
             image_shape=self.image_shape,
             guidance=self.guidance_scale is not None,
         )
@@ -378,6 +464,7 @@ class DiffusersSchedulerSampler:
         timing: str = "step",
         clip: bool = True,
         image_shape: Sequence[int] | None = None,
+        mu: float | None = None,
     ) -> None:
         require_diffusers()
         if not hasattr(scheduler, "set_timesteps") or not hasattr(scheduler, "step"):
@@ -403,17 +490,23 @@ class DiffusersSchedulerSampler:
         self.steps = num_inference_steps
         self.cond_fn = cond_fn
         self.clip = clip
-        self.schedule = schedule_of(scheduler)
+        self.image_shape = _declared_shape(image_shape, model)  # default: the model's config (UNet2DModel & co.)
+        self.mu = _dynamic_mu(scheduler, mu, self.image_shape, getattr(getattr(model, "config", None), "patch_size", 1))
+        self.schedule = schedule_of(scheduler, self.mu)
         self.prediction = prediction_of(scheduler)
+        self.indices = visited_indices(scheduler, num_inference_steps, self.mu)
         spacing = getattr(scheduler.config, "timestep_spacing", None)
         self.spacing = spacing if spacing in schedules.SPACINGS else None
         self.timing = StepTimer(timing).mode
-        self.image_shape = _declared_shape(image_shape, model)  # default: the model's config (UNet2DModel & co.)
         self.last_run: RunStats | None = None
         self._takes_generator = "generator" in inspect.signature(scheduler.step).parameters
 
     def knobs(self) -> dict[str, Any]:
-        return {"steps": self.steps, "prediction": self.prediction, "spacing": self.spacing, "clip": self.clip}
+        knobs = {"steps": self.steps, "prediction": self.prediction, "spacing": self.spacing, "clip": self.clip}
+        if is_flow_scheduler(self.scheduler):
+            knobs["shift"] = float(getattr(self.scheduler.config, "shift", 1.0)) if self.mu is None else None
+            knobs["mu"] = self.mu
+        return knobs
 
     def describe(self) -> SamplerInfo:
         return SamplerInfo(
@@ -424,6 +517,7 @@ class DiffusersSchedulerSampler:
             model=self.model,
             steps=self.steps,
             spacing=self.spacing,
+            indices=self.indices,
             image_shape=self.image_shape,
         )
 
@@ -442,7 +536,10 @@ class DiffusersSchedulerSampler:
                     )
                 )
             extra = self.cond_fn(cond)
-        self.scheduler.set_timesteps(self.steps, device=noise.device)
+        if self.mu is not None:
+            self.scheduler.set_timesteps(self.steps, device=noise.device, mu=self.mu)
+        else:
+            self.scheduler.set_timesteps(self.steps, device=noise.device)
         generators = (
             [torch.Generator(device=noise.device).manual_seed(s) for s in rng.derived(STEP_NOISE_OFFSET).seeds]
             if rng is not None
