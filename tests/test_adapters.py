@@ -111,7 +111,7 @@ def test_snr_checks_through_scheduler_configs():
     assert statuses["zero_terminal_snr_prediction"] == "fail" and statuses["terminal_snr"] == "pass"
 
 
-def test_scheduler_without_alphas_cumprod_skips_checks(tmp_path):
+def test_a_flow_scheduler_declares_its_schedule_and_every_check_runs(tmp_path):
     from diffeval.run.config import parse_config
     from diffeval.run.runner import run_config
 
@@ -123,9 +123,13 @@ def test_scheduler_without_alphas_cumprod_skips_checks(tmp_path):
         }
     )
     outcome = run_config(cfg, tmp_path)
-    rows = {r["name"]: r for r in outcome.report.rows}
-    assert rows["snr_endpoints"]["status"] == "skip" and rows["xt_normality"]["status"] == "skip"
-    assert "no schedule" in rows["snr_endpoints"]["details"]
+    rows = {r["name"]: r for r in outcome.report.rows if r["kind"] == "check"}
+    assert not [name for name, r in rows.items() if r["status"] == "skip"]  # was: both skipped, no schedule
+    assert (
+        rows["zero_terminal_snr_prediction"]["status"] == "pass"
+        and "flow" in rows["zero_terminal_snr_prediction"]["details"]
+    )
+    assert {"terminal_snr", "xT_mean", "mid_t_energy"} <= set(rows)
 
 
 def test_bad_input():

@@ -186,7 +186,7 @@ def _start(lam_1: float) -> CheckResult:
 
 
 def _prediction(zero_terminal: bool, prediction: str | None) -> CheckResult:
-    threshold = "zero terminal SNR needs v- or x0-prediction"
+    threshold = "zero terminal SNR needs v-, x0- or flow-prediction"
     if not zero_terminal:
         return CheckResult(
             "zero_terminal_snr_prediction",
@@ -202,7 +202,8 @@ def _prediction(zero_terminal: bool, prediction: str | None) -> CheckResult:
             1.0,
             threshold,
             "alpha_T = 0 with eps-prediction: x0 = (z - sigma eps)/alpha is undefined at T, so the first sampling step"
-            " divides by zero. Fix: train with v-prediction (Lin et al. 2023).",
+            " divides by zero (every flow path ends so: t = 1 is pure noise). Fix: train with v-prediction (Lin et al."
+            " 2023), or flow (velocity) prediction on a flow path.",
         )
     if prediction is None:
         return CheckResult(
@@ -210,14 +211,15 @@ def _prediction(zero_terminal: bool, prediction: str | None) -> CheckResult:
             "warn",
             float("nan"),
             threshold,
-            "zero terminal SNR, prediction type unknown. Fix: pass prediction='v' (or 'x0') to grade it.",
+            "zero terminal SNR, prediction type unknown. Fix: pass prediction='v', 'x0' or 'flow' to grade it.",
         )
     return CheckResult(
         "zero_terminal_snr_prediction",
         "pass",
         0.0,
         threshold,
-        f"zero terminal SNR with {prediction}-prediction: x0 is recoverable at T.",
+        f"zero terminal SNR with {prediction}-prediction: x0 is recoverable at T"
+        + (" (a flow path ends at pure noise by construction, t = 1: as it should)." if prediction == "flow" else "."),
     )
 
 

@@ -26,7 +26,7 @@ from diffeval.checks.xt_normality import data_options, load_model_inputs
 from diffeval.core.errors import InputError, explain
 from diffeval.core.options import Option
 from diffeval.core.seeds import SeedRNG
-from diffeval.diffusion.denoiser import Denoiser, check_prediction
+from diffeval.diffusion.denoiser import PREDICTIONS, Denoiser, check_prediction
 from diffeval.diffusion.schedules import Schedule
 from diffeval.samplers.base import StepTimer
 
@@ -38,6 +38,8 @@ __all__ = [
     "SATURATION_FAIL",
     "TerminalEpsVariance",
     "Saturation",
+    "PredictionFit",
+    "check_prediction_fit",
     "LABEL_RULES",
 ]
 
@@ -165,6 +167,72 @@ def check_terminal_eps_variance(
     return CheckResult("terminal_eps_variance", status, var, "|Var(eps_hat) - 1| <= 0.1 (warn <= 0.25)", message)
 
 
+PREDICTION_FIT_LIMIT = 1.0  # x0 error relative to predicting the data mean, at log-SNR ~ -1
+PREDICTION_FIT_LOG_SNR = -1.0  # noisy enough that a misread output is worse than the mean (measured: 1.2 to 4.8)
+PREDICTION_FIT_MARGIN = 1.25  # ... and worse than the best reading by this factor
+
+
+def check_prediction_fit(
+    model: Callable[..., torch.Tensor],
+    schedule: Schedule,
+    x0: torch.Tensor,
+    prediction: str,
+    n: int = 256,
+    seed: int = 0,
+) -> CheckResult:
+    """Does the model denoise when its output is read as the declared ``prediction``?
+
+    Real data is noised on the schedule's own path at the step nearest log-SNR -1 and the model's output,
+    converted to ``x0_hat`` under each prediction type, is scored by ``R = MSE(x0_hat, x0) / MSE(mean, x0)``:
+    read as what it was trained to predict, a model denoises (R < 1) and no other reading does clearly better; a
+    flow (velocity) network declared as ``v`` (R 1.5 on an exact Gaussian flow model), or an eps network declared
+    as ``flow`` (R 1.3 on the demo's), fails. The message names the prediction type the output reads best as.
+    """
+    _check_inputs(x0, prediction)
+    lam = schedule.log_snr
+    near = (lam - PREDICTION_FIT_LOG_SNR).abs()
+    index = int(torch.argmin(torch.where(torch.isfinite(lam), near, torch.full_like(lam, math.inf))))
+    gen = torch.Generator().manual_seed(seed)
+    data = x0[torch.randint(0, x0.shape[0], (n,), generator=gen)].double()
+    eps = torch.randn(data.shape, generator=gen, dtype=torch.float64)
+    idx = torch.full((n,), index, dtype=torch.long)
+    baseline = float(((data - data.mean(0, keepdim=True)) ** 2).mean())
+    scores = {}
+    for reading in PREDICTIONS:
+        denoiser = Denoiser(model, schedule, reading)
+        x0_hat, _ = denoiser.predict(denoiser.noised(data, idx, eps), idx)
+        scores[reading] = float(((x0_hat - data) ** 2).mean()) / max(baseline, 1e-300)
+    ratio, best = scores[prediction], min(scores, key=scores.get)
+    where = f"log-SNR {float(lam[index]):.2g} (t = {index + 1}, {schedule.path} path)"
+    threshold = (
+        f"x0 error / error of the data mean < {PREDICTION_FIT_LIMIT:g} at log-SNR ~ {PREDICTION_FIT_LOG_SNR:g},"
+        f" within {PREDICTION_FIT_MARGIN:g} x the best reading"
+    )
+    if ratio < PREDICTION_FIT_LIMIT and ratio <= PREDICTION_FIT_MARGIN * scores[best]:
+        return CheckResult(
+            "prediction_fit",
+            "pass",
+            ratio,
+            threshold,
+            f"read as {prediction}-prediction the model denoises at {where}: x0 error {ratio:.3g} x the data mean's.",
+        )
+    hint = (
+        f" It reads best as {best}-prediction (error {scores[best]:.3g}): a "
+        + ("flow (velocity) network" if best == "flow" else f"{best}-prediction network")
+        + f" declared as {prediction}? Fix: declare prediction = '{best}'."
+        if best != prediction and scores[best] < PREDICTION_FIT_LIMIT * min(1.0, ratio)
+        else " No prediction type fits: check the model's weights, its time input and the schedule it was trained on."
+    )
+    return CheckResult(
+        "prediction_fit",
+        "fail",
+        ratio,
+        threshold,
+        f"read as {prediction}-prediction the model does not denoise at {where}: x0 error {ratio:.3g} x the data"
+        f" mean's.{hint}",
+    )
+
+
 def saturation_by_guidance(
     make_sampler: Callable[[float], Any],
     scales: Sequence[float],
@@ -236,6 +304,26 @@ class TerminalEpsVariance(Check):
                     ctx.info.model, ctx.info.schedule, x0, ctx.info.prediction, n=o["n"], seed=ctx.seed
                 )
             ]
+        )
+
+
+@register_check
+class PredictionFit(Check):
+    """The model, read as its declared prediction type, denoises real data at SNR ~ 1 (catches a flow network
+    declared as v, and the reverse)."""
+
+    name = "prediction_fit"
+    needs = ("schedule", "model", "prediction")
+    options = (
+        *data_options(),
+        Option("n", int, 256, "samples drawn (with replacement) from the data", minimum=2),
+    )
+
+    def run(self, ctx: CheckContext) -> CheckOutcome:
+        o = self.settings
+        x0 = load_model_inputs(ctx, o["data"], o["preprocess"], 4096)
+        return CheckOutcome(
+            [check_prediction_fit(ctx.info.model, ctx.info.schedule, x0, ctx.info.prediction, n=o["n"], seed=ctx.seed)]
         )
 
 
