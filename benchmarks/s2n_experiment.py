@@ -1,7 +1,7 @@
 """The S2N experiment on the bundled model: FID over (gamma, delta) at each step count, and the best point against
 DDIM (gamma = 0) and DDPM (gamma = 1, delta = 1) at the same NFE, paired on the shared seeds.
 
-    python benchmarks/s2n_experiment.py                       # runs `diffeval run s2n` (~1.5 min on CPU), prints
+    python benchmarks/s2n_experiment.py                       # runs `diffeval run s2n` (~2 min on CPU), prints
     python benchmarks/s2n_experiment.py --report runs/s2n/report.json   # the tables of an existing run
 
 Every point samples the same seeds, so a difference between two points has a paired standard error
@@ -25,8 +25,11 @@ from diffeval.report.report import Report
 from diffeval.stats.uncertainty import paired_se
 
 
-def _row(table: pd.DataFrame, steps: int, gamma: float, delta: float) -> pd.Series | None:
-    hit = table[(table["steps"] == steps) & (table["gamma"] == gamma) & (table["delta"] == delta)]
+def _row(table: pd.DataFrame, steps: int, gamma: float, delta: float | None) -> pd.Series | None:
+    """The point at (steps, gamma, delta); delta None matches any (at gamma = 0 delta has no effect)."""
+    hit = table[(table["steps"] == steps) & (table["gamma"] == gamma)]
+    if delta is not None:
+        hit = hit[hit["delta"] == delta]
     return None if hit.empty else hit.iloc[0]
 
 
@@ -50,8 +53,8 @@ def tables(frame: pd.DataFrame, label: str) -> str:
         out.append(f"\n{label} at {steps} steps (rows: delta, columns: gamma)\n")
         out.append(cells.to_markdown() if _has_tabulate() else cells.to_string())
         lines = []
-        stochastic = group[group["delta"] > 0]
-        for title, pool in (("best point", group), ("best stochastic point (delta > 0)", stochastic)):
+        stochastic = group[group["gamma"] > 0]
+        for title, pool in (("best point", group), ("best stochastic point (gamma > 0)", stochastic)):
             if pool.empty:
                 continue
             best = pool.loc[pool["value"].idxmin()]
@@ -59,7 +62,7 @@ def tables(frame: pd.DataFrame, label: str) -> str:
                 f"\n{title}: gamma = {best['gamma']:g}, delta = {best['delta']:g}:"
                 f" {best['value']:.2f} ± {best['stderr']:.2f}"
             )
-            for name, (g, d) in (("DDIM (gamma 0)", (0.0, 0.0)), ("DDPM (gamma 1, delta 1)", (1.0, 1.0))):
+            for name, (g, d) in (("DDIM (gamma 0)", (0.0, None)), ("DDPM (gamma 1, delta 1)", (1.0, 1.0))):
                 other = _row(group, steps, g, d)
                 if other is None:
                     continue
@@ -74,6 +77,12 @@ def tables(frame: pd.DataFrame, label: str) -> str:
                     f" {se:.2f} (unpaired {unpaired:.2f}), z = {z:+.2f} ({verdict})"
                 )
         out.append("\n".join(lines))
+    ode = table[table["gamma"] == 0].sort_values("steps")
+    if not ode.empty:
+        out.append(
+            "\ndeterministic mode, the probability-flow ODE (gamma = 0, DDIM): "
+            + ", ".join(f"{int(r['steps'])} steps {r['value']:.1f} ± {r['stderr']:.1f}" for _, r in ode.iterrows())
+        )
     return "\n".join(out)
 
 

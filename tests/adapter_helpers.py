@@ -6,7 +6,7 @@ from diffeval.samplers.diffusers import DiffusersSchedulerSampler
 
 
 def flow_sampler():
-    """A diffusers scheduler without alphas_cumprod (flow matching): the SNR checks must skip, not crash."""
+    """A diffusers flow-matching scheduler (no alphas_cumprod): it declares the flow schedule, and every check runs."""
     import diffusers
 
     torch.manual_seed(0)
@@ -49,12 +49,10 @@ class EpsModel(torch.nn.Module):
         return self.unet(x, t).sample
 
 
-def build_tiny_sd_pipeline(folder):
-    """A random-weight StableDiffusionPipeline built offline from configs (tokenizer files written to ``folder``)."""
-    """A random-weight StableDiffusionPipeline built offline from configs (tokenizer files written here)."""
+def _tiny_clip_tokenizer(folder):
+    """A character-level CLIP tokenizer written to ``folder`` (offline): its vocabulary size and the tokenizer."""
     import json
 
-    import diffusers
     import transformers
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -64,7 +62,17 @@ def build_tiny_sd_pipeline(folder):
         vocab[c + "</w>"] = len(vocab)
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    return vocab, transformers.CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77
+    )
+
+
+def build_tiny_sd_pipeline(folder):
+    """A random-weight StableDiffusionPipeline built offline from configs (tokenizer files written to ``folder``)."""
+    import diffusers
+    import transformers
+
+    vocab, tokenizer = _tiny_clip_tokenizer(folder)
     torch.manual_seed(0)
     text_encoder = transformers.CLIPTextModel(
         transformers.CLIPTextConfig(
@@ -113,6 +121,70 @@ def build_tiny_sd_pipeline(folder):
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_tiny_sd3_pipeline(folder, shift=3.0):
+    """A random-weight StableDiffusion3Pipeline (flow matching: SD3 transformer, FlowMatchEulerDiscreteScheduler with
+    SD3's shift) built offline from configs; the T5 encoder is left out, as SD3 allows."""
+    import diffusers
+    import transformers
+
+    vocab, tokenizer = _tiny_clip_tokenizer(folder)
+
+    def text_encoder(seed):
+        torch.manual_seed(seed)
+        config = transformers.CLIPTextConfig(
+            vocab_size=len(vocab),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            projection_dim=16,
+        )
+        return transformers.CLIPTextModelWithProjection(config).eval()
+
+    torch.manual_seed(0)
+    transformer = diffusers.SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        caption_projection_dim=16,
+        pooled_projection_dim=32,
+    ).eval()
+    vae = diffusers.AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        norm_num_groups=8,
+        sample_size=16,
+        shift_factor=0.0609,  # SD3's VAE latent statistics (the pipeline un-shifts and un-scales with them)
+        scaling_factor=1.5035,
+    ).eval()
+    pipe = diffusers.StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=shift),
+        vae=vae,
+        text_encoder=text_encoder(1),
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder(2),
+        tokenizer_2=tokenizer,
+        text_encoder_3=None,
+        tokenizer_3=None,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

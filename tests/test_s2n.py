@@ -336,13 +336,31 @@ def test_an_interrupted_grid_resumes_keeping_the_points_done(tmp_path, monkeypat
     np.testing.assert_allclose(a["value"].to_numpy(), b["value"].to_numpy(), rtol=1e-9)
 
 
-def test_the_shipped_s2n_config_parses_into_the_papers_grid():
+def test_the_shipped_s2n_config_parses_into_the_experiment():
     cfg = load_config("s2n")
     points = cfg.sweep.points
-    stochastic = [p for p in points if p["delta"] > 0]
-    assert len(stochastic) == 2 * 5 * 4 and {p["steps"] for p in points} == {10, 50}
-    assert {p["gamma"] for p in points if p["delta"] == 0} >= {0.0}  # DDIM in the deterministic sweep
+    deterministic = [p for p in points if p["gamma"] == 0.0]
+    stochastic = [p for p in points if p["gamma"] > 0]
+    # deterministic mode is the probability-flow ODE (gamma = 0: DDIM) over the step count, nothing else
+    assert sorted(p["steps"] for p in deterministic) == [5, 10, 20, 50]
+    assert not [p for p in points if p["delta"] == 0 and p["gamma"] > 0]  # no point that collapses by construction
+    assert len(stochastic) == 2 * 5 * 4 and {p["steps"] for p in stochastic} == {10, 50}
     assert {"steps": 10, "gamma": 1.0, "delta": 1.0} in stochastic  # DDPM in the stochastic grid
+
+
+def test_delta_zero_with_gamma_shrinks_the_noise_direction_by_the_stated_factor():
+    """The dropped deterministic points: delta = 0, gamma > 0 keeps sqrt(sigma_s^2 - beta^2) / sigma_s =
+    exp(-gamma h / 2) of the noise direction per step, exp(-gamma * span / 2) over the trajectory (0.27 at
+    gamma = 0.1 on the demo's schedule at 50 steps)."""
+    schedule = schedules.cosine()
+    sampler = GeneralizedSampler(lambda x, t: torch.zeros_like(x), schedule, steps=50, gamma=0.1, delta=0.0)
+    lam = schedule.log_snr[sampler.indices].tolist()
+    kept = 1.0
+    for lam_t, lam_s in zip(lam, lam[1:], strict=False):
+        sigma_s_sq = float(torch.sigmoid(torch.tensor(-lam_s, dtype=torch.float64)))
+        kept *= math.sqrt(1 - sampler.noise_variance(lam_t, lam_s) / sigma_s_sq)
+    assert kept == pytest.approx(math.exp(-0.1 * (lam[-1] - lam[0]) / 2), rel=1e-12)
+    assert kept == pytest.approx(0.270, abs=0.001)
 
 
 def test_reports_from_before_multi_knob_sweeps_still_load(tmp_path):
@@ -377,3 +395,24 @@ def test_gamma_zero_is_eta_zero_bit_for_bit_on_a_zero_terminal_snr_schedule():
     assert torch.isfinite(by_gamma).all() and torch.equal(by_gamma, by_eta)  # was NaN at the first step
     stochastic = GeneralizedSampler(velocity, zero, prediction="v", steps=10, gamma=0.5)
     assert stochastic.noise_variance(-math.inf, 2.0) == pytest.approx(float(torch.sigmoid(torch.tensor(-2.0))))
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.3, 1.0, 4.0])
+def test_the_step_is_the_first_order_sa_solver_step_with_tau_squared_gamma(gamma):
+    """The stated identity: with x0_hat fixed over the step, the exact solution of the generalized backward SDE
+    (tau^2 = gamma) keeps (sigma_s / sigma_t) exp(-gamma h / 2) of z_t, puts alpha_s (1 - exp(-(1 + gamma) h / 2)) on
+    x0_hat and draws sigma_s^2 (1 - exp(-gamma h)) of fresh noise (SA-Solver's first-order step, h in log-SNR)."""
+    sampler = GeneralizedSampler(lambda x, t: x, schedules.cosine(), steps=10, gamma=gamma, delta=0.0)
+    lam_t, lam_s = -1.3, 0.7
+    h = lam_s - lam_t
+    (alpha_t, sigma_t), (alpha_s, sigma_s) = _alpha_sigma(lam_t), _alpha_sigma(lam_s)
+    gen = torch.Generator().manual_seed(0)
+    z_t, x0_hat = (
+        torch.randn(64, generator=gen, dtype=torch.float64),
+        torch.randn(64, generator=gen, dtype=torch.float64),
+    )
+    eps_hat = (z_t - alpha_t * x0_hat) / sigma_t
+    z_s = sampler.step(z_t, x0_hat, eps_hat, lam_t, lam_s, torch.randn_like)
+    closed = (sigma_s / sigma_t) * math.exp(-gamma * h / 2) * z_t + alpha_s * -math.expm1(-(1 + gamma) * h / 2) * x0_hat
+    torch.testing.assert_close(z_s, closed, rtol=1e-12, atol=1e-12)
+    assert sampler.noise_variance(lam_t, lam_s) == pytest.approx(sigma_s**2 * -math.expm1(-gamma * h), rel=1e-12)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from diffeval.checks.base import Check, CheckContext, CheckOutcome, CheckResult, Figure, register_check
-from diffeval.core.errors import ConfigError, InputError, ScheduleError, explain
+from diffeval.core.errors import ConfigError, InputError, explain
 from diffeval.diffusion import schedules as _schedules
 from diffeval.diffusion.denoiser import check_prediction
 
@@ -61,15 +61,26 @@ def terminal_kl_bits(log_snr_T: float) -> float:  # noqa: N803
     return 0.5 * math.log1p(math.exp(log_snr_T)) / math.log(2) if log_snr_T < 700 else 0.5 * log_snr_T / math.log(2)
 
 
+def _path_of(schedule: Any) -> str:
+    """The path a schedule's model is trained on: ``flow`` for flow schedules and flow-matching configs, else vp."""
+    if isinstance(schedule, _schedules.Schedule):
+        return schedule.path
+    if isinstance(schedule, Mapping) and _schedules.is_flow_config(schedule):
+        return "flow"
+    return "vp"
+
+
+def _flow_t(lam: float) -> float:
+    """The flow path's time at log-SNR ``lam``: ``t = sigmoid(-lambda / 2)`` (``lambda = 2 log((1 - t) / t)``)."""
+    return 1.0 / (1.0 + math.exp(lam / 2)) if lam > -1400 else 1.0
+
+
 def _log_snr_from(schedule: Any) -> tuple[np.ndarray, str]:
     """Raw log-SNR (not validated) and a name, from any accepted schedule form."""
     if isinstance(schedule, _schedules.Schedule):
         return schedule.log_snr.numpy(), schedule.name
     if isinstance(schedule, Mapping):
-        try:
-            sched = _schedules.from_diffusers_config(schedule)
-        except ScheduleError:
-            raise
+        sched = _schedules.from_diffusers_config(schedule)
         return sched.log_snr.numpy(), sched.name
     try:
         alpha_bar = np.asarray(schedule.detach().cpu() if torch.is_tensor(schedule) else schedule, dtype=np.float64)
@@ -130,17 +141,33 @@ def _validity(lam: np.ndarray, name: str) -> CheckResult:
     )
 
 
-def _terminal(lam_T: float) -> CheckResult:  # noqa: N803
+def _terminal(lam_T: float, path: str = "vp") -> CheckResult:  # noqa: N803
     bits = terminal_kl_bits(lam_T)
     threshold = f"pass <= {B2_PASS_BITS:g}, warn <= {B2_WARN_BITS:g} bits/dim worst-case prior KL"
     snr = math.exp(lam_T) if lam_T > -700 else 0.0
     if bits <= B2_PASS_BITS:
+        flow = (
+            " On the flow path t = 1 is pure noise (alpha_T = 1 - t = 0): zero terminal SNR by construction, as it"
+            " should be for a flow (velocity) model."
+            if path == "flow" and snr == 0.0
+            else ""
+        )
         return CheckResult(
             "terminal_snr",
             "pass",
             bits,
             threshold,
-            f"SNR_T = {snr:.3g} (log-SNR {lam_T:.4g}): the last step destroys the data.",
+            f"SNR_T = {snr:.3g} (log-SNR {lam_T:.4g}): the last step destroys the data.{flow}",
+        )
+    if path == "flow":
+        t_T = _flow_t(lam_T)  # noqa: N806
+        return CheckResult(
+            "terminal_snr",
+            "warn" if bits <= B2_WARN_BITS else "fail",
+            bits,
+            threshold,
+            f"the flow path ends at t = {t_T:.4g}, not 1 (SNR_T = {snr:.3g}): x_T = (1 - t) x0 + t eps keeps signal, so"
+            " sampling from N(0, I) starts off-distribution. Fix: end the flow grid at t = 1 (schedules.flow).",
         )
     status = "warn" if bits <= B2_WARN_BITS else "fail"
     return CheckResult(
@@ -154,18 +181,26 @@ def _terminal(lam_T: float) -> CheckResult:  # noqa: N803
     )
 
 
-def _start(lam_1: float) -> CheckResult:
+def _start(lam_1: float, path: str = "vp") -> CheckResult:
     threshold = f"{B3_MIN_LOG_SNR:.4f} <= log-SNR_1 <= {B3_MAX_LOG_SNR}"
     ratio = math.exp(-lam_1 / 2)
+    on = (
+        f" (flow path: the first step is t_1 = {_flow_t(lam_1):.4g}, sigma_1/alpha_1 = t_1/(1 - t_1); a shift s > 1"
+        " moves it to s t / (1 + (s - 1) t), lowering log-SNR_1 by 2 ln s)"
+        if path == "flow"
+        else ""
+    )
     if lam_1 < B3_MIN_LOG_SNR:
+        fix = "Fix for likelihood work: start the schedule at log-SNR >= 13.29" + (
+            " (a smaller shift, or a finer grid: t_1 <= 0.0013)." if path == "flow" else "."
+        )
         return CheckResult(
             "start_snr",
             "warn",
             lam_1,
             threshold,
-            f"sigma_1/alpha_1 = {ratio:.3g} > Delta/6 = {DELTA_8BIT / 6:.3g}: the first step blurs 8-bit data, so"
-            " bits/dim is dominated by the decoder term (sampling is unaffected). Fix for likelihood work: start the"
-            " schedule at log-SNR >= 13.29.",
+            f"sigma_1/alpha_1 = {ratio:.3g} > Delta/6 = {DELTA_8BIT / 6:.3g}{on}: the first step blurs 8-bit data, so"
+            f" bits/dim is dominated by the decoder term (sampling is unaffected). {fix}",
         )
     if lam_1 > B3_MAX_LOG_SNR:
         return CheckResult(
@@ -181,12 +216,28 @@ def _start(lam_1: float) -> CheckResult:
         "pass",
         lam_1,
         threshold,
-        f"sigma_1/alpha_1 = {ratio:.3g} <= Delta/6: fine for likelihood on 8-bit data.",
+        f"sigma_1/alpha_1 = {ratio:.3g} <= Delta/6{on}: fine for likelihood on 8-bit data.",
     )
 
 
-def _prediction(zero_terminal: bool, prediction: str | None) -> CheckResult:
+def _prediction(zero_terminal: bool, prediction: str | None, path: str = "vp") -> CheckResult:
     threshold = "zero terminal SNR needs v-, x0- or flow-prediction"
+    if (prediction == "flow") != (path == "flow") and prediction in ("flow", "v"):
+        return CheckResult(
+            "zero_terminal_snr_prediction",
+            "warn",
+            float("nan"),
+            threshold,
+            (
+                "flow (velocity) prediction declared on a variance-preserving schedule: flow models are trained on the"
+                " path (1 - t) x0 + t eps. Fix: declare the schedule as schedules.flow (with the shift it was trained"
+                " with), or the prediction the model really has (eps, x0, v); the prediction_fit check tells which."
+                if prediction == "flow"
+                else "v-prediction declared on a flow path: v is the variance-preserving path's velocity, while flow"
+                " models predict eps - x0. Fix: declare prediction = 'flow' if the model outputs eps - x0; the"
+                " prediction_fit check tells which reading denoises."
+            ),
+        )
     if not zero_terminal:
         return CheckResult(
             "zero_terminal_snr_prediction",
@@ -196,14 +247,19 @@ def _prediction(zero_terminal: bool, prediction: str | None) -> CheckResult:
             "terminal SNR is not zero: any prediction type can recover x0 at T.",
         )
     if prediction == "eps":
+        where = (
+            " — on a flow path, which ends at t = 1 (pure noise) by construction. Fix: a flow model predicts the"
+            " velocity eps - x0: declare prediction = 'flow' if that is what it outputs, or train it so."
+            if path == "flow"
+            else ". Fix: train with v-prediction (Lin et al. 2023), or flow (velocity) prediction on a flow path."
+        )
         return CheckResult(
             "zero_terminal_snr_prediction",
             "fail",
             1.0,
             threshold,
             "alpha_T = 0 with eps-prediction: x0 = (z - sigma eps)/alpha is undefined at T, so the first sampling step"
-            " divides by zero (every flow path ends so: t = 1 is pure noise). Fix: train with v-prediction (Lin et al."
-            " 2023), or flow (velocity) prediction on a flow path.",
+            f" divides by zero{where}",
         )
     if prediction is None:
         return CheckResult(
@@ -223,7 +279,7 @@ def _prediction(zero_terminal: bool, prediction: str | None) -> CheckResult:
     )
 
 
-def _spacing(lam: np.ndarray, steps: int, spacing: str) -> CheckResult:
+def _spacing(lam: np.ndarray, steps: int, spacing: str, path: str = "vp") -> CheckResult:
     T = lam.size  # noqa: N806
     try:
         first = int(_schedules.sampling_indices(T, steps, spacing)[0])
@@ -231,18 +287,19 @@ def _spacing(lam: np.ndarray, steps: int, spacing: str) -> CheckResult:
         raise InputError(str(error)) from None
     threshold = "first sampling step = training step T"
     lam_first, lam_T = float(lam[first]), float(lam[-1])  # noqa: N806
+    on = f" (flow path: t' = {_flow_t(lam_first):.4g} of the shifted grid)" if path == "flow" else ""
     if first == T - 1:
         return CheckResult(
             "sampler_spacing",
             "pass",
             float(first + 1),
             threshold,
-            f"{spacing} spacing with {steps} steps starts at t = T = {T}.",
+            f"{spacing} spacing with {steps} steps starts at t = T = {T}{on}.",
         )
     bits = terminal_kl_bits(lam_first)
     message = (
-        f"{spacing} spacing with {steps} steps starts at t = {first + 1}, not T = {T}: log-SNR {lam_first:.4g} instead"
-        f" of {lam_T:.4g}, worst-case residual-signal KL {bits:.3g} bits/dim. Fix: use 'trailing' spacing (or"
+        f"{spacing} spacing with {steps} steps starts at t = {first + 1}, not T = {T}{on}: log-SNR {lam_first:.4g}"
+        f" instead of {lam_T:.4g}, worst-case residual-signal KL {bits:.3g} bits/dim. Fix: use 'trailing' spacing (or"
         " steps_offset so the first step is T)."
     )
     zero_terminal = lam_T == -math.inf
@@ -256,6 +313,7 @@ def check_snr_endpoints(
     """B1–B3, zero-terminal-SNR × prediction, and (when ``steps``/``spacing`` are given) the sampler spacing."""
     check_prediction(prediction, allow_none=True)
     lam, name = _log_snr_from(schedule)
+    path = _path_of(schedule)
     if lam.size < 2:
         raise InputError(
             explain(
@@ -270,7 +328,11 @@ def check_snr_endpoints(
     if validity.failed and (np.isnan(lam).any() or not np.isfinite(lam[0])):
         return results
     lam_T = float(lam[-1])  # noqa: N806
-    results += [_terminal(lam_T), _start(float(lam[0])), _prediction(lam_T == -math.inf, prediction)]
+    results += [
+        _terminal(lam_T, path),
+        _start(float(lam[0]), path),
+        _prediction(lam_T == -math.inf, prediction, path),
+    ]
     if (steps is None) != (spacing is None):
         raise InputError(
             explain(
@@ -281,7 +343,7 @@ def check_snr_endpoints(
             )
         )
     if steps is not None:
-        results.append(_spacing(lam, int(steps), str(spacing)))
+        results.append(_spacing(lam, int(steps), str(spacing), path))
     return results
 
 

@@ -236,6 +236,13 @@ def _diagnose_args(p: argparse.ArgumentParser, pos: Any, nonneg: Any) -> None:
         "--config", type=Path, help="diffusers scheduler_config.json (its timestep_spacing and prediction_type apply)"
     )
     p.add_argument("--rescale-zero-snr", action="store_true", help="apply Lin et al.'s zero-terminal-SNR rescale first")
+    p.add_argument("--shift", type=float, default=None, help="with --schedule flow: the time shift s (SD3: 3)")
+    p.add_argument(
+        "--mu",
+        type=float,
+        default=None,
+        help="flow dynamic shifting's mu (shift = exp(mu)), for --schedule flow or a dynamically shifted --config",
+    )
     p.add_argument(
         "--prediction",
         choices=PREDICTIONS,
@@ -280,6 +287,8 @@ def _diagnose(args: argparse.Namespace) -> int:
         data=args.data,
         preprocess=args.preprocess,
         seed=args.seed,
+        shift=args.shift,
+        mu=args.mu,
     )
     return _finish_run(run_config(cfg, args.out), "diagnose", args.json)
 

@@ -1,9 +1,11 @@
-"""The bundled demo: pinned weight files, their loaders, the demo sampler and extractor.
+"""The bundled demo: pinned weight files, their loaders, the demo samplers and extractor.
 
 Weights ship inside the package (``diffeval/demo/weights``), were produced by
 ``python -m diffeval.demo.train``, and are verified by SHA-256 and loaded with
-``torch.load(weights_only=True)`` before use. :mod:`diffeval.demo.plugin` registers
-the sampler factory (``demo``) and the extractor (``demo-digits``) defined here.
+``torch.load(weights_only=True)`` before use: ``denoiser.pt`` (eps-prediction on the cosine schedule),
+``flow.pt`` (flow matching: the velocity ``eps - x0`` on the path ``(1 - t) x0 + t eps``, the same U-Net) and
+``classifier.pt``. :mod:`diffeval.demo.plugin` registers the sampler factories (``demo``, ``demo-flow``) and the
+extractor (``demo-digits``) defined here.
 """
 
 from __future__ import annotations
@@ -30,17 +32,24 @@ __all__ = [
     "IMAGE_SHAPE",
     "weight_path",
     "load_denoiser",
+    "load_flow_model",
     "load_classifier",
     "demo_sampler",
+    "flow_sampler",
+    "FLOW_SCHEDULE",
+    "FLOW_PREDICTION",
     "DigitsFeatureExtractor",
 ]
 
 WEIGHTS_SHA256 = {
     "denoiser.pt": "f2667ba1881786400d5620a182b299287117037175b05fdffa88a59b3cd6fafa",
     "classifier.pt": "0584c806c071969ca3d7ef62ca1a15a9b6369d32e7fe94be63afb4a0867d09e5",
+    "flow.pt": "cb647ae78fdc72e3fe70539dc2f863904b9c5ecec10ec983d17fc0f94aa40b8f",
 }
 DEMO_SCHEDULE = "cosine"
 DEMO_PREDICTION = "eps"
+FLOW_SCHEDULE = "flow"  # rectified flow, t = i / 1000, no shift: what flow.pt was trained on (t ~ U(0, 1])
+FLOW_PREDICTION = "flow"
 IMAGE_SHAPE = (1, 8, 8)
 _FIX = (
     "reinstall diffeval (the bundled file is damaged), or retrain with `python -m diffeval.demo.train` and update"
@@ -62,6 +71,17 @@ def load_denoiser(
     """
     file = weight_path("denoiser.pt") if path is None else Path(path)
     digest = WEIGHTS_SHA256["denoiser.pt"] if path is None else sha256
+    model = DigitsDenoiser()
+    model.load_state_dict(load_state_dict(file, digest, _FIX))
+    return model.to(device).eval()
+
+
+def load_flow_model(
+    path: str | Path | None = None, sha256: str | None = None, device: str | torch.device = "cpu"
+) -> DigitsDenoiser:
+    """The trained demo flow model (velocity ``eps - x0`` on the flow path, time input ``1000 t``), hash-verified."""
+    file = weight_path("flow.pt") if path is None else Path(path)
+    digest = WEIGHTS_SHA256["flow.pt"] if path is None else sha256
     model = DigitsDenoiser()
     model.load_state_dict(load_state_dict(file, digest, _FIX))
     return model.to(device).eval()
@@ -132,6 +152,29 @@ def demo_sampler(
         **knobs,
     )
     return sampler if output == "signed" else MisScaledOutput(sampler, output)
+
+
+def flow_sampler(
+    steps: int = 50,
+    device: str | torch.device = "cpu",
+    model: torch.nn.Module | None = None,
+    shift: float = 1.0,
+    **knobs: object,
+) -> GeneralizedSampler:
+    """The generalized sampler over the bundled flow model (or ``model``): ``prediction = 'flow'`` on the ``flow``
+    schedule, so its deterministic step (eta = 0) is the Euler step of the flow ODE, ``z_s = z_t + (s - t) u``.
+
+    ``shift`` samples on a shifted grid (the model was trained without one: a check of a wrongly declared shift).
+    """
+    net = load_flow_model(device=device) if model is None else model.to(device).eval()
+    return GeneralizedSampler(
+        net,
+        schedules.get(FLOW_SCHEDULE, shift=shift),
+        prediction=FLOW_PREDICTION,
+        steps=steps,
+        image_shape=IMAGE_SHAPE,
+        **knobs,
+    )
 
 
 class DigitsFeatureExtractor:

@@ -1,11 +1,12 @@
 """The demo as a plugin: registers what the bundled demo brings, through the same registries any plugin uses.
 
-- sampler factories ``demo`` (the generalized sampler over the bundled denoiser) and ``demo-gaussian``
-  (over the exact denoiser of a Gaussian fit of the digits: a continuous-time model);
+- sampler factories ``demo`` (the generalized sampler over the bundled denoiser), ``demo-flow`` (over the
+  bundled flow-matching model) and ``demo-gaussian`` (over the exact denoiser of a Gaussian fit of the digits: a
+  continuous-time model);
 - data set ``digits`` (``digits``, ``digits:train``, ``digits:test``);
 - feature extractor ``demo-digits`` (the bundled classifier's 64-d features and logits);
-- named configs ``demo`` (``demo.toml``: ``diffeval run demo``), ``demo-gaussian`` (``gaussian.toml``) and
-  ``s2n`` (``s2n.toml``: the S2N (gamma, delta) experiment);
+- named configs ``demo`` (``demo.toml``: ``diffeval run demo``), ``flow`` (``flow.toml``: ``diffeval run flow``),
+  ``demo-gaussian`` (``gaussian.toml``) and ``s2n`` (``s2n.toml``: the S2N (gamma, delta) experiment);
 - command ``diffeval demo``.
 
 It is loaded through the ``diffeval.plugins`` entry point (``pyproject.toml``); no module
@@ -30,6 +31,12 @@ def _sampler(**kwargs: Any) -> Any:
     from diffeval.demo.bundle import demo_sampler
 
     return demo_sampler(**kwargs)
+
+
+def _flow(**kwargs: Any) -> Any:
+    from diffeval.demo.bundle import flow_sampler
+
+    return flow_sampler(**kwargs)
 
 
 def _gaussian(**kwargs: Any) -> Any:
@@ -70,10 +77,12 @@ def _command(args: Any) -> int:
 
 
 SAMPLER_FACTORIES.register("demo", _sampler)
+SAMPLER_FACTORIES.register("demo-flow", _flow)
 SAMPLER_FACTORIES.register("demo-gaussian", _gaussian)
 DATASETS.register("digits", _digits)
 EXTRACTORS.register("demo-digits", _extractor)
 CONFIGS.register("demo", _config_path())
+CONFIGS.register("flow", _config_path("flow.toml"))
 CONFIGS.register("demo-gaussian", _config_path("gaussian.toml"))
 CONFIGS.register("s2n", _config_path("s2n.toml"))
 COMMANDS.register("demo", Command("run the whole job on the bundled digits model (offline)", _add_arguments, _command))

@@ -33,8 +33,8 @@ path), and a model input is ``z_path = z_vp * path_scale`` with ``path_scale = p
     >>> f = flow(T=4)
     >>> [round(float(a), 3) for a in f.path_alpha], [round(float(s), 3) for s in f.path_sigma]
     ([0.75, 0.5, 0.25, 0.0], [0.25, 0.5, 0.75, 1.0])
-    >>> round(float(flow(T=4, shift=3.0).path_sigma[0]), 4)  # SD3's shift: t' = s t / (1 + (s - 1) t)
-    0.5
+    >>> round(float(flow(T=10, shift=3.0).path_sigma[0]), 4)  # SD3's shift: t' = s t / (1 + (s - 1) t)
+    0.25
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ __all__ = [
     "from_alphas_cumprod",
     "from_log_snr",
     "from_diffusers_config",
+    "is_flow_config",
+    "START_MIN_LOG_SNR",
     "flow",
     "flow_shift_mu",
     "from_flow_sigmas",
@@ -74,6 +76,7 @@ __all__ = [
 
 SPACINGS = ("linspace", "leading", "trailing")
 PATHS = ("vp", "flow")
+START_MIN_LOG_SNR = 0.0  # a schedule whose first step is not signal-dominated does not start at data
 
 PRESETS: Registry[Schedule] = Registry("schedule")
 
@@ -118,6 +121,21 @@ def _validate_log_snr(log_snr: torch.Tensor, name: str) -> None:
                 expected="finite log-SNR everywhere except an explicit zero-terminal-SNR end (-inf at t=T)",
                 got=f"{float(log_snr[i])} at t={i + 1}",
                 fix="clip the betas into (0, 1) before the last step, or use rescale_zero_terminal_snr()",
+            )
+        )
+    if not float(log_snr[0]) > START_MIN_LOG_SNR:
+        raise ScheduleError(
+            explain(
+                f"schedule {name!r} does not start at data",
+                expected=(
+                    f"log-SNR > {START_MIN_LOG_SNR:g} at t=1 (alpha_1 > sigma_1: the cleanest step is mostly signal;"
+                    " real schedules start near alpha = 1, sigma = 0, log-SNR 7 to 14)"
+                ),
+                got=f"log-SNR {float(log_snr[0]):.6g} at t=1 (alpha^2 = {float(torch.sigmoid(log_snr[0])):.4g})",
+                fix=(
+                    "pass the whole training schedule ordered from clean (t=1) to noisy (t=T); a flow path's t = 0 is"
+                    " data and t = 1 noise (schedules.flow, from_flow_sigmas)"
+                ),
             )
         )
     if log_snr.numel() > 1:
@@ -462,6 +480,15 @@ def flow(
             raise ScheduleError(
                 explain("invalid mu", expected="a finite number (the shift is exp(mu))", got=repr(mu), fix="mu = 0.5")
             )
+        if shift != 1.0:
+            raise ScheduleError(
+                explain(
+                    "shift with dynamic shifting",
+                    expected="either a fixed shift or dynamic shifting (whose shift is exp(mu))",
+                    got=f"shift={shift!r}, use_dynamic_shifting=True, mu={mu!r}",
+                    fix="drop shift (diffusers ignores it under dynamic shifting), or turn dynamic shifting off",
+                )
+            )
         s = math.exp(float(mu))
     else:
         if mu is not None:
@@ -534,15 +561,24 @@ _DIFFUSERS_KEYS = {
 }
 
 
-def from_diffusers_config(config: Mapping[str, object]) -> Schedule:
+def from_diffusers_config(config: Mapping[str, object], mu: float | None = None) -> Schedule:
     """A schedule from a diffusers scheduler config (``scheduler.config`` or its JSON as a dict).
 
     Reads ``num_train_timesteps``, ``beta_start``, ``beta_end``, ``beta_schedule``
     (linear, scaled_linear, squaredcos_cap_v2), ``trained_betas`` and
     ``rescale_betas_zero_snr``; other keys (prediction_type, clip_sample, ...) describe
-    the sampler, not the schedule, and are ignored here.
+    the sampler, not the schedule, and are ignored here. A flow-matching scheduler's config
+    (``_class_name`` ``FlowMatch...``, or ``shift`` / ``use_dynamic_shifting`` without betas) gives the
+    :func:`flow` path with its ``shift``, or with dynamic shifting the shift ``exp(mu)`` (``mu`` is required then:
+    diffusers computes it per image size, :func:`flow_shift_mu`).
     """
     T = int(config.get("num_train_timesteps", 1000))
+    if is_flow_config(config):
+        if config.get("use_dynamic_shifting", False):
+            return flow(T, use_dynamic_shifting=True, mu=mu)
+        if mu is not None:
+            flow(T, mu=mu)  # refused: mu without dynamic shifting
+        return flow(T, shift=config.get("shift", 1.0))  # type: ignore[arg-type]
     trained = config.get("trained_betas")
     kind = config.get("beta_schedule", "linear")
     if trained is not None:
@@ -565,6 +601,14 @@ def from_diffusers_config(config: Mapping[str, object]) -> Schedule:
     if config.get("rescale_betas_zero_snr", False):
         schedule = rescale_zero_terminal_snr(schedule)
     return schedule
+
+
+def is_flow_config(config: Mapping[str, object]) -> bool:
+    """A flow-matching scheduler's config: its class is ``FlowMatch...``, or it states a flow shift and no betas."""
+    cls = str(config.get("_class_name", ""))
+    if cls:
+        return cls.startswith("FlowMatch")
+    return ("shift" in config or "use_dynamic_shifting" in config) and "beta_schedule" not in config
 
 
 def sampling_indices(T: int, steps: int, spacing: str = "trailing") -> torch.Tensor:
@@ -598,5 +642,5 @@ def sampling_indices(T: int, steps: int, spacing: str = "trailing") -> torch.Ten
 
 
 def get(name: str, **kwargs: object) -> Schedule:
-    """A preset schedule by name (``linear``, ``cosine``, ``scaled_linear``, ``vdm``, ``edm``)."""
+    """A preset schedule by name (``linear``, ``cosine``, ``scaled_linear``, ``vdm``, ``edm``, ``flow``)."""
     return PRESETS.create(name, **kwargs)

@@ -75,6 +75,8 @@ class ScheduleSpec:
     prediction: str | None = None
     steps: int | None = None
     spacing: str | None = None
+    shift: float | None = None
+    mu: float | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,8 @@ SCHEDULE_OPTIONS = (
     Option("prediction", str, None, "what the model predicts", choices=PREDICTIONS, nullable=True),
     Option("steps", int, None, "sampling steps (with spacing: the first step is checked)", minimum=1, nullable=True),
     Option("spacing", str, None, "timestep spacing", choices=SPACINGS, nullable=True),
+    Option("shift", float, None, "flow preset: the time shift s (SD3: 3.0)", nullable=True),
+    Option("mu", float, None, "flow: dynamic shifting's mu (shift = exp(mu); Flux, SD3.5)", nullable=True),
 )
 COND_OPTIONS = (
     Option("labels", str, None, "a class-label rule", choices=COND_LABEL_RULES, nullable=True),

@@ -29,6 +29,8 @@ def diagnose_config(
     data: str | None = None,
     preprocess: str = "signed",
     seed: int = 0,
+    shift: float | None = None,
+    mu: float | None = None,
 ) -> RunConfig:
     """The checks-only :class:`~diffeval.run.config.RunConfig` for the ``diagnose`` options (paths relative to the
     working folder).
@@ -41,6 +43,8 @@ def diagnose_config(
         ("prediction", prediction),
         ("steps", steps),
         ("spacing", spacing),
+        ("shift", shift),
+        ("mu", mu),
     ):
         if value is not None:
             sched[key] = value

@@ -36,7 +36,11 @@ class Subject:
 
 
 def load_schedule(
-    preset: str | None = None, alphas: str | Path | None = None, diffusers_config: str | Path | None = None
+    preset: str | None = None,
+    alphas: str | Path | None = None,
+    diffusers_config: str | Path | None = None,
+    shift: float | None = None,
+    mu: float | None = None,
 ) -> tuple[schedules.Schedule, dict[str, Any]]:
     """Exactly one of a preset name, an ``alphas_cumprod`` file (.npy, .txt, .csv) or a diffusers scheduler config
     (.json).
@@ -54,8 +58,23 @@ def load_schedule(
                 fix="pass one of them",
             )
         )
+    flow_preset = preset == "flow"
+    if (shift is not None and not flow_preset) or (mu is not None and not (flow_preset or diffusers_config)):
+        raise ConfigError(
+            explain(
+                "shift / mu apply to flow schedules only",
+                expected="shift with preset = 'flow'; mu with preset = 'flow' or a flow scheduler's config",
+                got=f"shift={shift!r}, mu={mu!r} for {preset or alphas or diffusers_config}",
+                fix="drop shift / mu, or use preset = 'flow'",
+            )
+        )
     if preset is not None:
-        return schedules.get(preset), {}
+        if not flow_preset:
+            return schedules.get(preset), {}
+        kwargs: dict[str, Any] = {} if shift is None else {"shift": shift}
+        if mu is not None:
+            kwargs.update(mu=mu, use_dynamic_shifting=True)
+        return schedules.get(preset, **kwargs), {}
     if alphas is not None:
         path = Path(alphas)
         if not path.is_file():
@@ -120,9 +139,18 @@ def load_schedule(
 _DIFFUSERS_PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 
 
+def _config_prediction(config: dict[str, Any]) -> str | None:
+    """The prediction type a diffusers scheduler config states (flow-matching schedulers: the velocity, ``flow``)."""
+    if config and schedules.is_flow_config(config):
+        return "flow"
+    return _DIFFUSERS_PREDICTIONS.get(config.get("prediction_type"))
+
+
 def _schedule_subject(spec: ScheduleSpec, base_dir: Path) -> Subject:
     resolve = lambda p: None if p is None else (Path(p) if Path(p).is_absolute() else base_dir / p)  # noqa: E731
-    schedule, diffusers_cfg = load_schedule(spec.preset, resolve(spec.alphas), resolve(spec.diffusers_config))
+    schedule, diffusers_cfg = load_schedule(
+        spec.preset, resolve(spec.alphas), resolve(spec.diffusers_config), spec.shift, spec.mu
+    )
     if spec.rescale_zero_snr:
         schedule = schedules.rescale_zero_terminal_snr(schedule)
     spacing = spec.spacing or (diffusers_cfg.get("timestep_spacing") if spec.steps is not None else None)
@@ -135,7 +163,7 @@ def _schedule_subject(spec: ScheduleSpec, base_dir: Path) -> Subject:
                 fix="pass the spacing explicitly",
             )
         )
-    prediction = spec.prediction or _DIFFUSERS_PREDICTIONS.get(diffusers_cfg.get("prediction_type"))
+    prediction = spec.prediction or _config_prediction(diffusers_cfg)
     knobs = {"schedule": schedule.name, "prediction": prediction, "steps": spec.steps, "spacing": spacing}
     indices = None
     if spec.steps is not None and spacing is not None:

@@ -138,8 +138,8 @@ def visited_indices(scheduler: Any, steps: int, mu: float | None = None) -> tupl
         sigmas = torch.as_tensor(scheduler.sigmas).double()[:-1]  # drop the appended 0
         shifted = schedule_of(scheduler, mu).path_sigma  # the training grid t_i = i / T after its shift
         idx = torch.searchsorted(shifted, sigmas.clamp(max=1.0)).clamp(max=T - 1)  # the nearest grid step above
-        return tuple(int(i) for i in idx.tolist())
-    return tuple(int(t) for t in torch.as_tensor(scheduler.timesteps).long().tolist())
+        return tuple(dict.fromkeys(int(i) for i in idx.tolist()))  # Heun visits each level twice: once here
+    return tuple(dict.fromkeys(int(t) for t in torch.as_tensor(scheduler.timesteps).long().tolist()))
 
 
 def images_to_signed(images: Any) -> torch.Tensor:
@@ -178,20 +178,23 @@ class _ModelTimer:
             torch.cuda.synchronize(device)
 
     def __enter__(self) -> _ModelTimer:
-        def pre(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-            x = args[0] if args else None
-            if torch.is_tensor(x):
+        def pre(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            x = _model_input(args, kwargs)
+            if x is not None:
                 self._sync(x.device)
                 self.evals += x.shape[0] / self.batch
             self.calls.append(time.perf_counter())
 
-        def post(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            x = args[0] if args else None
-            if torch.is_tensor(x):
+        def post(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            x = _model_input(args, kwargs)
+            if x is not None:
                 self._sync(x.device)
             self.end = time.perf_counter()
 
-        self.handles = [self.module.register_forward_pre_hook(pre), self.module.register_forward_hook(post)]
+        self.handles = [
+            self.module.register_forward_pre_hook(pre, with_kwargs=True),
+            self.module.register_forward_hook(post, with_kwargs=True),
+        ]
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -202,6 +205,13 @@ class _ModelTimer:
         if not self.calls:
             return []
         return [b - a for a, b in zip(self.calls, self.calls[1:], strict=False)] + [self.end - self.calls[-1]]
+
+
+def _model_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """The denoiser's input batch: its first positional argument, or ``sample`` / ``hidden_states`` when the pipeline
+    passes it by keyword (SD3's and Flux's transformers)."""
+    x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+    return x if torch.is_tensor(x) else None
 
 
 def _accepts(fn: Callable[..., Any], name: str) -> bool:
@@ -271,6 +281,18 @@ def _declared_shape(given: Sequence[int] | None, model: Any) -> tuple[int, ...] 
     return shape
 
 
+def _latent_shape(pipeline: Any, kwargs: dict[str, Any], shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """The latent ``(C, H, W)`` for a pipeline called with ``height`` / ``width`` (image pixels / the VAE's scale
+    factor): the noise the harness draws, and the token count dynamic shifting reads (Flux, SD3.5)."""
+    factor = getattr(pipeline, "vae_scale_factor", None)
+    height, width = kwargs.get("height"), kwargs.get("width")
+    if shape is None or not isinstance(factor, int) or factor < 1:
+        return shape
+    if not (isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0):
+        return shape
+    return (shape[0], height // factor, width // factor)
+
+
 class DiffusersPipelineSampler:
     """A diffusers pipeline (``DDPMPipeline``, ``DDIMPipeline``, ``StableDiffusionPipeline``, ...) as a sampler.
 
@@ -325,7 +347,10 @@ class DiffusersPipelineSampler:
         self.text_to_image = _accepts(call, "prompt")
         self.takes_latents = _accepts(call, "latents")
         self.denoiser = getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
-        self.image_shape = _declared_shape(image_shape, self.denoiser)  # default: the denoiser's config
+        # default: the latents the pipeline's height/width ask for, else the denoiser's config
+        self.image_shape = _declared_shape(image_shape, self.denoiser)
+        if image_shape is None:
+            self.image_shape = _latent_shape(pipeline, pipeline_kwargs, self.image_shape)
         patch = getattr(getattr(self.denoiser, "config", None), "patch_size", 1)
         self.mu = flow_mu(pipeline.scheduler, self.image_shape, patch if isinstance(patch, int) and patch > 0 else 1)
         self.schedule = schedule_of(pipeline.scheduler, self.mu)

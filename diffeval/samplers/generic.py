@@ -1,4 +1,4 @@
-"""The generalized DDPM/DDIM sampler over any eps-, x0- or v-prediction model, with the S2N family.
+"""The generalized DDPM/DDIM sampler over any eps-, x0-, v- or flow-prediction model, with the S2N family.
 
 One step from noise level t to s < t, in log-SNR terms (``lambda = log(alpha^2 / sigma^2)``,
 ``h = lambda_s - lambda_t > 0``; x0_hat and eps_hat from the model at t)::
@@ -8,23 +8,40 @@ One step from noise level t to s < t, in log-SNR terms (``lambda = log(alpha^2 /
     z_s     = alpha_s x0_hat + sqrt(sigma_s**2 - beta**2) eps_hat + delta beta xi,   xi ~ N(0, I)
 
 One step function serves both parameterizations. ``eta = 0`` is DDIM, ``eta = 1`` is DDPM
-ancestral sampling with the fixed-small variance. **diffeval's S2N family** (``gamma``,
-``delta``) is the exact one-step solution of the backward SDE of "Connective Viewpoints of
-Signal-to-Noise Diffusion Models" (arXiv 2408.04221) in signal-to-noise form,
-``dz = [f z - (1 + eta_sde^2) g^2 score / 2] dt + eta_sde g dw``, with the model output held
-fixed over the step and ``gamma = eta_sde^2`` (derived here; the paper's own step equation
-was not consulted, so the name is diffeval's): ``gamma`` rescales the log-SNR rate of the
-injected noise where ``eta`` rescales its amplitude. Special cases:
+ancestral sampling with the fixed-small variance.
+
+**What the S2N step is** (verified here: the coefficients below are derived and tested): the exact
+solution, over one step, of the generalized backward SDE
+``dz = [f z - (1 + tau^2) g^2 score / 2] dt + tau g dw`` with the model's ``x0_hat`` held fixed over the
+step — the first-order SA-Solver / gDDIM step with ``tau^2 = gamma``. In log-SNR terms it keeps
+``exp(-gamma h / 2)`` of the noise direction, puts ``alpha_s (1 - exp(-(1 + gamma) h / 2))`` on ``x0_hat`` and
+``sigma_s^2 (1 - exp(-gamma h))`` of fresh noise; ``delta`` scales only that fresh noise. **What is diffeval's
+own**: the name "S2N family" and the (gamma, delta) parameterization are diffeval's reconstruction after
+"Connective Viewpoints of Signal-to-Noise Diffusion Models" (arXiv 2408.04221). **Unverified**: the paper's
+own step equation was not consulted; public summaries name three knobs (gamma, rho, delta), rho being the
+backward SDE's noise level (here ``sqrt(gamma)`` plays that role), so diffeval's gamma and delta may not be the
+paper's. Special cases:
 
 - ``gamma = 0`` (delta has no effect): DDIM, the probability-flow ODE's exact exponential
-  step (Euler in EDM variables, k-diffusion ``sample_euler``);
+  step (Euler in EDM variables, k-diffusion ``sample_euler``; on a flow schedule with
+  ``prediction = 'flow'``, the Euler step of the flow ODE ``z_s = z_t + (s - t) u``);
 - ``gamma = 1, delta = 1``: the DDPM posterior q(z_s | z_t, x0_hat) exactly (= ``eta = 1``;
   k-diffusion ``sample_euler_ancestral`` in EDM variables);
 - ``gamma = inf, delta = 1``: re-noising from x0_hat, ``z_s = alpha_s x0_hat + sigma_s xi``;
-- ``delta = 0, gamma > 0``: deterministic samplers other than DDIM (the paper's
-  deterministic-mode sweep);
+- ``delta = 0, gamma > 0``: removes ``beta^2`` of noise variance per step without replacing it, so the
+  noise direction shrinks by ``exp(-gamma span(lambda) / 2)`` over the trajectory: it leaves the data
+  distribution by construction (the shipped experiment no longer spends points on it);
 - ``delta != 1``: leaves the forward marginals on purpose (too little or too much fresh
   noise, like EDM's ``s_noise``): z_s's variance is no longer alpha_s^2 Var(x0) + sigma_s^2.
+
+On a zero-terminal-SNR schedule (every flow schedule) the first step starts at ``lambda = -inf``:
+``gamma = 0`` is DDIM bit for bit there, while any ``gamma > 0`` re-draws all of ``sigma_s`` as fresh noise
+on that step (``h = inf``), so the family is discontinuous at ``gamma = 0`` on such schedules.
+
+Flow models (``prediction = 'flow'``, the velocity ``u = eps - x0``, on a ``flow`` schedule) run directly:
+the model sees its own path's ``z = (1 - t) x0 + t eps`` (``z_vp / (alpha + sigma)``), and because the flow
+path is linear in t, the deterministic step with ``x0_hat``, ``eps_hat`` held fixed *is* Euler in t —
+the identity behind the equality with diffusers' ``FlowMatchEulerDiscreteScheduler`` on the same grid.
 
 ``churn`` adds EDM's stochasticity (Karras et al. 2022, Alg. 2): before a
 step the noise level is raised from ``sigma_t`` to ``sigma_hat = sigma_t (1 + gamma)``
@@ -81,7 +98,7 @@ def _path_at(path: str, lam: float, alpha: float, sigma: float) -> tuple[float, 
 # The sampler's knobs, declared once: the constructor validates them (types, bounds, choices, "did you mean"), and
 # describe().knobs, replace() and sweeps read the same list.
 KNOBS: tuple[Option, ...] = (
-    Option("prediction", str, "eps", "what the model predicts: eps, x0 or v"),
+    Option("prediction", str, "eps", "what the model predicts: eps, x0, v or flow (the velocity eps - x0)"),
     Option("steps", int, 50, "number of sampling steps (1..T)", minimum=1),
     Option("eta", float, 0.0, "DDIM stochasticity: 0 = DDIM, 1 = DDPM ancestral", minimum=0.0, maximum=1.0),
     Option(
@@ -119,7 +136,8 @@ class GeneralizedSampler:
             condition is given); ``t`` is a float tensor (N,) in the schedule's model
             time convention (``schedule.model_times``).
         schedule: the training schedule.
-        prediction: what the model predicts: ``eps``, ``x0`` or ``v``.
+        prediction: what the model predicts: ``eps``, ``x0``, ``v`` or ``flow`` (the velocity
+            ``eps - x0`` of flow matching; use a ``flow`` schedule).
         steps: number of sampling steps (1..T).
         eta: DDIM stochasticity in [0, 1].
         gamma: S2N log-SNR rate of the injected noise, >= 0 (``inf`` allowed: re-noising);
