@@ -78,14 +78,17 @@ def _stats_of(
 Input = Any  # a path or data set name (str, Path), a uint8 NCHW tensor (or float with value_range), FeatureMoments
 
 
-def _source(spec: Input, value_range: str | None, who: str, stats_n: int | None = None) -> ImageSource | FeatureMoments:
-    """A spec, images in memory or statistics, as a source (or the statistics themselves)."""
+def _source(
+    spec: Input, value_range: str | None, who: str, stats_n: int | None = None, count_option: str | None = None
+) -> ImageSource | FeatureMoments:
+    """A spec, images in memory or statistics, as a source (or the statistics themselves); ``count_option`` names the
+    option that gives a statistics file without a count its count."""
     if torch.is_tensor(spec):
         images, _, _ = images_to_uint8(spec, value_range, who)
         return TensorSource(images.cpu(), name=f"{images.shape[0]} images in memory")
     if isinstance(spec, FeatureMoments):
         return spec
-    return open_source(spec, stats_n=stats_n)
+    return open_source(spec, stats_n=stats_n, **({} if count_option is None else {"count_option": count_option}))
 
 
 def _images(spec: Input, value_range: str | None, who: str) -> ImageSource:
@@ -104,6 +107,17 @@ def _images(spec: Input, value_range: str | None, who: str) -> ImageSource:
     return open_images(spec, who=who)
 
 
+def _fid_dim(features: str, weights: str | None, device: str) -> int | None:
+    """The dimension of the extractor's FID layer (for the unmatched-count message); None when it cannot be built."""
+    from diffeval.core.errors import DiffevalError
+
+    try:
+        extractor = _extractor(features, weights, device)
+        return int(extractor.layers[choose_layer(extractor, None, "fid")])
+    except (DiffevalError, OSError, KeyError):
+        return None
+
+
 def _name(spec: Input, source: Any) -> str:
     return str(spec) if isinstance(spec, (str, Path)) else getattr(source, "name", type(spec).__name__)
 
@@ -116,6 +130,7 @@ def fid_between(
     weights: str | None = None,
     n: int | None = None,
     ref_n: int | None = None,
+    gen_n: int | None = None,
     device: str = "cpu",
     allow_unmatched: bool = False,
     seed: int = 0,
@@ -125,21 +140,25 @@ def fid_between(
 ) -> dict[str, Any]:
     """FID between two inputs (image folder, .npz images, .npz statistics or a data set), at matched counts.
 
-    Counts are checked first (``ref_n``: the count behind a reference statistics file that records none);
-    statistics are checked against the extractor's feature space (weights, layer, resize) before any
-    image is read.
+    Counts are checked first (``ref_n`` / ``gen_n``: the count behind a reference / generated statistics file
+    that records none, as pytorch-fid and clean-fid files do); statistics are checked against the extractor's
+    feature space (weights, layer, resize) before any image is read.
     """
-    gen_input = _source(gen, value_range, "the generated images")
-    ref_input = _source(ref, value_range, "the reference", stats_n=ref_n)
-    if ref_n is not None and not isinstance(ref_input, FeatureMoments):
-        raise InputError(
-            explain(
-                f"--ref-n {ref_n} applies only to reference statistics",
-                expected="a statistics .npz that records no sample count",
-                got=f"images: {ref}",
-                fix="drop --ref-n (the images are counted)",
+    gen_input = _source(gen, value_range, "the generated images", stats_n=gen_n, count_option="--gen-n N (gen_n=)")
+    ref_input = _source(ref, value_range, "the reference", stats_n=ref_n, count_option="--ref-n N (ref_n=)")
+    for flag, count, side, given, which in (
+        ("--ref-n", ref_n, ref_input, ref, "reference"),
+        ("--gen-n", gen_n, gen_input, gen, "generated"),
+    ):
+        if count is not None and not isinstance(side, FeatureMoments):
+            raise InputError(
+                explain(
+                    f"{flag} {count} applies only to {which} statistics",
+                    expected="a statistics .npz that records no sample count",
+                    got=f"images: {given}",
+                    fix=f"drop {flag} (the images are counted)",
+                )
             )
-        )
     if isinstance(gen_input, FeatureMoments):
         if n is not None and n != gen_input.n:
             raise InputError(
@@ -166,7 +185,8 @@ def fid_between(
     n_ref_available = ref_input.n if exact else len(ref_input)
     if (n_ref_available != n_gen if exact else n_ref_available < n_gen) and not allow_unmatched:
         dims = [x.dim for x in (gen_input, ref_input) if isinstance(x, FeatureMoments)]
-        raise InputError(unmatched_message(n_gen, n_ref_available, (dims[0] if dims else 2048) or 0))
+        dim = dims[0] if dims else _fid_dim(features, weights, device)
+        raise InputError(unmatched_message(n_gen, n_ref_available, dim))
     need_images = not (isinstance(gen_input, FeatureMoments) and isinstance(ref_input, FeatureMoments))
     if need_images:
         extractor = _extractor(features, weights, device)

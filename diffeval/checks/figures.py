@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffeval.core.files import save_figure
 from diffeval.diffusion.schedules import Schedule
 
 __all__ = ["pyplot", "LogSnrBands", "plot_log_snr", "plot_xt_histogram", "plot_qq"]
@@ -83,7 +84,7 @@ def plot_log_snr(
     ax.legend(fontsize=7, loc="upper right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)
 
@@ -110,7 +111,7 @@ def plot_xt_histogram(x_T: torch.Tensor, path: str | Path, title: str = "x_T aga
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)
 
@@ -135,6 +136,6 @@ def plot_qq(x_T: torch.Tensor, path: str | Path) -> Path:  # noqa: N803
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)

@@ -16,10 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from diffeval.cli.main import COMMANDS, Command, positive_int
+from diffeval.cli.main import COMMANDS, Command, _int_at_least, positive_int
 from diffeval.core.errors import ConfigError, ExitCode, explain
 
 __all__ = ["BUILTIN", "printed", "print_result"]
+
+blocks_int = _int_at_least(2)  # --blocks: a jackknife needs two seed blocks (0 or 1 would drop the standard error)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -81,6 +83,12 @@ def _fid_args(p: argparse.ArgumentParser, pos: Any, nonneg: Any) -> None:
         default=None,
         help="images behind a reference statistics file that records no count (pytorch-fid, clean-fid, EDM files)",
     )
+    p.add_argument(
+        "--gen-n",
+        type=pos,
+        default=None,
+        help="images behind a generated statistics file that records no count (pytorch-fid, clean-fid files)",
+    )
     p.add_argument("--seed", type=nonneg, default=0, help="seed of the subsets")
     p.add_argument(
         "--allow-unmatched", action="store_true", help="compute even if the counts differ (the output says so)"
@@ -93,7 +101,7 @@ def _kid_args(p: argparse.ArgumentParser, pos: Any, nonneg: Any) -> None:
     _features(p)
     p.add_argument("--subsets", type=pos, default=100, help="random subsets")
     p.add_argument("--subset-size", type=pos, default=1000, help="rows per subset (shrinks to the smaller set)")
-    p.add_argument("--blocks", type=nonneg, default=10, help="blocks of the jackknife standard error (0: none)")
+    p.add_argument("--blocks", type=blocks_int, default=10, help="seed blocks of the jackknife standard error (>= 2)")
 
 
 def _cmmd_args(p: argparse.ArgumentParser, pos: Any, nonneg: Any) -> None:
@@ -105,7 +113,7 @@ def _cmmd_args(p: argparse.ArgumentParser, pos: Any, nonneg: Any) -> None:
     p.add_argument("--pretrained", default="openai", help="open_clip weights tag")
     p.add_argument("--weights", default=None, help="explicit CLIP checkpoint file (takes the place of --pretrained)")
     p.add_argument("--estimator", default="min-variance", choices=ESTIMATORS, help="MMD estimator")
-    p.add_argument("--blocks", type=nonneg, default=10, help="seed blocks of the jackknife standard error (0: none)")
+    p.add_argument("--blocks", type=blocks_int, default=10, help="seed blocks of the jackknife standard error (>= 2)")
     _common(p)
 
 
@@ -115,7 +123,7 @@ def _prdc_args(p: argparse.ArgumentParser, pos: Any, nonneg: Any) -> None:
     _features(p)
     p.add_argument("--k-pr", type=pos, default=3, help="nearest neighbours for precision and recall")
     p.add_argument("--k-dc", type=pos, default=5, help="nearest neighbours for density and coverage")
-    p.add_argument("--blocks", type=nonneg, default=10, help="seed blocks of the jackknife standard errors (0: none)")
+    p.add_argument("--blocks", type=blocks_int, default=10, help="seed blocks of the jackknife standard errors (>= 2)")
     p.add_argument(
         "--save-reference", default=None, help="save the reference features and their k-NN radii to this .npz"
     )
@@ -203,7 +211,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from diffeval.engine.distributed import init_from_env
     from diffeval.run.config import load_config
-    from diffeval.run.runner import run_config
+    from diffeval.run.runner import default_out, run_config
 
     w = init_from_env()  # under torchrun: join the process group (NCCL on GPUs, gloo on CPUs)
     cfg = load_config(args.config)
@@ -218,7 +226,7 @@ def _run(args: argparse.Namespace) -> int:
                 fix="drop --out (a resumed run writes into the folder it continues)",
             )
         )
-    out = args.resume if args.resume is not None else args.out if args.out is not None else Path("runs") / cfg.name
+    out = args.resume if args.resume is not None else args.out if args.out is not None else default_out(cfg.name)
     progress = False if args.no_progress else None  # None: a bar when stderr is a terminal
     outcome = run_config(cfg, out, progress=progress, resume=args.resume is not None)
     return ExitCode.OK if w.rank != 0 else _finish_run(outcome, "run")

@@ -19,7 +19,7 @@ from typing import Any
 from diffeval.core import signals
 from diffeval.core.errors import DiffevalError, ExitCode, exit_code_for
 from diffeval.core.log import cli_handler
-from diffeval.core.registry import Registry
+from diffeval.core.registry import Registry, require_plugins
 
 __all__ = ["main", "build_parser", "COMMANDS", "Command", "positive_int", "non_negative_int"]
 
@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a subcommand; returns its exit code (0 pass, 1 regression / failed check, 2 error, 130 interrupted)."""
     cli_handler()  # library notes (conversions, caveats, retries) as one `diffeval: ...` line each on stderr
+    try:
+        require_plugins()  # a module $DIFFEVAL_PLUGINS names must load: never run without what was asked for
+    except DiffevalError as error:
+        print(f"diffeval: error: {error}", file=sys.stderr)
+        return int(ExitCode.ERROR)
     parser = build_parser()
     args = parser.parse_args(argv)
     signals.install()  # SIGTERM: stop at the next batch boundary, like Ctrl-C

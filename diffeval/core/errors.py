@@ -23,6 +23,7 @@ __all__ = [
     "WeightsError",
     "InputError",
     "ConfigError",
+    "OutputError",
     "CheckFailed",
     "DiffevalWarning",
     "ExitCode",
@@ -67,6 +68,11 @@ class InputError(DiffevalError):
 
 class ConfigError(DiffevalError):
     """A configuration names an unknown option or value."""
+
+
+class OutputError(DiffevalError):
+    """An output (report, statistics, figure, checkpoint, lock) could not be written, or its folder is taken; the
+    message says which file, why (a full disk names the folder and the bytes needed) and what was left as it was."""
 
 
 class CheckFailed(DiffevalError):

@@ -9,6 +9,11 @@ every registry loads the installed *plugins* then: modules named by the entry-po
 group ``diffeval.plugins`` (and by ``$DIFFEVAL_PLUGINS``, comma-separated, for code
 that is not installed). A plugin registers its things when imported — the bundled demo
 is one (``diffeval/demo/plugin.py``); no core module imports it.
+
+Plugins are code: importing one runs it with your rights (as a config's ``factory`` does). A module named
+in ``$DIFFEVAL_PLUGINS`` that fails to import is an error of every ``diffeval`` command
+(:func:`require_plugins`, exit 2); an installed entry point that fails is a note, and any lookup that
+misses names it.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any, Generic, TypeVar
 from diffeval.core.errors import ConfigError, explain
 from diffeval.core.log import note
 
-__all__ = ["Registry", "load_plugins", "PLUGIN_GROUP", "PLUGINS_ENV"]
+__all__ = ["Registry", "load_plugins", "require_plugins", "PLUGIN_GROUP", "PLUGINS_ENV"]
 
 T = TypeVar("T")
 PLUGIN_GROUP = "diffeval.plugins"
@@ -31,6 +36,7 @@ PLUGINS_ENV = "DIFFEVAL_PLUGINS"
 
 _plugins_loaded = False
 _plugin_failures: dict[str, str] = {}
+_env_plugins: list[str] = []  # the modules $DIFFEVAL_PLUGINS named
 
 
 def load_plugins() -> dict[str, str]:
@@ -47,7 +53,8 @@ def load_plugins() -> dict[str, str]:
     from importlib.metadata import entry_points
 
     names = [ep.value for ep in entry_points(group=PLUGIN_GROUP)]
-    names += [n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(",") if n.strip()]
+    _env_plugins[:] = [n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(",") if n.strip()]
+    names += _env_plugins
     for module in dict.fromkeys(names):
         try:
             importlib.import_module(module.split(":", 1)[0])
@@ -55,6 +62,22 @@ def load_plugins() -> dict[str, str]:
             _plugin_failures[module] = f"{type(error).__name__}: {error}"
             note(f"plugin {module!r} failed to load: {type(error).__name__}: {error}")
     return _plugin_failures
+
+
+def require_plugins() -> None:
+    """Load the plugins; a module named in ``$DIFFEVAL_PLUGINS`` that failed to import is a :class:`ConfigError`
+    (asked for by name, so running without it would quietly run something else)."""
+    failures = load_plugins()
+    failed = {m: failures[m] for m in _env_plugins if m in failures}
+    if failed:
+        raise ConfigError(
+            explain(
+                f"${PLUGINS_ENV} names module(s) that failed to import: {', '.join(map(repr, failed))}",
+                expected="importable modules (comma-separated), each registering its plugins",
+                got="; ".join(f"{m}: {e}" for m, e in failed.items()),
+                fix=f"install the module or put it on PYTHONPATH, correct its name, or unset ${PLUGINS_ENV}",
+            )
+        )
 
 
 class Registry(Generic[T]):

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from diffeval.core.errors import ConfigError, InputError, explain
+from diffeval.core.files import save_image
 from diffeval.core.quantize import quantize
 
 __all__ = ["make_grid", "save_grid", "match_channels", "images_to_uint8", "VALUE_RANGES"]
@@ -43,8 +44,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, s
 
     grid = make_grid(images.cpu(), nrow=nrow, scale=scale).numpy()
     mode = "L" if grid.shape[2] == 1 else "RGB"
-    Image.fromarray(grid[:, :, 0] if mode == "L" else grid, mode=mode).save(Path(path))
-    return Path(path)
+    return save_image(Image.fromarray(grid[:, :, 0] if mode == "L" else grid, mode=mode), Path(path))  # atomic
 
 
 def match_channels(images: torch.Tensor, channels: int, who: str) -> torch.Tensor:

@@ -12,6 +12,8 @@ base folder (a config's folder).
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -21,9 +23,10 @@ import torch
 
 from diffeval.core.errors import InputError, explain
 from diffeval.core.log import note
+from diffeval.core.npz import npz_headers, read_npz
 from diffeval.core.quantize import to_uint8
 from diffeval.core.registry import Registry
-from diffeval.stats.moments import FeatureMoments
+from diffeval.stats.moments import COUNT_OPTION, FeatureMoments
 
 __all__ = [
     "ImageSource",
@@ -37,12 +40,54 @@ __all__ = [
     "read_prompts",
     "iter_batches",
     "IMAGE_SUFFIXES",
+    "MAX_IMAGE_PIXELS",
+    "PIXELS_ENV",
+    "max_image_pixels",
     "seeded_subset",
 ]
 
 DATASETS: Registry[Any] = Registry("data set")  # name -> opener(split: str | None) -> ImageSource
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")  # any case
+MAX_IMAGE_PIXELS = 4096 * 4096  # width x height of one image file, checked from its header before decoding
+PIXELS_ENV = "DIFFEVAL_MAX_IMAGE_PIXELS"  # overrides MAX_IMAGE_PIXELS
+
+
+def max_image_pixels() -> int:
+    """The largest image (width x height) a folder may hold: ``$DIFFEVAL_MAX_IMAGE_PIXELS``, else
+    :data:`MAX_IMAGE_PIXELS` (16.8 M: 4096 x 4096; a batch of 64 RGB images at the cap is 3.2 GB decoded)."""
+    text = os.environ.get(PIXELS_ENV, "").strip()
+    if not text:
+        return MAX_IMAGE_PIXELS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InputError(
+            explain(
+                f"${PIXELS_ENV} is not a pixel count",
+                expected="a positive integer (width x height of the largest image allowed)",
+                got=repr(text),
+                fix=f"unset it (default {MAX_IMAGE_PIXELS:,}) or set e.g. {PIXELS_ENV}={8192 * 8192}",
+            )
+        )
+    return value
+
+
+def _too_large(file: Path, got: str, cap: int) -> InputError:
+    return InputError(
+        explain(
+            f"image {file} is too large to decode",
+            expected=f"at most {cap:,} pixels per image (${PIXELS_ENV}, default {MAX_IMAGE_PIXELS:,} = 4096 x 4096)",
+            got=got,
+            fix=(
+                f"resize the images first, or raise ${PIXELS_ENV} if the size is real (every batch decodes"
+                " batch_size such images at once; beyond PIL's own limit, PIL.Image.MAX_IMAGE_PIXELS must be raised"
+                " too)"
+            ),
+        )
+    )
 
 
 @runtime_checkable
@@ -76,17 +121,17 @@ class NpzImageSource:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.name = str(self.path)
-        with np.load(self.path, allow_pickle=False) as data:
-            array = data["arr_0"]
-        if array.dtype != np.uint8 or array.ndim not in (3, 4):
+        header = npz_headers(self.path, "image batch").get("arr_0")
+        if header is None or header.dtype != np.uint8 or len(header.shape) not in (3, 4):
             raise InputError(
                 explain(
                     f"{path}: arr_0 is not an image batch",
                     expected="uint8 (N, H, W, C) or (N, H, W)",
-                    got=f"{array.dtype} {array.shape}",
+                    got="no arr_0" if header is None else f"{header.dtype} {header.shape}",
                     fix="save images as np.savez(path, arr_0=uint8_nhwc)",
                 )
             )
+        array = read_npz(self.path, ["arr_0"], "image batch")["arr_0"]
         if array.ndim == 3:
             array = array[..., None]
         self.images = torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
@@ -103,6 +148,15 @@ _COLOUR_MODES = ("RGB", "P", "CMYK", "YCbCr", "LAB", "HSV")  # converted to RGB 
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
+def _image_files(root: Path) -> tuple[list[Path], list[Path]]:
+    """The image files under ``root`` (recursive, sorted by path) and the symlinked folders skipped on the way."""
+    files, links = [], []
+    for folder, subfolders, names in os.walk(root):  # followlinks=False: a symlinked folder is not entered
+        links += [Path(folder, d) for d in subfolders if os.path.islink(os.path.join(folder, d))]
+        files += [Path(folder, f) for f in names if Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(files), sorted(links)
+
+
 class FolderSource:
     """Every image file under a folder (recursive, sorted by path); all must share one size.
 
@@ -110,14 +164,29 @@ class FolderSource:
     file is an error before any work. The colour mode is decided per file: a folder of
     grayscale files stays 1-channel; a folder with any colour file is read as RGB, and
     grayscale or palette files in it are converted (gray repeated to 3 channels) — stated
-    in :attr:`notes` and on stderr, never silently. Alpha channels and 16-bit or float
-    images are refused (as the ``.npz`` path refuses 4 channels), with the fix.
+    in :attr:`notes` and on stderr, never silently. Alpha channels, transparency (a palette or
+    colour key marked transparent) and 16-bit or float images are refused (as the ``.npz`` path
+    refuses 4 channels), with the fix. An image larger than :func:`max_image_pixels` is refused
+    from its header, before anything is decoded. Symlinked subfolders are not followed (they could
+    loop or leave the folder): each one skipped is said in :attr:`notes` and on stderr; symlinked
+    files are read.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.name = str(self.path)
-        self.files = sorted(p for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.max_pixels = max_image_pixels()
+        self.files, links = _image_files(self.path)
+        skipped = ""
+        if links:
+            names = ", ".join(str(link.relative_to(self.path)) for link in links[:5]) + (
+                ", ..." if len(links) > 5 else ""
+            )
+            skipped = (
+                f"{self.path}: skipped {len(links)} symlinked subfolder(s) ({names}):"
+                " symlinks to folders are not followed; pass the target folder, or copy the images in"
+            )
+            note(skipped)
         if not self.files:
             raise InputError(
                 explain(
@@ -145,21 +214,26 @@ class FolderSource:
             modes.setdefault(mode, []).append(file)
         self.mode = "L" if set(modes) <= set(_GRAY_MODES) else "RGB"
         converted = {m: f for m, f in modes.items() if m != self.mode}
-        self.notes = ""
+        self.notes = skipped
         if converted:
             counts = ", ".join(f"{len(f)} {m}" for m, f in sorted(converted.items()))
-            self.notes = (
+            conversion = (
                 f"{self.path}: read as {self.mode}; converted {counts} file(s) (e.g."
                 f" {next(iter(converted.values()))[0].name})"
             )
-            note(self.notes)
+            note(conversion)
+            self.notes = "; ".join(n for n in (skipped, conversion) if n)
 
     def _header(self, file: Path) -> tuple[str, tuple[int, int]]:
         from PIL import Image, UnidentifiedImageError
 
         try:
-            with Image.open(file) as image:
-                mode, size = image.mode, image.size
+            with warnings.catch_warnings():  # the size is judged below, against max_image_pixels
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(file) as image:  # reads the header only: nothing is decoded here
+                    mode, size, transparent = image.mode, image.size, "transparency" in image.info
+        except Image.DecompressionBombError as error:
+            raise _too_large(file, f"PIL refused it: {str(error).rstrip('.')}", self.max_pixels) from None
         except (OSError, UnidentifiedImageError, ValueError) as error:
             raise InputError(
                 explain(
@@ -169,6 +243,17 @@ class FolderSource:
                     fix="remove or re-export the file",
                 )
             ) from None
+        if size[0] * size[1] > self.max_pixels:
+            raise _too_large(file, f"{size[0]} x {size[1]} = {size[0] * size[1]:,} pixels", self.max_pixels)
+        if transparent and mode not in _ALPHA_MODES:
+            raise InputError(
+                explain(
+                    f"image {file} has transparency ({mode} with a colour marked transparent)",
+                    expected="grayscale or RGB images without transparency",
+                    got=f"mode {mode} with a transparency entry",
+                    fix="drop the transparency (composite onto a background) before evaluating",
+                )
+            )
         if mode in _ALPHA_MODES:
             raise InputError(
                 explain(
@@ -201,8 +286,21 @@ class FolderSource:
         arrays = []
         for i in indices:
             try:
-                with Image.open(self.files[i]) as image:
-                    array = np.asarray(image.convert(self.mode))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    with Image.open(self.files[i]) as image:
+                        if image.size != self.size:  # changed since its header was read: never decode blind
+                            raise InputError(
+                                explain(
+                                    f"image {self.files[i]} changed while it was being read",
+                                    expected=f"{self.size[0]}x{self.size[1]}, as its header said",  # type: ignore[index]
+                                    got=f"{image.size[0]}x{image.size[1]}",
+                                    fix="do not modify the folder during an evaluation",
+                                )
+                            )
+                        array = np.asarray(image.convert(self.mode))
+            except Image.DecompressionBombError as error:
+                raise _too_large(self.files[i], f"PIL refused it: {str(error).rstrip('.')}", self.max_pixels) from None
             except OSError as error:  # a file whose header read fine but whose data is broken
                 raise InputError(
                     explain(
@@ -216,9 +314,12 @@ class FolderSource:
         return torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2).copy())
 
 
-def open_input(path: str | Path, stats_n: int | None = None) -> ImageSource | FeatureMoments:
+def open_input(
+    path: str | Path, stats_n: int | None = None, count_option: str = COUNT_OPTION
+) -> ImageSource | FeatureMoments:
     """A folder or ``.npz`` image batch as an :class:`ImageSource`, or ``.npz`` statistics as
-    :class:`FeatureMoments`.
+    :class:`FeatureMoments` (``stats_n``: their count when the file records none; ``count_option``: the option an
+    error about a missing count names). The suffix is matched in any case (``.npz``, ``.NPZ``).
     """
     path = Path(path)
     if path.is_dir():
@@ -232,7 +333,7 @@ def open_input(path: str | Path, stats_n: int | None = None) -> ImageSource | Fe
                 fix="check the path",
             )
         )
-    if path.suffix != ".npz":
+    if path.suffix.lower() != ".npz":
         raise InputError(
             explain(
                 f"unsupported input {path}",
@@ -241,22 +342,11 @@ def open_input(path: str | Path, stats_n: int | None = None) -> ImageSource | Fe
                 fix="convert it to one of those",
             )
         )
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            keys = set(data.files)
-    except (OSError, ValueError) as error:
-        raise InputError(
-            explain(
-                f"cannot read {path}",
-                expected="a NumPy .npz archive",
-                got=f"{type(error).__name__}: {error}",
-                fix="re-save the file with numpy.savez",
-            )
-        ) from None
+    keys = set(npz_headers(path, "input"))  # headers only: not a zip, object arrays, forged shapes are errors here
     if "arr_0" in keys:
         return NpzImageSource(path)
     if {"mu", "sigma"} & keys:
-        return FeatureMoments.load(path, n=stats_n)
+        return FeatureMoments.load(path, n=stats_n, count_option=count_option)
     raise InputError(
         explain(
             f"{path} holds neither images nor statistics",
@@ -268,7 +358,7 @@ def open_input(path: str | Path, stats_n: int | None = None) -> ImageSource | Fe
 
 
 def open_source(
-    spec: str | Path, base_dir: str | Path | None = None, stats_n: int | None = None
+    spec: str | Path, base_dir: str | Path | None = None, stats_n: int | None = None, count_option: str = COUNT_OPTION
 ) -> ImageSource | FeatureMoments:
     """A spec → images or statistics: an existing path (folder, .npz images, .npz statistics), else a registered data
     set
@@ -279,7 +369,7 @@ def open_source(
     if not path.is_absolute() and base_dir is not None:
         path = Path(base_dir) / path
     if path.exists():
-        return open_input(path, stats_n)
+        return open_input(path, stats_n, count_option)
     name, _, split = text.partition(":")
     if name in DATASETS:
         return DATASETS.get(name)(split or None)
@@ -293,7 +383,7 @@ def open_source(
                 fix="check the path (relative paths are resolved against the config's folder)",
             )
         )
-    return open_input(path, stats_n)
+    return open_input(path, stats_n, count_option)
 
 
 def open_images(spec: str | Path, base_dir: str | Path | None = None, who: str = "this input") -> ImageSource:
@@ -334,9 +424,14 @@ def iter_batches(
 
 
 def read_prompts(path: str | Path) -> list[str]:
-    """One prompt per line (blank lines are errors: they would silently shift the pairing)."""
+    """One prompt per line (blank lines are errors: they would silently shift the pairing).
+
+    Lines end at ``\\n`` only (a ``\\r`` before it is dropped): a caption holding U+2028, U+0085, a form feed or
+    another character that :meth:`str.splitlines` would break at stays one prompt.
+    """
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        text = Path(path).read_bytes().decode("utf-8")  # no newline translation: a lone \r is not a line end
+        lines = [line.removesuffix("\r") for line in text.split("\n")]
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(
             explain(

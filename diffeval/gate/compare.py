@@ -231,6 +231,16 @@ def _noise(b: Any, c: Any, infinity: bool, rules: GateRules) -> Noise:
     else:
         problem = pairing_problem(bd.get("pairing"), cd.get("pairing"))
         se_b, se_c = _float_or_nan(b["stderr"]), _float_or_nan(c["stderr"])
+    for se, row, side in ((se_b, b, "baseline"), (se_c, c, "candidate")):
+        if se < 0:  # a negative SE would be squared into a plausible noise level
+            raise InputError(
+                explain(
+                    f"{_where(row)}: the {side}'s standard error is negative",
+                    expected="a standard error >= 0 (or none)",
+                    got=repr(se),
+                    fix=f"regenerate the {side} report (a standard error is never negative)",
+                )
+            )
     if problem is None:
         se = paired_se(bd["pairing"], cd["pairing"])
         if math.isfinite(se):

@@ -8,7 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from diffeval.core.errors import ConfigError, DiffevalError, ExitCode, InputError, explain
+from diffeval.core.errors import ConfigError, DiffevalError, ExitCode, InputError, OutputError, explain
+from diffeval.core.files import append_text, write_text
 from diffeval.gate.compare import Verdict, evaluate_gate
 from diffeval.gate.render import junit as junit_xml
 from diffeval.gate.render import markdown as summary_markdown
@@ -73,13 +74,17 @@ def run_gate(
     if error is not None:
         print(f"diffeval gate: error: {error}", file=sys.stderr)
     print(f"gate: {status}", file=sys.stderr)
-    try:
+    try:  # the JUnit file is replaced atomically; a failed append to the summary is cut back (no partial lines)
         if "$GITHUB_STEP_SUMMARY" in writable:
-            with open(writable["$GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as handle:
-                handle.write(summary_markdown(verdicts, status) + (f"\n**Error:** {error}\n" if error else ""))
+            append_text(
+                writable["$GITHUB_STEP_SUMMARY"],
+                summary_markdown(verdicts, status, error),
+                fix="point $GITHUB_STEP_SUMMARY at a writable file",
+            )
         if "--junit" in writable:
-            writable["--junit"].write_text(junit_xml(verdicts, error), encoding="utf-8")
-    except OSError as exc:
-        print(f"diffeval gate: error: could not write the gate's outputs: {type(exc).__name__}: {exc}", file=sys.stderr)
+            write_text(writable["--junit"], junit_xml(verdicts, error), fix="pass --junit a path on another disk")
+    except (OSError, OutputError) as exc:
+        text = str(exc) if isinstance(exc, OutputError) else f"{type(exc).__name__}: {exc}"
+        print(f"diffeval gate: error: could not write the gate's outputs: {text}", file=sys.stderr)
         return EXIT_ERROR
     return code

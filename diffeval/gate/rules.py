@@ -69,7 +69,7 @@ def _parse_bound(metric: str, text: Any) -> Bound:
                 fix="write an operator and a number",
             )
         )
-    return Bound(metric, match.group(1), float(match.group(2)))
+    return Bound(metric, match.group(1), _finite(float(match.group(2)), f"absolute rule for {metric!r}", text))
 
 
 def _parse_change(metric: str, text: Any) -> Change:
@@ -84,7 +84,22 @@ def _parse_change(metric: str, text: Any) -> Change:
             )
         )
     direction = +1 if match.group(1) == "+" else -1
-    return Change(metric, direction, float(match.group(2)), match.group(5) == "%")
+    amount = _finite(float(match.group(2)), f"relative rule for {metric!r}", text)
+    return Change(metric, direction, amount, match.group(5) == "%")
+
+
+def _finite(number: float, where: str, text: Any) -> float:
+    """A rule's number, finite: ``1e400`` reads as inf, a limit no value can break (a gate that never fails)."""
+    if not math.isfinite(number):
+        raise ConfigError(
+            explain(
+                f"bad {where}: its number is not finite",
+                expected="a finite number (at most about 1.8e308)",
+                got=f"{text!r}, which reads as {number}",
+                fix="write the limit you mean; a rule that can never fail gates nothing",
+            )
+        )
+    return number
 
 
 def _rules_table(data: Mapping[str, Any], name: str) -> dict[str, Any]:

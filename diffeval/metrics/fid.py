@@ -274,16 +274,20 @@ class BlockDistances:
         return int(n), _result(mean_term, trace + ref.trace, trace_sqrt)
 
 
-def unmatched_message(n_gen: int, n_ref: int, dim: int) -> str:
-    """The error for FIDs whose sample counts differ: explains the 1/N bias and the fixes."""
-    bias = dim * (dim + 5) / 2
+def unmatched_message(n_gen: int, n_ref: int, dim: int | None) -> str:
+    """The error for FIDs whose sample counts differ: explains the 1/N bias (at the feature dimension ``dim``, when
+    known) and the fixes."""
+    if dim:
+        bias = dim * (dim + 5) / 2
+        here = f" (here d = {dim}: {bias / max(n_gen, 1):.3g} at n_gen vs {bias / max(n_ref, 1):.3g} at n_ref)"
+    else:
+        here = " (d: the feature dimension)"
     return explain(
         "FID sample counts do not match",
         expected=f"as many generated samples as reference samples (n_ref = {n_ref})",
         got=f"n_gen = {n_gen}",
         fix=(
-            f"FID is biased by about d(d+5)/(2N) (here d = {dim}: {bias / max(n_gen, 1):.3g} at n_gen vs"
-            f" {bias / max(n_ref, 1):.3g} at n_ref), so values are only comparable at equal N. Generate {n_ref}"
+            f"FID is biased by about d(d+5)/(2N){here}, so values are only comparable at equal N. Generate {n_ref}"
             f" samples, compute the reference from {n_gen} images (a seeded subset of a larger image set), or pass"
             " allow_unmatched=True / --allow-unmatched (the report marks the row)"
         ),

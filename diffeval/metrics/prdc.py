@@ -41,6 +41,8 @@ import numpy as np
 import torch
 
 from diffeval.core.errors import InputError, explain
+from diffeval.core.files import save_npz
+from diffeval.core.npz import npz_headers, read_npz
 from diffeval.core.options import Option
 from diffeval.metrics.base import (
     Batch,
@@ -162,24 +164,33 @@ class PrdcReference:
         arrays = {"features": self.features.cpu().numpy()}
         arrays.update({f"radii_k{k}": r.cpu().numpy() for k, r in self.radii.items()})
         arrays.update({f"meta_{k}": np.array(v) for k, v in self.meta.items()})
-        np.savez(Path(path), **arrays)
-        return Path(path)
+        return save_npz(Path(path), **arrays)  # atomic; like np.savez, appends .npz to a path without it
 
     @classmethod
     def load(cls, path: str | Path) -> PrdcReference:
-        with np.load(Path(path), allow_pickle=False) as data:
-            if "features" not in data.files:
-                raise InputError(
-                    explain(
-                        f"{path} holds no reference features",
-                        expected="an .npz written by `diffeval prdc --save-reference` (features, radii_k*)",
-                        got=f"arrays {sorted(data.files)}",
-                        fix="point to the reference images, or save the reference with --save-reference",
-                    )
+        """Read a saved reference (headers checked first, no pickle: :func:`diffeval.core.npz.read_npz`)."""
+        data = read_npz(path, who="PRDC reference")
+        if "features" not in data:
+            raise InputError(
+                explain(
+                    f"{path} holds no reference features",
+                    expected="an .npz written by `diffeval prdc --save-reference` (features, radii_k*)",
+                    got=f"arrays {sorted(data)}",
+                    fix="point to the reference images, or save the reference with --save-reference",
                 )
-            features = torch.from_numpy(data["features"]).to(torch.float64)
-            radii = {int(k[len("radii_k") :]): torch.from_numpy(data[k]) for k in data.files if k.startswith("radii_k")}
-            meta = {k[len("meta_") :]: str(data[k]) for k in data.files if k.startswith("meta_")}
+            )
+        if data["features"].dtype.kind not in "fiu" or data["features"].ndim != 2:
+            raise InputError(
+                explain(
+                    f"{path}: the reference features are not an (N, d) array of real numbers",
+                    expected="features (N, d), float",
+                    got=f"{data['features'].dtype} {data['features'].shape}",
+                    fix="save the reference with `diffeval prdc --save-reference`",
+                )
+            )
+        features = torch.from_numpy(data["features"]).to(torch.float64)
+        radii = {int(k[len("radii_k") :]): torch.from_numpy(data[k]) for k in data if k.startswith("radii_k")}
+        meta = {k[len("meta_") :]: str(data[k]) for k in data if k.startswith("meta_")}
         require_finite(features, f"reference features {path}")
         return cls(features, radii, meta)
 
@@ -492,10 +503,8 @@ def reference_features(spec: str, extractor: Any, layer: str, ctx: BuildContext)
     from diffeval.stats.moments import FeatureMoments, check_space
 
     path = ctx.base_dir / spec if not Path(spec).is_absolute() else Path(spec)
-    if path.suffix == ".npz" and path.is_file():
-        with np.load(path, allow_pickle=False) as data:
-            saved = "features" in data.files
-        if saved:
+    if path.suffix.lower() == ".npz" and path.is_file():
+        if "features" in npz_headers(path, "PRDC reference"):
             ref = PrdcReference.load(path)
             check_space(ref.meta, feature_space(extractor, layer), f"reference features {spec}")
             return lambda: ref

@@ -5,6 +5,10 @@ interrupted (where, why, and the command that resumes it); a banner when checks 
 the sampler and its configuration; then one table per kind of row — metrics (value ±
 standard error, counts, feature space), checks (verdict, value, threshold, message),
 latency, yardsticks — the plots, and the provenance.
+
+Names, labels and messages come from report files anyone may have written: the Markdown page gets each through
+:func:`~diffeval.core.text.markdown_text` (one line, Markdown and inline HTML escaped), the HTML page through
+:func:`_esc` (control characters escaped, then HTML-escaped), so no name adds a heading, a tag or a script.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from diffeval.core.points import parse_point, point_text
+from diffeval.core.text import markdown_code, markdown_text, printable
 
 __all__ = ["to_markdown", "to_html", "incomplete"]
 
@@ -112,7 +117,8 @@ def _sampler_lines(report: Any, frame: pd.DataFrame) -> list[str]:
     if sweep:
         points = sweep.get("points") or [{sweep.get("knob"): v} for v in sweep.get("values") or []]  # older reports
         knobs = sweep.get("knobs") or list(dict.fromkeys(k for p in points for k in p))
-        lines = lines[:1] + [f"sweep over {', '.join(map(str, knobs))}: {len(points)} points (one row per point)"]
+        count = sweep.get("count", len(points))  # reports store the declared sweep and its count, not every point
+        lines = lines[:1] + [f"sweep over {', '.join(map(str, knobs))}: {count} points (one row per point)"]
     return lines
 
 
@@ -127,44 +133,49 @@ def _title(report: Any) -> str:
 
 
 def to_markdown(report: Any) -> str:
-    """The report as Markdown: banner, sampler, one table per kind of row, provenance."""
+    """The report as Markdown: banner, sampler, one table per kind of row, provenance (every name and message
+    escaped: :func:`~diffeval.core.text.markdown_text`)."""
+    md = markdown_text
     frame = report.to_frame()
-    lines = [f"# {_title(report)}", "", f"diffeval report `{report.run_id}`", ""]
+    lines = [f"# {md(_title(report))}", "", f"diffeval report {markdown_code(report.run_id)}", ""]
     stopped = incomplete(report.rows)
     if stopped:
         lines += [
-            f"> **INCOMPLETE — the run {stopped['kind']}** during {stopped.get('stage', '?')}:"
-            f" {stopped.get('error', '')}"
+            f"> **INCOMPLETE — the run {md(stopped['kind'])}** during {md(stopped.get('stage', '?'))}:"
+            f" {md(stopped.get('error', ''))}"
         ]
         if stopped.get("resume"):
-            lines += [f"> Continue it with `{stopped['resume']}`."]
+            lines += [f"> Continue it with {markdown_code(stopped['resume'])}."]
         lines += [""]
     failed = _failed_checks(report)
     if failed:
-        lines += [f"> **{len(failed)} check(s) failed**: {', '.join(failed)} — see the Checks table.", ""]
+        lines += [f"> **{len(failed)} check(s) failed**: {md(', '.join(failed))} — see the Checks table.", ""]
     sampler = _sampler_lines(report, frame)
     if sampler:
-        lines += ["## Sampler", ""] + [f"- {s}" for s in sampler] + [""]
+        lines += ["## Sampler", ""] + [f"- {md(s)}" for s in sampler] + [""]
     for section, rows in _sections(frame).items():
         if rows.empty:
             continue
         headers = _HEADERS[section]
         lines += [f"## {section}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-        lines += [
-            "| " + " | ".join(c.replace("|", "\\|") for c in _cells(section, row)) + " |" for _, row in rows.iterrows()
-        ]
+        lines += ["| " + " | ".join(md(c) for c in _cells(section, row)) + " |" for _, row in rows.iterrows()]
         lines += [""]
-    lines += ["## Provenance", ""] + [f"- {k}: {v}" for k, v in report.provenance.items() if k != "config"]
+    lines += ["## Provenance", ""] + [f"- {md(k)}: {md(v)}" for k, v in report.provenance.items() if k != "config"]
     return "\n".join(lines)
 
 
+def _esc(text: Any) -> str:
+    """Text for an HTML page: control characters written as visible escapes (``\\x07``), then HTML-escaped."""
+    return html.escape(printable(text, keep="\t\n"))
+
+
 def _html_table(section: str, rows: pd.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in _HEADERS[section])
+    head = "".join(f"<th>{_esc(h)}</th>" for h in _HEADERS[section])
     body = []
     for _, row in rows.iterrows():
         cells = _cells(section, row)
-        cls = f' class="{row["status"]}"' if section == "Checks" else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+        cls = f' class="{_esc(row["status"])}"' if section == "Checks" else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
     return f'<table class="rows"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
@@ -189,7 +200,7 @@ code { background: #f3f3f3; padding: 0 3px; }
 def to_html(report: Any, images: Mapping[str, Path]) -> str:
     """A self-contained HTML page (plots embedded): banner, sampler, tables per kind of row, plots, provenance."""
     frame = report.to_frame()
-    esc = html.escape
+    esc = _esc
     parts = [f"<h1>{esc(_title(report))}</h1>"]
     prov = report.provenance
     parts.append(

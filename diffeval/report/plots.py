@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from diffeval.checks.figures import pyplot
+from diffeval.core.files import save_figure
 from diffeval.core.points import parse_point, point_text, sweep_table, varying_knobs
 
 __all__ = [
@@ -45,7 +46,7 @@ def plot_metric_vs_knob(
     ax.set_title(f"{metric} vs {knob}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)
 
@@ -74,7 +75,7 @@ def plot_sweep_lines(knob: str, metric: str, panels: Sequence[tuple[str, Sequenc
         ax.set_ylabel(metric)
     fig.suptitle(f"{metric} vs {knob}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)
 
@@ -122,7 +123,7 @@ def plot_heatmap(
         ax.add_patch(plt.Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     ax.set_title(title or f"{metric} over {x_knob} x {y_knob}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)
 

@@ -29,6 +29,7 @@ from typing import Any
 import pandas as pd
 
 from diffeval.core.errors import InputError, explain
+from diffeval.core.files import write_text
 from diffeval.core.points import parse_point, point_json, point_text
 
 __all__ = [
@@ -342,24 +343,30 @@ class Report:
         """Write report.csv / .json / .md / .html (and the PNGs the HTML embeds: samples, the checks' ``figures``,
         sweeps)
         into ``folder``.
+
+        Every file is written atomically (:func:`diffeval.core.files.atomic_write`): a failed or killed write leaves
+        the older file (or none) under each name, never a partial one.
         """
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"csv": out / "report.csv", "json": out / "report.json", "md": out / "report.md"}
         frame = self.to_frame()
-        frame.to_csv(paths["csv"], index=False)
+        write_text(paths["csv"], frame.to_csv(index=False))
         records = [
             {k: _json_value(v) for k, v in row.items()}
             for row in frame[list(ROW_COLUMNS)].astype(object).to_dict("records")
         ]
-        paths["json"].write_text(
+        write_text(
+            paths["json"],
             json.dumps({"run_id": self.run_id, "provenance": self.provenance, "rows": records}, indent=2, default=str)
-            + "\n"
+            + "\n",
         )
-        paths["md"].write_text(self.to_markdown() + "\n")
+        write_text(paths["md"], self.to_markdown() + "\n")
         paths.update(self._write_plots(out, samples, figures))
         paths["html"] = out / "report.html"
-        paths["html"].write_text(self.to_html({k: v for k, v in paths.items() if k.endswith("_png") or k == "samples"}))
+        write_text(
+            paths["html"], self.to_html({k: v for k, v in paths.items() if k.endswith("_png") or k == "samples"})
+        )
         return paths
 
     def _write_plots(self, out: Path, samples: Any, figures: Sequence[Any]) -> dict[str, Path]:
@@ -419,6 +426,14 @@ class Report:
         """Read a report.json written by :meth:`write`."""
         try:
             data = json.loads(Path(path).read_text())
+            if not isinstance(data, dict):
+                raise TypeError(f"the file holds a JSON {type(data).__name__}, not an object")
+            for key, kind in (("rows", list), ("provenance", dict)):
+                if not isinstance(data.get(key), kind):
+                    raise TypeError(f"{key!r} is {type(data.get(key)).__name__}, not a JSON {kind.__name__}")
+            bad = [i for i, row in enumerate(data["rows"]) if not isinstance(row, dict)]
+            if bad:
+                raise TypeError(f"rows {bad[:5]} are not JSON objects")
             rows = [
                 _upgrade_row({k: float("nan") if k in _FLOAT and v is None else v for k, v in row.items()})
                 for row in data["rows"]
@@ -427,8 +442,11 @@ class Report:
                 missing = set(ROW_COLUMNS) - set(row)
                 if missing:
                     raise KeyError(f"row lacks {sorted(missing)}")
+                stderr = row["stderr"]
+                if isinstance(stderr, (int, float)) and not isinstance(stderr, bool) and stderr < 0:
+                    raise ValueError(f"row {row['label']!r} has a negative standard error ({stderr})")
             return cls(rows, data["provenance"], run_id=data["run_id"])
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise InputError(
                 explain(
                     f"cannot read report {path}",

@@ -10,7 +10,7 @@ Layout (see ``diffeval/demo/demo.toml``)::
     [[metrics]]  name = a registered metric, and its declared options
     [checks]     name = true, or name = { its declared options }
     [sweep]      knob = "steps", values = [...] | [sweep.grid] gamma = [...], delta = [...] | points = [{...}]
-                 (optional; see :mod:`diffeval.run.sweeps`)
+                 (optional; max_points = 1000 by default; see :mod:`diffeval.run.sweeps`)
 
 Metric and check options are validated against the declarations of the registered
 classes (:data:`diffeval.metrics.base.METRICS`, :data:`diffeval.checks.base.CHECKS`),
@@ -150,7 +150,9 @@ def _table(value: Any, where: str) -> dict[str, Any]:
 # one place (diffeval.core.options), and --help / docs can list them.
 RUN_OPTIONS = (
     Option("name", str, "run", "the run's name (default output folder: runs/<name>)"),
-    Option("n", int, None, "samples to generate (required with [sampler])", minimum=0, nullable=True),
+    Option(
+        "n", int, None, "samples to generate (required with [sampler]; at most 100,000,000)", minimum=0, nullable=True
+    ),
     Option("seed", int, 0, "first seed: sample i uses seed + i", minimum=0),
     Option("batch_size", int, 64, "samples per batch", minimum=1),
     Option("device", str, "cpu", "cpu, cuda or cuda:N"),
@@ -282,6 +284,34 @@ def _checks_only(schedule_table: Any, metrics: list[MetricSpec], data: Mapping[s
     return schedule
 
 
+MAX_SAMPLES = 100_000_000  # one run's seeds are listed in memory, and every sample is generated and featurized
+
+
+def _check_counts(run: Mapping[str, Any]) -> None:
+    """Absurd counts are refused before any work, not found out by a MemoryError (or a bad seed) hours in."""
+    from diffeval.core.seeds import MAX_SEED
+
+    n, seed = run["n"], run["seed"]
+    if n > MAX_SAMPLES:
+        raise ConfigError(
+            explain(
+                f"[run] n = {n:,} is more samples than one run can evaluate",
+                expected=f"n <= {MAX_SAMPLES:,} (a run lists every seed in memory and generates every sample)",
+                got=f"n = {n:,}",
+                fix="lower n (FID is usually reported at 50,000 samples; use the reference's count)",
+            )
+        )
+    if seed + n - 1 > MAX_SEED:
+        raise ConfigError(
+            explain(
+                "[run] seed + n runs past the largest seed",
+                expected=f"seed + n - 1 <= {MAX_SEED} (2**63 - 1)",
+                got=f"seed = {seed}, n = {n:,}",
+                fix="lower seed",
+            )
+        )
+
+
 def parse_config(data: Mapping[str, Any], base_dir: Path = Path("."), source: str = "<dict>") -> RunConfig:
     """Validate a config mapping (as read from TOML)."""
     reject_unknown(data, TABLES, "the config", noun="table")
@@ -309,6 +339,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path = Path("."), source: st
                     fix="add n = 10000 (or the reference size)",
                 )
             )
+        _check_counts(run)
     else:
         schedule = _checks_only(data["schedule"], metrics, data)
     cond = validate_options(_table(data.get("cond", {}), "cond"), COND_OPTIONS, "[cond]")
@@ -317,7 +348,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path = Path("."), source: st
         raise ConfigError(
             explain("[cond] takes one source", expected="labels or prompts", got=", ".join(cond), fix="keep one")
         )
-    sweep = parse_sweep(_table(data["sweep"], "sweep")) if "sweep" in data else None
+    sweep = parse_sweep(_table(data["sweep"], "sweep"), n=run["n"]) if "sweep" in data else None
     shape = run["image_shape"]
     return RunConfig(
         name=run["name"],

@@ -49,6 +49,7 @@ from diffeval.checks.figures import pyplot
 from diffeval.checks.snr_endpoints import check_snr_endpoints
 from diffeval.checks.xt_normality import check_xt_normality
 from diffeval.core.errors import InputError, explain
+from diffeval.core.files import save_figure
 from diffeval.core.log import check_failed
 from diffeval.diffusion.denoiser import check_prediction
 from diffeval.diffusion.schedules import Schedule
@@ -287,7 +288,7 @@ class TrainingMonitor:
         ax.set_ylabel("mean per-sample loss")
         ax.set_title(f"loss by log-SNR band ({self.schedule.name}, {self.prediction})")
         fig.tight_layout()
-        fig.savefig(path)
+        save_figure(fig, path)
         plt.close(fig)
         return Path(path)
 

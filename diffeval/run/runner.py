@@ -10,6 +10,10 @@ interrupted (Ctrl-C, SIGTERM), the rows so far are written with a
 again (exit 2, or 130). A checkpoint in the output folder lets ``diffeval run --resume``
 continue from the last completed batch (:mod:`diffeval.engine.checkpoint`).
 
+The output folder is the run's: a lock (:class:`diffeval.core.files.FolderLock`) refuses a second run into
+it, and everything the checkpoint refers to is stored relative to it (a moved folder resumes; a path that
+leads outside it is refused). Every file is written atomically (:mod:`diffeval.core.files`).
+
 ``diffeval diagnose`` is a checks-only run of the same runner (a ``[schedule]`` config).
 """
 
@@ -27,7 +31,9 @@ from typing import Any
 import torch
 
 from diffeval.checks.base import CHECKS, CheckContext, CheckResult, Figure, run_check
-from diffeval.core.errors import ConfigError, DiffevalError, explain
+from diffeval.core.errors import ConfigError, DiffevalError, InputError, OutputError, explain
+from diffeval.core.files import FolderLock, clean_stale_temporaries
+from diffeval.core.log import note
 from diffeval.core.points import point_text
 from diffeval.data.sources import open_images, open_source
 from diffeval.engine import checkpoint
@@ -40,6 +46,7 @@ from diffeval.report.report import Report, check_row, make_row, metric_rows, pro
 from diffeval.run.config import RunConfig
 from diffeval.run.subjects import Subject, build_subject, cond_fn
 from diffeval.run.sweeps import check_points
+from diffeval.stats.uncertainty import SeedBlocks
 
 __all__ = [
     "run_config",
@@ -49,6 +56,7 @@ __all__ = [
     "latency_rows",
     "data_metric_rows",
     "bpd_of_config",
+    "default_out",
 ]
 
 
@@ -291,8 +299,45 @@ def _checkpoint_every_s() -> float:
     return seconds
 
 
-def _drawn(name: str, path: str) -> Figure:
+def _drawn(name: str, path: Path) -> Figure:
     return Figure(name, lambda _target, path=path: Path(path))
+
+
+RUNS_FOLDER = Path("runs")
+_PAYLOAD = ("config", "rows", "checks", "figures", "samples", "sweep_done", "data_done", "loop")  # a checkpoint's
+
+
+def default_out(name: str) -> Path:
+    """``runs/<name>``: the output folder of a run given no ``--out``; a name that would lead elsewhere (``..``, an
+    absolute path, a path separator) is refused."""
+    bad = (
+        not name
+        or name in (".", "..")
+        or any(c in name for c in ("/", "\\", "\0"))
+        or Path(name).is_absolute()
+        or Path(name).drive
+    )
+    if bad:
+        raise ConfigError(
+            explain(
+                f"the run name {name!r} cannot be the name of a folder in {RUNS_FOLDER}/",
+                expected=f"a plain folder name under {RUNS_FOLDER}/ (no '..', no path separator, not an absolute path)",
+                got=repr(name),
+                fix="pass --out DIR to choose the output folder, or give [run] name a plain name",
+            )
+        )
+    return RUNS_FOLDER / name
+
+
+def _refuse_resume(out: Path, what: str, expected: str, got: str) -> InputError:
+    return InputError(
+        explain(
+            f"cannot resume the run in {out}: {what}",
+            expected=expected,
+            got=got,
+            fix=f"delete {out / checkpoint.FILENAME} and run again without --resume (the run starts over)",
+        )
+    )
 
 
 class _Run:
@@ -329,7 +374,7 @@ class _Run:
                     fix="resume on one process, or re-run the distributed evaluation from the start",
                 )
             )
-        state = checkpoint.load(self.out)
+        state = checkpoint.load(self.out, fields=_PAYLOAD)
         if state["config"] != self.fingerprint:
             before, now = json.loads(state["config"]), json.loads(self.fingerprint)
             differing = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
@@ -341,14 +386,88 @@ class _Run:
                     fix="resume with the original config, or run into a new --out folder",
                 )
             )
-        self.rows, self.checks, self.figures = state["rows"], state["checks"], [tuple(f) for f in state["figures"]]
+        points = len(self.cfg.sweep.points) if self.cfg.sweep is not None else 1
+        sweep_done = state["sweep_done"]
+        if isinstance(sweep_done, bool) or not isinstance(sweep_done, int) or not 0 <= sweep_done <= points:
+            raise _refuse_resume(
+                self.out, "its count of sweep points done does not fit the config", f"0 to {points}", repr(sweep_done)
+            )
+        self.rows, self.checks, self.figures = state["rows"], state["checks"], self._figures(state["figures"])
         self.samples, self.sweep_done, self.data_done, self.loop = (
             state["samples"],
-            state["sweep_done"],
-            state["data_done"],
-            state["loop"],
+            sweep_done,
+            bool(state["data_done"]),
+            self._loop_state(state["loop"]),
         )
         self.resumed = True
+
+    def _figures(self, stored: Any) -> list[tuple[str, str]]:
+        """The checkpoint's figures: paths relative to the run folder that stay inside it (a moved folder resumes;
+        nothing outside it, e.g. ``/etc/passwd``, can be embedded in the report)."""
+        root = self.out.resolve()
+        figures = []
+        for item in stored if isinstance(stored, list) else [stored]:
+            if not (isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+                raise _refuse_resume(
+                    self.out, "a figure entry is malformed", "[name, path in the run folder]", repr(item)
+                )
+            name, rel = item
+            path = self.out / rel
+            inside = not Path(rel).is_absolute() and ".." not in Path(rel).parts and path.resolve().is_relative_to(root)
+            if not inside:
+                raise _refuse_resume(
+                    self.out,
+                    f"figure {name!r} points outside the run folder",
+                    f"a path inside {self.out} (figures are stored relative to the run folder)",
+                    repr(rel),
+                )
+            if not path.is_file():
+                raise _refuse_resume(
+                    self.out,
+                    f"figure {name!r} is missing from the run folder",
+                    f"{path} (drawn by the interrupted run; a run folder is moved whole)",
+                    "no such file",
+                )
+            figures.append((name, rel))
+        return figures
+
+    def _loop_state(self, loop: Any) -> LoopState | None:
+        """The sampling loop's saved state, checked against the config: batch size, seed count, batches done, and
+        every metric's seed blocks holding exactly the seeds of the batches done."""
+        if loop is None:
+            return None
+        cfg = self.cfg
+        batches = -(-cfg.n // cfg.batch_size)
+        if not isinstance(loop, LoopState):
+            raise _refuse_resume(self.out, "its sampling state is malformed", "a LoopState", type(loop).__name__)
+        if loop.batch_size != cfg.batch_size or loop.n_seeds != cfg.n or not 0 <= loop.batches_done <= batches:
+            raise _refuse_resume(
+                self.out,
+                "its sampling state does not fit the config",
+                f"batch size {cfg.batch_size}, {cfg.n} seeds, 0 to {batches} batches done",
+                f"batch size {loop.batch_size}, {loop.n_seeds} seeds, {loop.batches_done} batches done",
+            )
+        done = min(loop.batches_done * cfg.batch_size, cfg.n)
+        expected: dict[int, SeedBlocks] = {}
+        for label, state in loop.metric_states.items():
+            blocks = state.get("seed_blocks") if isinstance(state, dict) else None
+            if not isinstance(blocks, SeedBlocks):
+                continue
+            if blocks.k not in expected:
+                expected[blocks.k] = SeedBlocks(blocks.k)
+                for start in range(0, done, 1 << 20):  # in chunks: a large run's seeds are never all listed here
+                    chunk = list(range(cfg.seed + start, cfg.seed + min(done, start + (1 << 20))))
+                    expected[blocks.k].assign(chunk, len(chunk))
+            want = expected[blocks.k]
+            fields = ("n", "counts", "seed_sum", "seed_sumsq", "seed_hash", "unseeded")
+            if any(getattr(blocks, f) != getattr(want, f) for f in fields):
+                raise _refuse_resume(
+                    self.out,
+                    f"the state of {label} does not hold the samples of the batches done",
+                    f"{done} samples (seeds {cfg.seed}..{cfg.seed + done - 1}) in blocks {want.counts}",
+                    f"{blocks.n} samples in blocks {blocks.counts}",
+                )
+        return loop
 
     def _save(self, loop: LoopState | None = None) -> None:
         if self.world.distributed:
@@ -368,8 +487,17 @@ class _Run:
         self.stage = "checks"
         self.checks, figures = _checks(self.cfg, subject)
         self.rows += [check_row(c) for c in self.checks]
+        root = self.out.resolve()
         for figure in figures:  # drawn now, so a resumed run has them without re-running the checks
-            self.figures.append((figure.name, str(figure.draw(self.out / f"{figure.name}.png"))))
+            drawn = Path(figure.draw(self.out / f"{figure.name}.png")).resolve()
+            if drawn.is_relative_to(root):  # stored relative to the run folder: a moved folder still resumes
+                self.figures.append((figure.name, drawn.relative_to(root).as_posix()))
+            else:
+                note(
+                    "figure %s was drawn outside the run folder (%s): a resumed report leaves it out",
+                    figure.name,
+                    drawn,
+                )
         self.stage = "data metrics"
         self.rows += data_metric_rows(data_metrics, self.cfg, subject.info.label(), self.progress)
         self.data_done = True
@@ -445,17 +573,48 @@ class _Run:
         if resumable:
             details["resume"] = f"diffeval run {self.cfg.source} --resume {self.out}"
         self.rows.append(make_row(name, "check", float("nan"), status="fail", details=details))
-        paths = (
-            self._report().write(self.out, figures=[_drawn(n, p) for n, p in self.figures])
-            if self.world.rank == 0
-            else {}
-        )
-        message = f"run {'interrupted' if interrupted else 'failed'} during {where}: {type(error).__name__}: {error}."
+        paths: dict[str, Path] = {}
+        unwritten = ""
+        if self.world.rank == 0:
+            try:
+                paths = self._report().write(self.out, figures=self._drawn_figures())
+            except OutputError as write_error:  # e.g. the disk that stopped the run is still full
+                unwritten = f" The partial report could not be written either: {write_error}"
+        message = f"run {'interrupted' if interrupted else 'failed'} during {where}: {type(error).__name__}: {error}"
+        message += "" if message.endswith(".") else "."
         if paths:
             message += f" The {len(self.rows) - 1} rows computed before are in {paths['json']}"
+        message += unwritten
         if resumable:
             message += f"; continue it with: {details['resume']}"
         return RunFailed(message, paths, interrupted)
+
+    def _drawn_figures(self) -> list[Figure]:
+        return [_drawn(name, self.out / rel) for name, rel in self.figures]
+
+    def _announce_sweep(self, subject: Subject) -> None:
+        """The sweep's size and cost, before any sampling (a note on stderr)."""
+        cfg = self.cfg
+        points = list(cfg.sweep.points)
+        todo = points[self.sweep_done :]
+        batches = -(-cfg.n // cfg.batch_size)
+        steps = [p.get("steps", subject.info.steps) for p in todo]
+        evals = (
+            f", about {sum(int(s) for s in steps) * cfg.n:,} sampler steps (steps x samples)"
+            if steps and all(isinstance(s, (int, float)) for s in steps)
+            else ""
+        )
+        note(
+            "sweep of %d point(s) over %s%s: %s samples in %s batches of up to %d%s (max_points = %d)",
+            len(points),
+            ", ".join(cfg.sweep.knobs),
+            f", {len(todo)} still to run" if len(todo) != len(points) else "",
+            f"{len(todo) * cfg.n:,}",
+            f"{len(todo) * batches:,}",
+            cfg.batch_size,
+            evals,
+            cfg.sweep.max_points,
+        )
 
     def execute(self) -> RunOutcome:
         w = self.world
@@ -464,6 +623,8 @@ class _Run:
             if self.cfg.sweep is not None and self.cfg.sampler is not None:
                 replace = getattr(subject.sampler, "replace", None)
                 check_points(self.cfg.sweep, subject.info.knobs, (lambda p: replace(**p)) if replace else None)
+                if w.rank == 0:
+                    self._announce_sweep(subject)
             self.stage = "reference statistics"
             metrics, extractors = build_metrics(self.cfg, subject.info, self.progress if w.rank == 0 else False)
             sample_metrics = [m for m in metrics if m.inputs == "samples"]
@@ -485,7 +646,16 @@ class _Run:
         report = self._report()
         if w.rank != 0:
             return RunOutcome(report, {}, None, [])
-        paths = report.write(self.out, samples=self.samples, figures=[_drawn(n, p) for n, p in self.figures])
+        try:
+            paths = report.write(self.out, samples=self.samples, figures=self._drawn_figures())
+        except OutputError as error:
+            if self.world.distributed or not (self.out / checkpoint.FILENAME).is_file():
+                raise
+            raise OutputError(
+                f"{error}. Nothing computed is lost: the results are in {self.out / checkpoint.FILENAME}; once there"
+                f" is room, `diffeval run {self.cfg.source} --resume {self.out}` writes the report without sampling"
+                " again."
+            ) from None
         (self.out / checkpoint.FILENAME).unlink(missing_ok=True)  # complete: nothing left to resume
         return RunOutcome(report, paths, self.samples, self.checks)
 
@@ -506,6 +676,21 @@ def run_config(
     """
     _checkpoint_every_s()  # a bad $DIFFEVAL_CHECKPOINT_S is refused before any work
     out = writable_folder(Path(out))
+    if world().rank != 0:  # rank 0 holds the folder's lock and writes its files
+        return _run_locked(cfg, out, progress, extra_rows, resume)
+    with FolderLock(out, "--out"):
+        clean_stale_temporaries(out)  # left by a run killed mid-write
+        (out / f"{checkpoint.FILENAME}.tmp").unlink(missing_ok=True)  # the same, by checkpoint format 1's writer
+        return _run_locked(cfg, out, progress, extra_rows, resume)
+
+
+def _run_locked(
+    cfg: RunConfig,
+    out: Path,
+    progress: bool | None,
+    extra_rows: Callable[[Any, list[Metric]], list[dict[str, Any]]] | None,
+    resume: bool,
+) -> RunOutcome:
     if not resume and (out / checkpoint.FILENAME).exists():
         raise ConfigError(
             explain(

@@ -46,7 +46,8 @@ def load_schedule(
     (.json).
 
     Returns the schedule and, for a diffusers config, the config itself (its
-    ``timestep_spacing`` and ``prediction_type`` apply when the user does not override them).
+    ``timestep_spacing`` and ``prediction_type`` apply when the user does not override them). ``shift`` applies to
+    the ``flow`` preset; ``mu`` to the flow preset or a flow scheduler's config with dynamic shifting.
     """
     given = [x is not None for x in (preset, alphas, diffusers_config)]
     if sum(given) != 1:
@@ -133,7 +134,7 @@ def load_schedule(
                 fix="pass the scheduler's config file",
             )
         )
-    return schedules.from_diffusers_config(data), data
+    return schedules.from_diffusers_config(data, mu=mu), data
 
 
 _DIFFUSERS_PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
@@ -198,8 +199,8 @@ def build_subject(cfg: RunConfig) -> Subject:
 
 def cond_fn(cfg: RunConfig) -> Callable[[list[int]], Any] | None:
     """``seeds -> condition`` from ``[cond]``: class labels ``seed mod 10``, or prompt ``seed mod len(prompts)``; None
-    when
-    unconditional.
+    when unconditional. The prompt count must divide ``n`` (one prompt per sample, or a list repeated whole): any
+    other count is an error with both counts, since a lost or split line would shift every later pairing.
     """
     if "labels" in cfg.cond:
         device = cfg.device
@@ -210,6 +211,15 @@ def cond_fn(cfg: RunConfig) -> Callable[[list[int]], Any] | None:
         if not prompts:
             raise ConfigError(
                 explain(f"prompts file {path} is empty", expected="one prompt per line", got="none", fix="add prompts")
+            )
+        if cfg.n % len(prompts):  # a caption split in two (or a line lost) would shift every later pairing silently
+            raise ConfigError(
+                explain(
+                    f"prompts file {path} does not fit the run's n = {cfg.n}",
+                    expected=f"one prompt per sample ({cfg.n} lines), or a list repeated whole (a count dividing n)",
+                    got=f"{len(prompts)} prompts",
+                    fix="give one prompt per line and one line per sample (or per repeated block), or set [run] n",
+                )
             )
         return lambda seeds: [prompts[s % len(prompts)] for s in seeds]
     return None

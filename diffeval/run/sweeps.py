@@ -14,6 +14,11 @@ dropped)::
     [sweep]                       # a list of points
     points = [{ gamma = 0 }, { gamma = 1, delta = 1 }]
 
+A sweep is refused before any work when it has more points than ``max_points`` (default
+:data:`MAX_POINTS`; ``[sweep] max_points = N`` raises it): a typo'd grid of a million points
+would otherwise start sampling. Configs and reports keep the sweep as declared (the grid's
+axes, not its expanded points), so their size does not grow with the grid's.
+
 Every knob is numeric (the error names the first value that is not); before any
 work, the run checks every knob against the sampler's declared knobs and has the
 sampler validate every point (``replace``, which shares the model), so a knob the
@@ -32,31 +37,52 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from diffeval.core.errors import ConfigError, DiffevalError, explain
+from diffeval.core.options import Option
 from diffeval.core.points import point_key, point_text
 
 __all__ = [
     "SweepSpec",
     "parse_sweep",
     "check_points",
+    "MAX_POINTS",
+    "SWEEP_KEYS",
+    "SWEEP_OPTIONS",
 ]
 
 Point = dict[str, float]
+MAX_POINTS = 1000
+SWEEP_KEYS = ("knob", "values", "grid", "points")  # how points are declared (see the module docstring)
+SWEEP_OPTIONS = (
+    Option(
+        "max_points",
+        int,
+        MAX_POINTS,
+        "refuse a sweep with more points than this before any work (raise it for a large grid you mean)",
+        minimum=1,
+    ),
+)
 
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """The points of a sweep, in run order, and its knobs in first-seen order."""
+    """The points of a sweep, in run order, and its knobs in first-seen order; ``declared`` is the ``[sweep]``
+    table as written (without ``max_points``), what configs and reports store instead of every point."""
 
     points: tuple[Point, ...]
     knobs: tuple[str, ...]
+    declared: dict[str, Any] = field(default_factory=dict, compare=False)
+    max_points: int = MAX_POINTS
 
     def to_dict(self) -> dict[str, Any]:
-        return {"knobs": list(self.knobs), "points": [dict(p) for p in self.points]}
+        """The sweep as stored in configs, checkpoints and reports: knobs, point count and the declared table (its
+        size does not grow with a grid's point count; the points are :attr:`points`, and each row carries its own)."""
+        declared = self.declared or {"points": [dict(p) for p in self.points]}
+        return {"knobs": list(self.knobs), "count": len(self.points), "declared": declared}
 
 
 def _numeric(knob: str, value: Any, where: str) -> float:
@@ -89,7 +115,7 @@ def _values(knob: str, values: Any, where: str) -> list[float]:
     return [_numeric(knob, v, where) for v in values]
 
 
-def _grid(table: Any, where: str) -> list[Point]:
+def _grid(table: Any, where: str) -> tuple[int, Iterable[Point]]:
     if not isinstance(table, Mapping) or not table:
         raise ConfigError(
             explain(
@@ -100,22 +126,42 @@ def _grid(table: Any, where: str) -> list[Point]:
             )
         )
     axes = {knob: _values(knob, values, where) for knob, values in table.items()}
-    return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
+    count = math.prod(len(v) for v in axes.values())
+    return count, (dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values()))
 
 
-def parse_sweep(data: Mapping[str, Any]) -> SweepSpec:
-    """Validate a ``[sweep]`` table into its points (see the module docstring)."""
-    unknown = sorted(set(data) - {"knob", "values", "grid", "points"})
+def _too_many(declared: int, max_points: int, n: int | None) -> ConfigError:
+    cost = f"; at n = {n:,} samples per point that is {declared * n:,} samples" if n else ""
+    return ConfigError(
+        explain(
+            f"[sweep] has more points than max_points = {max_points:,}",
+            expected=f"at most {max_points:,} points (each point is a full evaluation{cost})",
+            got=f"{declared:,} points declared",
+            fix=(
+                "sweep fewer values (a coarse grid first, then a finer one where it matters), or raise the limit"
+                f" with max_points = {declared} in [sweep] if you mean it"
+            ),
+        )
+    )
+
+
+def parse_sweep(data: Mapping[str, Any], n: int | None = None) -> SweepSpec:
+    """Validate a ``[sweep]`` table into its points (see the module docstring); ``n`` (samples per point) words the
+    refusal of a sweep above ``max_points``."""
+    unknown = sorted(set(data) - set(SWEEP_KEYS) - {o.name for o in SWEEP_OPTIONS})
     if unknown:
         raise ConfigError(
             explain(
                 f"unknown key(s) {unknown} in [sweep]",
-                expected="knob + values, grid, points",
+                expected="knob + values, grid, points (and max_points)",
                 got=", ".join(unknown),
                 fix="e.g. knob = 'steps', values = [10, 50]; or [sweep.grid] gamma = [...]",
             )
         )
-    points: list[Point] = []
+    (limit,) = SWEEP_OPTIONS
+    max_points = limit.check(data.get("max_points", limit.default), "[sweep]")
+    sources: list[Iterable[Point]] = []
+    declared = 0
     if "knob" in data or "values" in data:
         if "knob" not in data or "values" not in data:
             raise ConfigError(
@@ -126,7 +172,9 @@ def parse_sweep(data: Mapping[str, Any]) -> SweepSpec:
                     fix="add the other",
                 )
             )
-        points += [{data["knob"]: v} for v in _values(data["knob"], data["values"], "[sweep]")]
+        values = _values(data["knob"], data["values"], "[sweep]")
+        sources.append([{data["knob"]: v} for v in values])
+        declared += len(values)
     if "grid" in data:
         grids = data["grid"] if isinstance(data["grid"], list) else [data["grid"]]
         if not grids:
@@ -134,7 +182,9 @@ def parse_sweep(data: Mapping[str, Any]) -> SweepSpec:
                 explain("[sweep] grid is empty", expected="at least one grid", got="[]", fix="add knob = [values]")
             )
         for i, grid in enumerate(grids):
-            points += _grid(grid, "[sweep.grid]" if len(grids) == 1 else f"[[sweep.grid]] #{i + 1}")
+            count, points = _grid(grid, "[sweep.grid]" if len(grids) == 1 else f"[[sweep.grid]] #{i + 1}")
+            sources.append(points)
+            declared += count
     if "points" in data:
         listed = data["points"]
         if not isinstance(listed, list) or not listed:
@@ -156,8 +206,11 @@ def parse_sweep(data: Mapping[str, Any]) -> SweepSpec:
                         fix="write each point as an inline table",
                     )
                 )
-            points.append({k: _numeric(k, v, f"[sweep] point #{i + 1}") for k, v in point.items()})
-    if not points:
+        sources.append(
+            [{k: _numeric(k, v, f"[sweep] point #{i + 1}") for k, v in point.items()} for i, point in enumerate(listed)]
+        )
+        declared += len(listed)
+    if not declared:
         raise ConfigError(
             explain(
                 "[sweep] has no points",
@@ -167,10 +220,13 @@ def parse_sweep(data: Mapping[str, Any]) -> SweepSpec:
             )
         )
     unique: dict[str, Point] = {}
-    for p in points:
+    for p in itertools.chain.from_iterable(sources):  # lazily: a huge grid is refused without being expanded
         unique.setdefault(point_key(p), p)
+        if len(unique) > max_points:
+            raise _too_many(declared, max_points, n)
     knobs = tuple(dict.fromkeys(k for p in unique.values() for k in p))
-    return SweepSpec(tuple(unique.values()), knobs)
+    table = {k: v for k, v in data.items() if k != "max_points"}
+    return SweepSpec(tuple(unique.values()), knobs, declared=table, max_points=max_points)
 
 
 def check_points(

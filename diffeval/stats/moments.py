@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,16 @@ import numpy as np
 import torch
 
 from diffeval.core.errors import InputError, explain
+from diffeval.core.files import save_npz
 from diffeval.core.log import note
+from diffeval.core.npz import ArrayHeader, npz_headers, read_npz
 
 __all__ = ["require_psd", "FeatureMoments", "check_gaussian", "check_space", "SPACE_KEYS", "SYMMETRY_TOL", "PSD_TOL"]
 
 SYMMETRY_TOL = 1e-6  # max |S - S^T| relative to max |S|
 PSD_TOL = 1e-6  # smallest eigenvalue allowed: -PSD_TOL * max diagonal (round-off of a float32-stored covariance)
+COUNT_OPTION = "--ref-n N for a reference, --gen-n N for generated statistics (reference_n = N in a config)"
+MAX_STATISTICS_DIM = 1 << 16  # d above this (a 32 GiB sigma) is refused before sigma is read
 
 
 def _first_bad(mask: torch.Tensor) -> tuple[int, ...]:
@@ -44,6 +49,16 @@ def check_gaussian(mu: Any, sigma: Any, who: str, psd: bool = True) -> tuple[tor
     otherwise give a meaningless Fréchet distance (a NaN pair gave 16.0; an indefinite
     diag(1, -1, 1) gave 0.0 against the identity).
     """
+    for name, x in (("mu", mu), ("sigma", sigma)):
+        if x.is_complex() if torch.is_tensor(x) else np.iscomplexobj(x):
+            raise InputError(
+                explain(
+                    f"{who}: {name} is complex",
+                    expected="real statistics (an imaginary part would be dropped silently)",
+                    got=f"a complex {name}",
+                    fix="pass the real mean and covariance of the features (a complex sigma comes from a bad sqrtm)",
+                )
+            )
     mu_t = torch.as_tensor(np.asarray(mu, dtype=np.float64) if not torch.is_tensor(mu) else mu).to(torch.float64)
     sigma_t = (
         torch.as_tensor(np.asarray(sigma, dtype=np.float64) if not torch.is_tensor(sigma) else sigma)
@@ -277,7 +292,7 @@ class FeatureMoments:
     def save(self, path: str | Path) -> None:
         """Write ``mu``, ``sigma`` (the pytorch-fid / clean-fid / EDM keys), ``n`` and metadata to .npz."""
         meta = {f"meta_{k}": np.asarray(str(v)) for k, v in self.meta.items()}
-        np.savez(
+        save_npz(  # atomic: a failed write keeps an older file at ``path`` intact
             Path(path),
             mu=self.mean.cpu().numpy(),
             sigma=self.cov.cpu().numpy(),
@@ -308,48 +323,113 @@ class FeatureMoments:
         return moments
 
     @classmethod
-    def load(cls, path: str | Path, n: int | None = None) -> FeatureMoments:
+    def load(cls, path: str | Path, n: int | None = None, count_option: str = COUNT_OPTION) -> FeatureMoments:
         """Read an .npz with ``mu`` and ``sigma`` and the sample count ``n`` (a key of the file, or the argument).
 
         pytorch-fid, clean-fid and EDM reference files carry no count: pass ``n`` (``--ref-n`` /
-        ``reference_n``) — the number of images behind them — so matched counts can be enforced.
+        ``reference_n`` for a reference, ``--gen-n`` for generated statistics) — the number of images behind
+        them — so matched counts can be enforced; ``count_option`` is the option an error names. The file is
+        data: its headers are checked before any array is read (:func:`diffeval.core.npz.npz_headers`), ``mu``
+        and ``sigma`` must be real numbers of shapes (d,) and (d, d), and ``n`` one whole number.
         """
-        with np.load(Path(path), allow_pickle=False) as data:
-            missing = {"mu", "sigma"} - set(data.files)
-            if missing:
-                raise InputError(
-                    explain(
-                        f"statistics file {path} lacks keys {sorted(missing)}",
-                        expected="keys mu and sigma",
-                        got=f"keys {sorted(data.files)}",
-                        fix="save statistics with FeatureMoments.save or pytorch-fid's format",
-                    )
+        who = f"statistics file {path}"
+        headers = npz_headers(path, "statistics file")
+        missing = {"mu", "sigma"} - set(headers)
+        if missing:
+            raise InputError(
+                explain(
+                    f"{who} lacks keys {sorted(missing)}",
+                    expected="keys mu and sigma",
+                    got=f"keys {sorted(headers)}",
+                    fix="save statistics with FeatureMoments.save or pytorch-fid's format",
                 )
-            recorded = int(data["n"]) if "n" in data.files else None
-            if recorded is None and n is None:
-                raise InputError(
-                    explain(
-                        f"statistics file {path} has no sample count 'n'",
-                        expected="key n (the number of images behind mu/sigma), or the count given",
-                        got=f"keys {sorted(data.files)}",
-                        fix=(
-                            "pass --ref-n N (reference_n = N in a config): the number of images behind the file"
-                            " (50000 for the standard pytorch-fid / clean-fid / EDM CIFAR-10 and ImageNet files)"
-                        ),
-                    )
+            )
+        _check_stat_headers(headers, who)
+        data = read_npz(path, who="statistics file")
+        recorded = _count(data["n"], who) if "n" in data else None
+        if recorded is None and n is None:
+            raise InputError(
+                explain(
+                    f"{who} has no sample count 'n'",
+                    expected="key n (the number of images behind mu/sigma), or the count given",
+                    got=f"keys {sorted(data)}",
+                    fix=(
+                        f"pass {count_option}: the number of images behind the file"
+                        " (50000 for the standard pytorch-fid / clean-fid / EDM CIFAR-10 and ImageNet files)"
+                    ),
                 )
-            if recorded is not None and n is not None and recorded != n:
-                raise InputError(
-                    explain(
-                        f"statistics file {path} records n = {recorded}",
-                        expected=f"the count given (n = {n}) to agree with the file",
-                        got=f"n = {recorded} in the file",
-                        fix="drop --ref-n (the file knows its count)",
-                    )
+            )
+        if recorded is not None and n is not None and recorded != n:
+            raise InputError(
+                explain(
+                    f"{who} records n = {recorded}",
+                    expected=f"the count given (n = {n}) to agree with the file",
+                    got=f"n = {recorded} in the file",
+                    fix=f"drop {count_option.split()[0]} (the file knows its count)",
                 )
-            meta = {k[5:]: str(data[k]) for k in data.files if k.startswith("meta_")}
-            count = recorded if recorded is not None else int(n)  # type: ignore[arg-type]
-            return cls.from_mean_cov(data["mu"], data["sigma"], count, meta, who=f"statistics file {path}")
+            )
+        meta = {k[5:]: str(data[k]) for k in data if k.startswith("meta_")}
+        count = recorded if recorded is not None else int(n)  # type: ignore[arg-type]
+        return cls.from_mean_cov(data["mu"], data["sigma"], count, meta, who=who)
+
+
+def _check_stat_headers(headers: dict[str, ArrayHeader], who: str) -> None:
+    """``mu`` (d,) and ``sigma`` (d, d) of real numbers, and a scalar ``n``, judged from the headers alone."""
+    mu, sigma = headers["mu"], headers["sigma"]
+    for key, header in (("mu", mu), ("sigma", sigma)):
+        if header.dtype.kind not in "fiu":
+            raise InputError(
+                explain(
+                    f"{who}: {key} is not real numbers",
+                    expected="a float (or integer) array",
+                    got=f"dtype {header.dtype}"
+                    + (" (complex: an imaginary part would be dropped)" if header.dtype.kind == "c" else ""),
+                    fix="save the real mean and covariance of the features (a complex sigma comes from a bad sqrtm)",
+                )
+            )
+    d = mu.shape[0] if len(mu.shape) == 1 else None
+    if d is None or sigma.shape != (d, d):
+        raise InputError(
+            explain(
+                f"{who}: mu/sigma shapes do not match",
+                expected="mu (d,), sigma (d, d)",
+                got=f"{mu.shape}, {sigma.shape}",
+                fix="pass the mean vector and covariance matrix of one feature layer",
+            )
+        )
+    if d > MAX_STATISTICS_DIM:
+        raise InputError(
+            explain(
+                f"{who}: the feature dimension is too large",
+                expected=f"d <= {MAX_STATISTICS_DIM} (sigma of {MAX_STATISTICS_DIM}^2 float64 is 32 GiB)",
+                got=f"d = {d}",
+                fix="point to statistics of a feature layer (Inception's is d = 2048)",
+            )
+        )
+    if "n" in headers and (headers["n"].shape != () or headers["n"].dtype.kind not in "iuf"):
+        raise InputError(
+            explain(
+                f"{who}: n is not one number",
+                expected="n: one whole number (the images behind mu and sigma)",
+                got=f"{headers['n'].dtype} of shape {headers['n'].shape}",
+                fix="save n=numpy.asarray(count)",
+            )
+        )
+
+
+def _count(value: np.ndarray, who: str) -> int:
+    """The file's ``n`` as an int: a whole, finite number (100.7 is an error, never 100)."""
+    number = float(value)
+    if not math.isfinite(number) or number != round(number):
+        raise InputError(
+            explain(
+                f"{who}: n is not a whole number",
+                expected="n: the number of images behind mu and sigma (an integer)",
+                got=f"n = {value.item()!r}",
+                fix="save the count itself (numpy.asarray(count)), not a mean or a rounded-off float",
+            )
+        )
+    return int(number)
 
 
 SPACE_KEYS = ("extractor", "layer", "weights_sha256", "resize", "quantization")
