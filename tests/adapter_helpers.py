@@ -67,6 +67,24 @@ def _tiny_clip_tokenizer(folder):
     )
 
 
+def _tiny_text_config(vocab_size, **extra):
+    """A one-layer, 16-wide CLIP text encoder config for the tiny tokenizer."""
+    import transformers
+
+    return transformers.CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        **extra,
+    )
+
+
 def build_tiny_sd_pipeline(folder):
     """A random-weight StableDiffusionPipeline built offline from configs (tokenizer files written to ``folder``)."""
     import diffusers
@@ -74,19 +92,7 @@ def build_tiny_sd_pipeline(folder):
 
     vocab, tokenizer = _tiny_clip_tokenizer(folder)
     torch.manual_seed(0)
-    text_encoder = transformers.CLIPTextModel(
-        transformers.CLIPTextConfig(
-            vocab_size=len(vocab),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    ).eval()
+    text_encoder = transformers.CLIPTextModel(_tiny_text_config(len(vocab))).eval()
     unet = diffusers.UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
@@ -136,19 +142,7 @@ def build_tiny_sd3_pipeline(folder, shift=3.0):
 
     def text_encoder(seed):
         torch.manual_seed(seed)
-        config = transformers.CLIPTextConfig(
-            vocab_size=len(vocab),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-            projection_dim=16,
-        )
-        return transformers.CLIPTextModelWithProjection(config).eval()
+        return transformers.CLIPTextModelWithProjection(_tiny_text_config(len(vocab), projection_dim=16)).eval()
 
     torch.manual_seed(0)
     transformer = diffusers.SD3Transformer2DModel(

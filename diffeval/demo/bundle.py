@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -62,6 +63,14 @@ def weight_path(name: str) -> Path:
     return Path(str(resources.files("diffeval.demo") / "weights" / name))
 
 
+def _load(model: torch.nn.Module, name: str, path: str | Path | None, sha256: str | None, device: Any) -> Any:
+    """``model`` with the weights of bundled file ``name`` (or of ``path``, checked against ``sha256``), in eval."""
+    file = weight_path(name) if path is None else Path(path)
+    digest = WEIGHTS_SHA256[name] if path is None else sha256
+    model.load_state_dict(load_state_dict(file, digest, _FIX))
+    return model.to(device).eval()
+
+
 def load_denoiser(
     path: str | Path | None = None, sha256: str | None = None, device: str | torch.device = "cpu"
 ) -> DigitsDenoiser:
@@ -69,33 +78,21 @@ def load_denoiser(
 
     ``path``/``sha256`` load another file through the same checks (tests use them).
     """
-    file = weight_path("denoiser.pt") if path is None else Path(path)
-    digest = WEIGHTS_SHA256["denoiser.pt"] if path is None else sha256
-    model = DigitsDenoiser()
-    model.load_state_dict(load_state_dict(file, digest, _FIX))
-    return model.to(device).eval()
+    return _load(DigitsDenoiser(), "denoiser.pt", path, sha256, device)
 
 
 def load_flow_model(
     path: str | Path | None = None, sha256: str | None = None, device: str | torch.device = "cpu"
 ) -> DigitsDenoiser:
     """The trained demo flow model (velocity ``eps - x0`` on the flow path, time input ``1000 t``), hash-verified."""
-    file = weight_path("flow.pt") if path is None else Path(path)
-    digest = WEIGHTS_SHA256["flow.pt"] if path is None else sha256
-    model = DigitsDenoiser()
-    model.load_state_dict(load_state_dict(file, digest, _FIX))
-    return model.to(device).eval()
+    return _load(DigitsDenoiser(), "flow.pt", path, sha256, device)
 
 
 def load_classifier(
     path: str | Path | None = None, sha256: str | None = None, device: str | torch.device = "cpu"
 ) -> DigitsClassifier:
     """The trained demo classifier, hash-verified."""
-    file = weight_path("classifier.pt") if path is None else Path(path)
-    digest = WEIGHTS_SHA256["classifier.pt"] if path is None else sha256
-    model = DigitsClassifier()
-    model.load_state_dict(load_state_dict(file, digest, _FIX))
-    return model.to(device).eval()
+    return _load(DigitsClassifier(), "classifier.pt", path, sha256, device)
 
 
 OUTPUTS = ("signed", "unit", "0-255")
